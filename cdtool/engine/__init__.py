@@ -1,0 +1,1 @@
+"""Training engine: tasks own their step, the loop owns everything else."""

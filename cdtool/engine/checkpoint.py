@@ -1,0 +1,56 @@
+"""Checkpoints that load without executing code: safetensors tensors + JSON metadata.
+
+One file holds several named state dicts (``model``, and e.g. ``teacher``, ``discriminator``) as tensors
+named ``<state>.<param>``, and a ``cdtool`` metadata entry with the model name and arguments, the input
+normalisation, the detection threshold, the resolved recipe and where training stood (phase, epoch).
+`cdtool detect --model run/best.safetensors` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cdtool.errors import InputError
+
+META_KEY = "cdtool"
+
+
+def save_checkpoint(path: str | os.PathLike, states: dict[str, dict[str, torch.Tensor]], meta: dict) -> Path:
+    """Write atomically (temporary name, then rename). `meta` must be JSON-serialisable and should
+    hold at least {"model": {"name": ..., "args": {...}}, "normalization": {...}}."""
+    flat = {}
+    for state_name, sd in states.items():
+        for k, v in sd.items():
+            if isinstance(v, torch.Tensor):
+                flat[f"{state_name}.{k}"] = v.detach().cpu().contiguous()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Read back (states, meta); never unpickles."""
+    path = Path(path)
+    try:
+        flat = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable cdtool checkpoint ({exc})") from None
+    if raw is None:
+        raise InputError(f"{path}: safetensors file without cdtool metadata (model name, normalisation)")
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        state_name, _, param = key.partition(".")
+        states.setdefault(state_name, {})[param] = tensor
+    return states, json.loads(raw)

@@ -1,0 +1,1 @@
+"""Detection: model bundle, predictor, stitcher and the detect pipeline."""

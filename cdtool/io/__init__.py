@@ -1,0 +1,1 @@
+"""Reading raster and panorama pairs, and writing outputs."""

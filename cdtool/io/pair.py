@@ -1,0 +1,207 @@
+"""Open two images of the same place as one pair on one pixel grid, and read windows of both.
+
+GeoTIFFs (any band count and dtype), folders of single-band files (stacked on the fly) and plain
+PNG/JPG panoramas all come through here. The pair owns the checks that make a comparison meaningful
+(CRS, grid, size, bands) and, when asked, warps AFTER onto BEFORE's grid with a WarpedVRT so no
+full-size copy is ever made.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from cdtool.errors import InputError
+from cdtool.io.stack import band_files, stack_vrt
+from cdtool.windows import Tile
+
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+def open_raster(source: str | Path):
+    """Open a raster file, or a folder of single-band files as one stacked raster."""
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            return rasterio.open(stack_vrt(band_files(path)))
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read as a raster ({str(exc).splitlines()[0]})") from None
+
+
+def data_bands(ds, bands: list[int] | None, name: str) -> list[int]:
+    """1-based band indexes to compare: the ones asked for, else every band but alpha."""
+    if bands:
+        bad = [b for b in bands if not 1 <= b <= ds.count]
+        if bad:
+            raise InputError(f"{name}: has {ds.count} bands, so band(s) {bad} do not exist")
+        return list(bands)
+    picked = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci != ColorInterp.alpha]
+    return picked or list(range(1, ds.count + 1))
+
+
+def _grid_differences(a, b) -> list[str]:
+    diffs = []
+    if a.crs != b.crs:
+        diffs.append(f"CRS {_crs_name(a.crs)} vs {_crs_name(b.crs)}")
+    if (a.width, a.height) != (b.width, b.height):
+        diffs.append(f"size {a.width}x{a.height} vs {b.width}x{b.height}")
+    if not a.transform.almost_equals(b.transform, precision=1e-9 * max(1.0, abs(a.transform.a))):
+        diffs.append(f"origin/pixel size ({a.transform.c:g}, {a.transform.f:g}, {a.transform.a:g}) vs "
+                     f"({b.transform.c:g}, {b.transform.f:g}, {b.transform.a:g})")
+    return diffs
+
+
+def _crs_name(crs: CRS | None) -> str:
+    if crs is None:
+        return "none"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_string()[:40]
+
+
+@dataclass
+class PairInfo:
+    """What the writers need to know of the processing grid."""
+
+    height: int
+    width: int
+    count: int
+    crs: CRS | None
+    transform: Affine
+    georeferenced: bool
+    band_names: list[str]
+
+
+class RasterPair:
+    """Two co-registered rasters read window by window. Use `open_pair` to build one."""
+
+    def __init__(self, before: str | Path, after: str | Path, bands: list[int] | None = None,
+                 align: bool = False, wrap: bool = False):
+        self.before_path, self.after_path = Path(before), Path(after)
+        self.wrap = wrap
+        self._open = []
+        try:
+            self._setup(bands, align)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, bands, align):
+        b = open_raster(self.before_path)
+        self._open.append(b)
+        a = open_raster(self.after_path)
+        self._open.append(a)
+        self.bands_before = data_bands(b, bands, str(self.before_path))
+        self.bands_after = data_bands(a, bands, str(self.after_path))
+        if len(self.bands_before) != len(self.bands_after):
+            raise InputError(f"{self.after_path}: has {len(self.bands_after)} bands but {self.before_path} has "
+                             f"{len(self.bands_before)}; pick common bands with --bands")
+        georef = b.crs is not None and not b.transform.is_identity
+        self.origin = (0, 0)
+        height, width = b.height, b.width
+        diffs = _grid_differences(b, a)
+        if diffs and not align:
+            raise InputError(f"{self.after_path}: not on the grid of {self.before_path}: " + "; ".join(diffs)
+                             + (" (use --align to warp it onto BEFORE's grid)" if georef else ""))
+        if diffs:
+            if not georef or a.crs is None:
+                raise InputError(f"{self.after_path}: cannot --align images without a CRS; "
+                                 "resample them to the same size first")
+            window = self._common_window(b, a)
+            self.origin = (int(window.row_off), int(window.col_off))
+            height, width = int(window.height), int(window.width)
+            a = WarpedVRT(a, crs=b.crs, transform=b.transform, width=b.width, height=b.height,
+                          resampling=Resampling.bilinear)
+            self._open.append(a)
+        self.before, self.after = b, a
+        transform = b.window_transform(Window(self.origin[1], self.origin[0], width, height))
+        names = [b.descriptions[i - 1] or f"band {i}" for i in self.bands_before]
+        self.info = PairInfo(height, width, len(self.bands_before), b.crs if georef else None, transform,
+                             georef, names)
+        self.profile = b.profile
+
+    def _common_window(self, b, a) -> Window:
+        left, bottom, right, top = transform_bounds(a.crs, b.crs, *a.bounds)
+        bl, bb, br, bt = b.bounds
+        il, ib, ir, it = max(left, bl), max(bottom, bb), min(right, br), min(top, bt)
+        if ir <= il or it <= ib:
+            raise InputError(f"{self.after_path}: does not overlap {self.before_path}")
+        w = from_bounds(il, ib, ir, it, b.transform)
+        r0, c0 = max(0, math.floor(w.row_off + 1e-6)), max(0, math.floor(w.col_off + 1e-6))
+        r1 = min(b.height, math.ceil(w.row_off + w.height - 1e-6))
+        c1 = min(b.width, math.ceil(w.col_off + w.width - 1e-6))
+        if r1 <= r0 or c1 <= c0:
+            raise InputError(f"{self.after_path}: overlaps {self.before_path} by less than one pixel")
+        return Window(c0, r0, c1 - c0, r1 - r0)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.info.height, self.info.width
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of both dates in `tile` as float32 (2, C, h, w), and where both are valid (h, w).
+
+        With `wrap`, columns outside [0, width) wrap around (360° panoramas); rows must lie inside."""
+        if tile.row < 0 or tile.row_stop > self.info.height:
+            raise ValueError(f"{tile} reaches outside rows 0..{self.info.height}")
+        if not self.wrap and (tile.col < 0 or tile.col_stop > self.info.width):
+            raise ValueError(f"{tile} reaches outside columns 0..{self.info.width}")
+        pieces = [self._read_inside(tile.row, c0, tile.height, c1 - c0) for c0, c1 in self._col_runs(tile)]
+        if len(pieces) == 1:
+            return pieces[0]
+        return (np.concatenate([p[0] for p in pieces], axis=-1), np.concatenate([p[1] for p in pieces], axis=-1))
+
+    def _col_runs(self, tile: Tile) -> list[tuple[int, int]]:
+        """Split [col, col_stop) into runs inside [0, width), wrapping modulo the width."""
+        w = self.info.width
+        runs, c = [], tile.col
+        while c < tile.col_stop:
+            start = c % w
+            n = min(w - start, tile.col_stop - c)
+            runs.append((start, start + n))
+            c += n
+        return runs
+
+    def _read_inside(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        win = Window(col + self.origin[1], row + self.origin[0], width, height)
+        stack, valid = [], np.ones((height, width), bool)
+        for ds, bands in ((self.before, self.bands_before), (self.after, self.bands_after)):
+            data = ds.read(bands, window=win, out_dtype="float32")
+            masks = ds.read_masks(bands, window=win)
+            valid &= (masks > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+            stack.append(data)
+        pair = np.stack(stack)
+        pair[:, :, ~valid] = 0.0
+        return pair, valid
+
+    def close(self) -> None:
+        for ds in reversed(self._open):
+            ds.close()
+        self._open.clear()
+
+    def __enter__(self) -> "RasterPair":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_pair(before: str | Path, after: str | Path, *, bands: list[int] | None = None, align: bool = False,
+              wrap: bool = False) -> RasterPair:
+    """Open BEFORE and AFTER as one pair, checking they can be compared (see RasterPair)."""
+    return RasterPair(before, after, bands=bands, align=align, wrap=wrap)

@@ -1,0 +1,4 @@
+"""Change models, each registered by name (see registry). Importing this package registers them all."""
+
+from cdtool.models import classical  # noqa: F401
+from cdtool.models.registry import create_model, model_entry, model_names, register_model  # noqa: F401

@@ -1,0 +1,76 @@
+"""Input normalisation, recorded with every model so detection feeds it what training fed it.
+
+Two modes, as plain dicts so they travel inside checkpoints and recipes:
+- ``{"mode": "per-image"}``: each date standardised per band with its own mean and std, estimated from a
+  spread sample of windows. Band-agnostic and robust to gain/illumination shifts between dates and sensors.
+- ``{"mode": "fixed", "mean": [...], "std": [...]}``: per-band statistics of the training data, applied to
+  both dates (one value per band).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cdtool.errors import InputError
+from cdtool.windows import Tile
+
+MODES = ("per-image", "fixed")
+
+
+def check(spec: dict) -> dict:
+    mode = spec.get("mode")
+    if mode not in MODES:
+        raise InputError(f"normalization.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "fixed" and (len(spec.get("mean", [])) == 0 or len(spec["mean"]) != len(spec.get("std", []))):
+        raise InputError("normalization 'fixed' needs 'mean' and 'std' lists of one value per band")
+    return spec
+
+
+def sample_tiles(height: int, width: int, size: int = 256, per_side: int = 6) -> list[Tile]:
+    """Up to per_side² tiles spread evenly over the raster: bounded reads that see all of it."""
+    th, tw = min(size, height), min(size, width)
+    rows = np.unique(np.linspace(0, height - th, min(per_side, max(1, height // th))).round().astype(int))
+    cols = np.unique(np.linspace(0, width - tw, min(per_side, max(1, width // tw))).round().astype(int))
+    return [Tile(int(r), int(c), th, tw) for r in rows for c in cols]
+
+
+def pair_statistics(pair) -> tuple[np.ndarray, np.ndarray]:
+    """Per-date, per-band mean and std (each (2, C)) over the valid pixels of a sample of windows."""
+    h, w = pair.shape
+    n = 0
+    s = np.zeros((2, pair.info.count), np.float64)
+    s2 = np.zeros_like(s)
+    for tile in sample_tiles(h, w):
+        data, valid = pair.read(tile)
+        px = data[:, :, valid].astype(np.float64)  # (2, C, n)
+        n += px.shape[-1]
+        s += px.sum(-1)
+        s2 += (px * px).sum(-1)
+    if n == 0:
+        raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
+                         "(all nodata, masked or NaN)")
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+class Normalizer:
+    """Turns raw (2, C, h, w) pixel stacks into model input; built once per pair."""
+
+    def __init__(self, spec: dict, pair=None):
+        check(spec)
+        if spec["mode"] == "per-image":
+            if pair is None:
+                raise ValueError("per-image normalisation needs the pair to estimate statistics")
+            self.mean, self.std = pair_statistics(pair)
+        else:
+            mean = np.asarray(spec["mean"], np.float32)
+            std = np.maximum(np.asarray(spec["std"], np.float32), 1e-6)
+            if pair is not None and len(mean) != pair.info.count:
+                raise InputError(f"{pair.before_path}: has {pair.info.count} bands but the model was trained "
+                                 f"on {len(mean)}; pick bands with --bands")
+            self.mean, self.std = np.stack([mean, mean]), np.stack([std, std])
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        """stack: (..., 2, C, h, w) raw pixels -> standardised float32."""
+        return ((stack - self.mean[..., None, None]) / self.std[..., None, None]).astype(np.float32)

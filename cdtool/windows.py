@@ -1,0 +1,71 @@
+"""Tiles as a frozen value type, and pure functions that lay tile grids over a raster shape.
+
+Training tiling and sliding-window detection share these, so a tile means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True, order=True)
+class Tile:
+    """A rectangle of pixels: top-left (row, col) and size. Coordinates may lie outside a raster
+    (negative or past its edge) when a caller pads, e.g. circularly for 360° panoramas."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def row_stop(self) -> int:
+        return self.row + self.height
+
+    @property
+    def col_stop(self) -> int:
+        return self.col + self.width
+
+    def shift(self, drow: int, dcol: int) -> "Tile":
+        return Tile(self.row + drow, self.col + dcol, self.height, self.width)
+
+    def intersection(self, other: "Tile") -> "Tile | None":
+        r0, c0 = max(self.row, other.row), max(self.col, other.col)
+        r1, c1 = min(self.row_stop, other.row_stop), min(self.col_stop, other.col_stop)
+        if r1 <= r0 or c1 <= c0:
+            return None
+        return Tile(r0, c0, r1 - r0, c1 - c0)
+
+    def slices(self) -> tuple[slice, slice]:
+        """Numpy slices of this tile in an array whose origin is (0, 0)."""
+        return slice(self.row, self.row_stop), slice(self.col, self.col_stop)
+
+
+def starts(length: int, size: int, stride: int, begin: int = 0) -> list[int]:
+    """Start offsets of windows of `size` covering [begin, begin + length) with at most `stride` between
+    them. The last window is pulled back to end exactly at the edge, so no window reads past it; a
+    length shorter than `size` yields one window at `begin` (the caller shrinks it)."""
+    if size <= 0 or stride <= 0:
+        raise ValueError(f"size and stride must be positive, got size={size} stride={stride}")
+    if length <= size:
+        return [begin]
+    out = list(range(begin, begin + length - size, stride))
+    out.append(begin + length - size)
+    return out
+
+
+def grid(height: int, width: int, size: int, stride: int,
+         row_begin: int = 0, col_begin: int = 0) -> list[list[Tile]]:
+    """Tiles of `size`×`size` (shrunk to the raster when it is smaller) covering a height×width area
+    whose top-left is (row_begin, col_begin), grouped by grid row so callers can stream row bands."""
+    th, tw = min(size, height), min(size, width)
+    rows = starts(height, th, stride, row_begin)
+    cols = starts(width, tw, stride, col_begin)
+    return [[Tile(r, c, th, tw) for c in cols] for r in rows]
+
+
+def iter_tiles(height: int, width: int, size: int, stride: int) -> Iterator[Tile]:
+    """All tiles of `grid`, row by row."""
+    for row in grid(height, width, size, stride):
+        yield from row
