@@ -1,0 +1,27 @@
+"""The `cdtool` command. Each subcommand lives in its own module here and exposes `register(app)`;
+the modules parse options, call one library function and report."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+app = typer.Typer(
+    name="cdtool",
+    help="Change detection between two images of the same place taken at two times.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    _module = importlib.import_module(f"{__name__}.{_mod}")
+    if hasattr(_module, "register"):
+        _module.register(app)
+
+
+def main() -> None:
+    app()
