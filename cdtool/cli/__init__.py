@@ -17,6 +17,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Change detection between two images of the same place taken at two times."""
+
+
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     _module = importlib.import_module(f"{__name__}.{_mod}")
     if hasattr(_module, "register"):
