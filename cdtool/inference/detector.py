@@ -15,7 +15,9 @@ from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
 from cdtool.normalization import check as check_normalization
 
-DEFAULT_WEIGHTS = "default.safetensors"  # shipped in cdtool/weights/ once a trained default exists
+# Trained defaults ship as cdtool/weights/default_<N>band.safetensors, one per band layout (e.g. 3 for
+# RGB aerial photos, 13 for Sentinel-2); an input with no matching default falls back to FALLBACK_MODEL.
+DEFAULT_WEIGHTS = "default_{count}band.safetensors"
 FALLBACK_MODEL = "cva"
 
 
@@ -37,16 +39,18 @@ class Detector:
         return int(getattr(self.model, "size_multiple", 1))
 
 
-def default_weights() -> Path | None:
-    path = Path(str(resources.files("cdtool") / "weights" / DEFAULT_WEIGHTS))
+def default_weights(band_count: int | None) -> Path | None:
+    if band_count is None:
+        return None
+    path = Path(str(resources.files("cdtool") / "weights" / DEFAULT_WEIGHTS.format(count=band_count)))
     return path if path.is_file() else None
 
 
-def load_detector(spec: str | None = None) -> Detector:
-    """`spec` is a registry name, a checkpoint path, or None for the default (trained weights shipped
-    with the package when present, else change vector analysis)."""
+def load_detector(spec: str | None = None, band_count: int | None = None) -> Detector:
+    """`spec` is a registry name, a checkpoint path, or None for the default: the trained weights shipped
+    for inputs of `band_count` bands when present, else change vector analysis."""
     if spec is None:
-        shipped = default_weights()
+        shipped = default_weights(band_count)
         return _from_checkpoint(shipped) if shipped else _from_registry(FALLBACK_MODEL)
     path = Path(spec)
     if path.suffix == ".safetensors" or path.exists():
