@@ -1,0 +1,58 @@
+"""cdtool detect: two images in, change score map, mask and polygons out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cdtool.cli.options import Device, OutDir, Overwrite, Quiet, friendly_errors, out_console, parse_int_list, show_progress
+from cdtool.inference.detect import DetectOptions, detect as run_detect
+
+
+def _threshold(text: str | None) -> float | str | None:
+    if text is None or text == "otsu":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number in [0, 1] or 'otsu', got {text!r}", param_hint="--threshold") from None
+
+
+def detect(
+    before: Annotated[Path, typer.Argument(help="Earlier image: GeoTIFF/any GDAL raster, PNG/JPG, or a folder of band files.")],
+    after: Annotated[Path, typer.Argument(help="Later image, same place.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the trained default for the band layout, else 'cva'.")] = None,
+    out: OutDir = Path("cdtool_out"),
+    tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
+    overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo).")] = 64,
+    threshold: Annotated[Optional[str], typer.Option(help="Mask threshold in [0, 1], or 'otsu'. Default: the model's.")] = None,
+    align: Annotated[bool, typer.Option("--align", help="Warp AFTER onto BEFORE's grid and process the common extent.")] = False,
+    bands: Annotated[Optional[str], typer.Option(help="1-based bands to compare in both images, e.g. 1,2,3.")] = None,
+    wrap: Annotated[bool, typer.Option("--wrap", help="360° panorama: pad circularly left/right so the seam is not an edge.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per model call.")] = 8,
+    blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
+    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels.")] = 1,
+    no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
+    device: Device = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Detect changes between BEFORE and AFTER; write change_prob, change_mask (GeoTIFF, or PNG for
+    non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
+    opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=_threshold(threshold), align=align,
+                         bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
+                         wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, polygons=not no_polygons,
+                         progress=show_progress(quiet))
+    result = run_detect(before, after, out, opts)
+    if not quiet:
+        out_console.print(
+            f"{result.model}: {result.width}x{result.height} px, threshold {result.threshold:.3f}, "
+            f"{result.changed_share:.2%} changed, {result.regions} regions, {result.seconds:.1f} s")
+        for path in result.outputs.values():
+            out_console.print(f"  {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("detect")(friendly_errors(detect))

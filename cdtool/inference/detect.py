@@ -1,0 +1,208 @@
+"""`cdtool detect` as a library call: two images in, change score map, mask and polygons out.
+
+open_pair → tile grid → batches (read ahead on a thread) → model → stitcher → writers, every stage
+streaming, so peak memory depends on tile size, batch and raster width, not on raster size. A second
+streaming pass over the written score map applies the threshold (fixed, or Otsu's from the histogram
+gathered in the first pass) to write the mask and the polygons.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from rasterio.enums import Resampling
+from tqdm import tqdm
+
+from cdtool.errors import InputError
+from cdtool.inference.detector import load_detector, pick_device
+from cdtool.inference.predictor import Predictor
+from cdtool.inference.stitcher import BLENDS, Stitcher
+from cdtool.inference.threshold import ScoreHistogram
+from cdtool.io.outputs import OutputSet
+from cdtool.io.pair import RasterPair, open_pair
+from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, write_text
+from cdtool.io.vectors import Polygonizer
+from cdtool.io.writers import GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWriter, read_bands, tif_to_png
+from cdtool.normalization import Normalizer
+from cdtool.windows import Tile, grid
+
+
+@dataclass
+class DetectOptions:
+    model: str | None = None  # registry name or checkpoint; None: the default for the band layout
+    tile: int = 512
+    overlap: int = 64
+    threshold: float | str | None = None  # None: the model's own; "otsu": per image
+    align: bool = False
+    bands: list[int] | None = None
+    device: str | None = None
+    batch_size: int = 8
+    blend: str = "cosine"
+    wrap: bool = False
+    overwrite: bool = False
+    min_pixels: int = 1
+    polygons: bool = True
+    progress: bool = False
+
+
+@dataclass
+class DetectResult:
+    outputs: dict[str, Path]
+    model: str
+    threshold: float
+    height: int
+    width: int
+    valid_pixels: int
+    changed_pixels: int
+    regions: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def changed_share(self) -> float:
+        return self.changed_pixels / self.valid_pixels if self.valid_pixels else 0.0
+
+
+def output_names(georeferenced: bool, polygons: bool) -> list[str]:
+    rasters = (["change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml"] if georeferenced
+               else ["change_prob.png", "change_mask.png"])
+    return rasters + (["changes.gpkg", "changes.qml"] if polygons else []) + ["detect.json"]
+
+
+def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
+    for i in range(0, len(tiles), size):
+        yield tiles[i:i + size]
+
+
+def detect(before: str | Path, after: str | Path, out: str | Path, options: DetectOptions | None = None) -> DetectResult:
+    """Compare BEFORE and AFTER and write the change outputs into folder `out`."""
+    opts = options or DetectOptions()
+    start = time.perf_counter()
+    if opts.blend not in BLENDS:
+        raise InputError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
+    if opts.tile < 16:
+        raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
+    if opts.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    device = pick_device(opts.device)
+    from rasterio import Env
+
+    with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap) as pair:
+        detector = load_detector(opts.model, band_count=pair.info.count)
+        with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons), opts.overwrite) as outs:
+            scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
+            try:
+                result = _run(pair, detector, device, opts, outs, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            result.seconds = time.perf_counter() - start
+            _write_summary(outs.path("detect.json"), result, before, after, opts)
+            result.outputs = outs.commit()
+    return result
+
+
+def _run(pair: RasterPair, detector, device, opts: DetectOptions, outs: OutputSet, scratch: Path) -> DetectResult:
+    info = pair.info
+    height, width = pair.shape
+    normalizer = Normalizer(detector.normalization, pair)
+    predictor = Predictor(detector, normalizer, device)
+    halo = detector.halo
+    overlap = max(opts.overlap, 2 * halo)
+    if overlap >= opts.tile:
+        raise InputError(f"--overlap ({overlap}, at least twice the model's halo of {halo}) must be smaller "
+                         f"than --tile ({opts.tile})")
+    pad = min(overlap, width) if opts.wrap else 0
+    rows = grid(height, width + 2 * pad, opts.tile, opts.tile - overlap, col_begin=-pad)
+    tile_h = rows[0][0].height
+    if halo and tile_h < height and tile_h <= 2 * halo:
+        raise InputError(f"--tile {opts.tile} is too small for model {detector.name} (halo {halo})")
+    stitcher = Stitcher(height, width, tile_h, halo=halo, blend=opts.blend, wrap_pad=pad)
+
+    georef = info.georeferenced
+    prob_path = outs.path("change_prob.tif") if georef else scratch / "change_prob.tif"
+    mask_path = outs.path("change_mask.tif") if georef else scratch / "change_mask.tif"
+    prob = BandWriter(prob_path, height, width, "float32", PROB_NODATA, info.crs, info.transform, "change score")
+    hist = ScoreHistogram()
+    valid_pixels = 0
+
+    def emit(bands) -> None:
+        nonlocal valid_pixels
+        for band in bands:
+            valid_pixels += int(band.valid.sum())
+            hist.add(band.score[band.valid])
+            prob.write(np.where(band.valid, band.score, PROB_NODATA))
+
+    n_tiles = sum(len(r) for r in rows)
+    bar = tqdm(total=n_tiles, unit="tile", desc="detect", disable=not opts.progress, leave=False)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdtool-read") as reader:
+        batches = [(i, b) for i, r in enumerate(rows) for b in _batches(r, opts.batch_size)]
+        read = lambda batch: [pair.read(t) for t in batch]  # noqa: E731
+        pending = reader.submit(read, batches[0][1])
+        for k, (row_index, batch) in enumerate(batches):
+            data = pending.result()
+            if k + 1 < len(batches):
+                pending = reader.submit(read, batches[k + 1][1])
+            scores = predictor([d for d, _ in data])
+            for tile, score, (_, valid) in zip(batch, scores, data):
+                stitcher.add(tile, score, valid)
+            bar.update(len(batch))
+            last_of_row = k + 1 == len(batches) or batches[k + 1][0] != row_index
+            if last_of_row and row_index + 1 < len(rows):
+                emit(stitcher.flush(rows[row_index + 1][0].row))
+        emit(stitcher.finish())
+    bar.close()
+    prob.close(Resampling.average)
+    if valid_pixels == 0:
+        raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
+                         "(all nodata, masked or NaN)")
+
+    threshold = opts.threshold if opts.threshold is not None else detector.threshold
+    threshold = hist.otsu() if threshold == "otsu" else float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold must lie in [0, 1] or be 'otsu', got {threshold}")
+
+    mask = BandWriter(mask_path, height, width, "uint8", MASK_NODATA, info.crs, info.transform, "change mask")
+    polys = (Polygonizer(outs.path("changes.gpkg"), info.crs, info.transform, opts.min_pixels)
+             if opts.polygons else None)
+    changed = 0
+    for row, score in tqdm(read_bands(prob_path), total=-(-height // 1024), desc="mask", unit="band",
+                           disable=not opts.progress, leave=False):
+        valid = score != PROB_NODATA
+        hit = valid & (score >= threshold)
+        changed += int(hit.sum())
+        mask.write(np.where(valid, hit, MASK_NODATA).astype(np.uint8))
+        if polys is not None:
+            polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
+    mask.close(Resampling.nearest)
+    regions = polys.close() if polys is not None else 0
+
+    if georef:
+        write_text(outs.path("change_prob.qml"), heatmap_qml(threshold))
+        write_text(outs.path("change_mask.qml"), mask_qml())
+    else:
+        tif_to_png(prob_path, outs.path("change_prob.png"), "prob")
+        tif_to_png(mask_path, outs.path("change_mask.png"), "mask")
+    if polys is not None:
+        write_text(outs.path("changes.qml"), polygons_qml())
+    return DetectResult({}, detector.name, threshold, height, width, valid_pixels, changed, regions, 0.0,
+                        {"tile": opts.tile, "overlap": overlap, "halo": halo, "device": str(device),
+                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names})
+
+
+def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:
+    summary = {
+        "before": str(before), "after": str(after), "model": result.model, "threshold": result.threshold,
+        "height": result.height, "width": result.width, "valid_pixels": result.valid_pixels,
+        "changed_pixels": result.changed_pixels, "changed_share": result.changed_share,
+        "regions": result.regions, "seconds": round(result.seconds, 3),
+        "options": {k: v for k, v in asdict(opts).items() if k != "progress"}, **result.extra,
+    }
+    path.write_text(json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,41 @@
+"""Run a detector on batches of tiles: normalise, pad to the model's size multiple, infer (AMP on CUDA),
+crop back. Returns numpy scores so the stitcher stays framework-free."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cdtool.inference.detector import Detector
+from cdtool.normalization import Normalizer
+
+
+class Predictor:
+    def __init__(self, detector: Detector, normalizer: Normalizer, device: torch.device):
+        self.detector, self.normalizer, self.device = detector, normalizer, device
+        self.model = detector.model.to(device).eval()
+        self.amp = device.type == "cuda"
+
+    @torch.inference_mode()
+    def __call__(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
+        """stacks: raw (2, C, h, w) arrays (tiles of one grid may differ in size at the edges) ->
+        (h, w) float32 scores each."""
+        out: list[np.ndarray | None] = [None] * len(stacks)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, s in enumerate(stacks):
+            by_shape.setdefault(s.shape[-2:], []).append(i)
+        for (h, w), idx in by_shape.items():
+            x = torch.from_numpy(self.normalizer(np.stack([stacks[i] for i in idx])))  # (B, 2, C, h, w)
+            x = x.to(self.device, non_blocking=True)
+            m = self.detector.size_multiple
+            ph, pw = (-h) % m, (-w) % m
+            if ph or pw:
+                b, t, c = x.shape[:3]
+                x = F.pad(x.reshape(b, t * c, h, w), (0, pw, 0, ph), mode="replicate").reshape(b, t, c, h + ph, w + pw)
+            with torch.autocast("cuda", enabled=self.amp):
+                y = self.model(x[:, 0], x[:, 1])
+            y = y[..., :h, :w].float().clamp_(0.0, 1.0).cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = y[j, 0]
+        return out  # type: ignore[return-value]

@@ -1,0 +1,114 @@
+"""Blend overlapping tile outputs into one map, streaming finished row bands.
+
+Each tile adds `score × weight` and `weight` into a buffer that holds only the rows still in flight (one
+tile height), so memory grows with the raster's width and the tile size, never with its height. Weights
+taper towards tile edges (cosine or Gaussian) so seams vanish, and are zero in a `halo` band along edges
+that lie inside the raster, where a convolutional model sees padding instead of context: a stitched map
+then equals the whole-image map. With `wrap` (360° panoramas) the canvas is padded left and right and
+the padding is folded back onto the opposite edge, so blending runs across the seam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from cdtool.windows import Tile
+
+BLENDS = ("cosine", "gaussian")
+
+
+def taper(n: int, kind: str, cut_start: int, cut_end: int) -> np.ndarray:
+    """1-D weights over n pixels: zero for the first `cut_start` and last `cut_end`, tapered in between."""
+    w = np.zeros(n, np.float64)
+    m = n - cut_start - cut_end
+    if m <= 0:
+        raise ValueError(f"tile of {n} px leaves nothing after trimming {cut_start}+{cut_end} px of halo")
+    x = (np.arange(m) + 0.5) / m  # (0, 1)
+    if kind == "cosine":
+        core = np.sin(np.pi * x) ** 2
+    elif kind == "gaussian":
+        core = np.exp(-0.5 * ((x - 0.5) / 0.125) ** 2)
+    else:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {kind!r}")
+    w[cut_start:cut_start + m] = np.maximum(core, 1e-6)
+    return w
+
+
+@dataclass
+class Band:
+    """A finished band of rows [row, row + height) of the output, full width."""
+
+    row: int
+    score: np.ndarray  # float32 (h, W); undefined where ~valid
+    valid: np.ndarray  # bool (h, W): both dates valid and covered by a tile
+
+
+class Stitcher:
+    def __init__(self, height: int, width: int, tile_height: int, halo: int = 0, blend: str = "cosine",
+                 wrap_pad: int = 0):
+        if wrap_pad > width:
+            raise ValueError("wrap padding cannot exceed the image width")
+        self.height, self.width, self.halo, self.blend, self.pad = height, width, halo, blend, wrap_pad
+        self.top = 0  # raster row of buffer row 0
+        cw = width + 2 * wrap_pad
+        self.acc = np.zeros((tile_height, cw), np.float64)
+        self.wsum = np.zeros((tile_height, cw), np.float64)
+        self.valid = np.zeros((tile_height, cw), bool)
+
+    def weights(self, tile: Tile) -> np.ndarray:
+        h = self.halo
+        top = h if tile.row > 0 else 0
+        bottom = h if tile.row_stop < self.height else 0
+        if self.pad:  # columns wrap: no edge is the image's edge
+            left = right = h
+        else:
+            left = h if tile.col > 0 else 0
+            right = h if tile.col_stop < self.width else 0
+        return np.outer(taper(tile.height, self.blend, top, bottom), taper(tile.width, self.blend, left, right))
+
+    def add(self, tile: Tile, score: np.ndarray, valid: np.ndarray) -> None:
+        """Add a tile's (h, w) scores; rows above `tile.row` must not be added after they were flushed."""
+        if tile.row < self.top:
+            raise ValueError(f"{tile} starts above rows already flushed ({self.top})")
+        self._ensure_rows(tile.row_stop - self.top)
+        r = slice(tile.row - self.top, tile.row_stop - self.top)
+        c = slice(tile.col + self.pad, tile.col_stop + self.pad)
+        w = self.weights(tile)
+        self.acc[r, c] += score * w
+        self.wsum[r, c] += w
+        self.valid[r, c] |= valid
+
+    def _ensure_rows(self, rows: int) -> None:
+        if rows > self.acc.shape[0]:
+            extra = rows - self.acc.shape[0]
+            self.acc = np.pad(self.acc, ((0, extra), (0, 0)))
+            self.wsum = np.pad(self.wsum, ((0, extra), (0, 0)))
+            self.valid = np.pad(self.valid, ((0, extra), (0, 0)))
+
+    def flush(self, until_row: int) -> Iterator[Band]:
+        """Emit rows [top, until_row) as finished: no later tile may touch them."""
+        n = min(until_row, self.height) - self.top
+        if n <= 0:
+            return
+        acc, wsum, valid = self.acc[:n].copy(), self.wsum[:n].copy(), self.valid[:n].copy()
+        if self.pad:
+            p, w = self.pad, self.width
+            acc[:, w:w + p] += acc[:, :p]
+            wsum[:, w:w + p] += wsum[:, :p]
+            acc[:, p:2 * p] += acc[:, w + p:]
+            wsum[:, p:2 * p] += wsum[:, w + p:]
+            acc, wsum, valid = acc[:, p:w + p], wsum[:, p:w + p], valid[:, p:w + p]
+        covered = wsum > 0
+        score = np.zeros(acc.shape, np.float32)
+        np.divide(acc, wsum, out=score, where=covered, casting="unsafe")
+        yield Band(self.top, score, valid & covered)
+        for buf in (self.acc, self.wsum, self.valid):
+            buf[:-n] = buf[n:].copy() if n < buf.shape[0] else buf[:0]
+            buf[-n:] = 0
+        self.top += n
+
+    def finish(self) -> Iterator[Band]:
+        yield from self.flush(self.height)

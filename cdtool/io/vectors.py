@@ -1,0 +1,149 @@
+"""Change regions as polygons, built band by band from the mask so memory stays bounded.
+
+Each band is labelled into 4-connected regions and polygonised; regions touching the band's last row are
+kept open and merged with the regions they touch in the next band (a small union-find), then written
+with their pixel count, area and mean/max score once complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import shapely
+import shapely.affinity
+from affine import Affine
+from pyproj import CRS as ProjCRS, Geod
+from rasterio.crs import CRS
+from rasterio.features import shapes
+from scipy import ndimage
+from shapely.geometry import shape
+
+LAYER = "changes"
+FLUSH_EVERY = 5000
+
+
+@dataclass
+class Region:
+    geoms: list = field(default_factory=list)
+    pixels: int = 0
+    score_sum: float = 0.0
+    score_max: float = 0.0
+
+    def absorb(self, other: "Region") -> None:
+        self.geoms += other.geoms
+        self.pixels += other.pixels
+        self.score_sum += other.score_sum
+        self.score_max = max(self.score_max, other.score_max)
+
+
+class Polygonizer:
+    def __init__(self, path: Path, crs: CRS | None, transform: Affine, min_pixels: int = 1):
+        self.path, self.crs, self.transform, self.min_pixels = path, crs, transform, max(1, min_pixels)
+        self.open_labels: np.ndarray | None = None  # labels of the previous band's last row
+        self.open_ids: dict[int, int] = {}  # previous band label -> region id
+        self.regions: dict[int, Region] = {}
+        self.next_id = 0
+        self.rows: list[dict] = []
+        self.count = 0
+        self.written = False
+        self.geod = self._geod(crs)
+
+    @staticmethod
+    def _geod(crs: CRS | None) -> Geod | None:
+        if crs is None:
+            return None
+        pcrs = ProjCRS.from_user_input(crs.to_wkt())
+        return pcrs.get_geod() if pcrs.is_geographic else None
+
+    def add(self, row: int, changed: np.ndarray, score: np.ndarray) -> None:
+        labels, n = ndimage.label(changed)
+        ids = np.arange(self.next_id, self.next_id + n)  # region id of label k is ids[k-1]
+        self.next_id += n
+        if n:
+            idx = np.arange(1, n + 1)
+            pixels = ndimage.sum_labels(np.ones_like(score), labels, idx)
+            sums = ndimage.sum_labels(score, labels, idx)
+            maxs = ndimage.maximum(score, labels, idx)
+            # Polygonise in pixel coordinates (exact integers) so pieces of one region meet exactly
+            # across bands; the geotransform is applied once the region is complete.
+            for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
+                                      transform=Affine.translation(0, row)):
+                k = int(value) - 1
+                reg = self.regions.setdefault(int(ids[k]), Region())
+                reg.geoms.append(shape(geom))
+            for k in range(n):
+                reg = self.regions.setdefault(int(ids[k]), Region())
+                reg.pixels, reg.score_sum, reg.score_max = int(pixels[k]), float(sums[k]), float(maxs[k])
+        alias: dict[int, int] = {}
+
+        def find(i: int) -> int:
+            while i in alias:
+                i = alias[i]
+            return i
+
+        if self.open_labels is not None and n:
+            top = labels[0]
+            both = (self.open_labels > 0) & (top > 0)
+            for a, b in set(zip(self.open_labels[both].tolist(), top[both].tolist())):
+                ra, rb = find(self.open_ids[a]), find(int(ids[b - 1]))
+                if ra != rb:
+                    self.regions[ra].absorb(self.regions.pop(rb))
+                    alias[rb] = ra
+        still_open = {find(int(ids[k - 1])) for k in np.unique(labels[-1]) if k > 0}
+        for rid in [r for r in self.open_ids.values()]:
+            rid = find(rid)
+            if rid not in still_open and rid in self.regions:
+                self._emit(rid)
+        for k in range(1, n + 1):
+            rid = find(int(ids[k - 1]))
+            if rid not in still_open and rid in self.regions:
+                self._emit(rid)
+        self.open_labels = labels[-1].copy()
+        self.open_ids = {int(k): find(int(ids[k - 1])) for k in np.unique(labels[-1]) if k > 0}
+
+    def _emit(self, rid: int) -> None:
+        reg = self.regions.pop(rid)
+        if reg.pixels < self.min_pixels:
+            return
+        geom = reg.geoms[0] if len(reg.geoms) == 1 else shapely.union_all(reg.geoms)
+        t = self.transform
+        geom = shapely.affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
+        geom = shapely.make_valid(geom) if not geom.is_valid else geom
+        area = float(geom.area)
+        if self.geod is not None:
+            area_m2 = abs(self.geod.geometry_area_perimeter(geom)[0])
+        elif self.crs is not None:
+            area_m2 = area * ProjCRS.from_user_input(self.crs.to_wkt()).axis_info[0].unit_conversion_factor ** 2
+        else:
+            area_m2 = float("nan")
+        self.rows.append({"geometry": geom, "pixels": reg.pixels, "area": area, "area_m2": area_m2,
+                          "mean_prob": reg.score_sum / reg.pixels, "max_prob": reg.score_max})
+        if len(self.rows) >= FLUSH_EVERY:
+            self._write()
+
+    def _write(self) -> None:
+        import geopandas as gpd
+
+        if not self.rows and self.written:
+            return
+        columns = ["pixels", "area", "area_m2", "mean_prob", "max_prob"]
+        data = {"id": np.arange(self.count + 1, self.count + len(self.rows) + 1, dtype=np.int64)}
+        data.update({c: np.array([r[c] for r in self.rows], dtype=np.int64 if c == "pixels" else np.float64)
+                     for c in columns})
+        crs = self.crs.to_wkt() if self.crs else None
+        gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([r["geometry"] for r in self.rows], crs=crs), crs=crs)
+        pyogrio.write_dataframe(gdf, self.path, layer=LAYER, driver="GPKG", append=self.written,
+                                promote_to_multi=True, geometry_type="MultiPolygon")
+        self.count += len(self.rows)
+        self.rows = []
+        self.written = True
+
+    def close(self) -> int:
+        """Emit what is still open and write the rest; returns the number of polygons."""
+        for rid in list(self.regions):
+            self._emit(rid)
+        self._write()
+        return self.count

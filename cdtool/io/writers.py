@@ -1,0 +1,113 @@
+"""Raster writers that take finished row bands in order and stream them into tiled, compressed GeoTIFFs
+(with overviews so QGIS opens them fast), and turn those into PNGs for non-georeferenced inputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.shutil import copy as rio_copy
+from rasterio.windows import Window
+
+BLOCK = 256
+PROB_NODATA = -1.0
+MASK_NODATA = 255
+GDAL_ENV = {"GDAL_CACHEMAX": 256, "COMPRESS_OVERVIEW": "DEFLATE", "GDAL_TIFF_OVR_BLOCKSIZE": BLOCK}
+
+
+class BandWriter:
+    """Single-band GeoTIFF written row band by row band; rows are buffered up to whole blocks so each
+    compressed block is written once."""
+
+    def __init__(self, path: Path, height: int, width: int, dtype: str, nodata: float, crs: CRS | None,
+                 transform: Affine, description: str = ""):
+        tiled = width >= BLOCK and height >= BLOCK
+        profile = dict(driver="GTiff", width=width, height=height, count=1, dtype=dtype, nodata=nodata,
+                       crs=crs, transform=transform, compress="deflate",
+                       predictor=3 if dtype.startswith("float") else 2, BIGTIFF="IF_SAFER")
+        if tiled:
+            profile.update(tiled=True, blockxsize=BLOCK, blockysize=BLOCK)
+        self.block_rows = BLOCK if tiled else max(1, height)
+        self.ds = rasterio.open(path, "w", **profile)
+        if description:
+            self.ds.set_band_description(1, description)
+        self.height, self.width, self.dtype = height, width, dtype
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.next_row = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        self.pending.append(rows.astype(self.dtype, copy=False))
+        self.pending_rows += rows.shape[0]
+        full = (self.pending_rows // self.block_rows) * self.block_rows
+        if self.next_row + self.pending_rows >= self.height:
+            full = self.pending_rows
+        if full:
+            data = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.ds.write(data[:full], 1, window=Window(0, self.next_row, self.width, full))
+            self.next_row += full
+            rest = data[full:]
+            self.pending = [rest] if rest.shape[0] else []
+            self.pending_rows = rest.shape[0]
+
+    def close(self, overview_resampling: Resampling | None = None) -> None:
+        if self.pending_rows:
+            raise RuntimeError(f"{self.ds.name}: {self.pending_rows} rows were never written")
+        self.ds.close()
+        if overview_resampling is not None:
+            build_overviews(Path(self.ds.name), overview_resampling)
+
+
+def overview_factors(height: int, width: int) -> list[int]:
+    n = max(0, math.ceil(math.log2(max(height, width) / BLOCK)))
+    return [2 ** i for i in range(1, n + 1)]
+
+
+def build_overviews(path: Path, resampling: Resampling) -> None:
+    with rasterio.open(path, "r+") as ds:
+        factors = overview_factors(ds.height, ds.width)
+        if factors:
+            ds.build_overviews(factors, resampling)
+            ds.update_tags(ns="rio_overview", resampling=resampling.name)
+
+
+def read_bands(path: Path, rows: int = 1024):
+    """Yield (row, array) bands of a single-band raster; bounded memory for the second pass."""
+    with rasterio.open(path) as ds:
+        for r in range(0, ds.height, rows):
+            n = min(rows, ds.height - r)
+            yield r, ds.read(1, window=Window(0, r, ds.width, n))
+
+
+def tif_to_png(src: Path, dst: Path, kind: str) -> None:
+    """8-bit grey+alpha PNG: scores scaled to 0..255 or the mask as 0/255; alpha 0 where nodata.
+    GDAL's PNG driver copies line by line, so this stays bounded in memory too."""
+    with rasterio.open(src) as ds:
+        profile = dict(driver="GTiff", width=ds.width, height=ds.height, count=2, dtype="uint8",
+                       tiled=False, compress="deflate")
+        staging = dst.with_name(dst.name + ".staging.tif")
+        with rasterio.open(staging, "w", **profile) as out:
+            for r in range(0, ds.height, 512):
+                n = min(512, ds.height - r)
+                a = ds.read(1, window=Window(0, r, ds.width, n))
+                if kind == "prob":
+                    valid = a != PROB_NODATA
+                    grey = np.clip(np.round(a * 255), 0, 255)
+                else:
+                    valid = a != MASK_NODATA
+                    grey = (a == 1) * 255
+                win = Window(0, r, ds.width, n)
+                out.write(np.where(valid, grey, 0).astype("uint8"), 1, window=win)
+                out.write((valid * 255).astype("uint8"), 2, window=win)
+    try:
+        with rasterio.open(staging) as s:
+            rio_copy(s, dst, driver="PNG")
+    finally:
+        staging.unlink(missing_ok=True)
+        for side in dst.parent.glob(dst.name + ".aux.xml"):
+            side.unlink()
