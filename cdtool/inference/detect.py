@@ -22,7 +22,7 @@ from rasterio.enums import Resampling
 from tqdm import tqdm
 
 from cdtool.errors import InputError
-from cdtool.inference.detector import load_detector, pick_device
+from cdtool.inference.detector import Detector, load_detector, pick_device
 from cdtool.inference.predictor import Predictor
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import ScoreHistogram
@@ -37,7 +37,7 @@ from cdtool.windows import Tile, grid
 
 @dataclass
 class DetectOptions:
-    model: str | None = None  # registry name or checkpoint; None: the default for the band layout
+    model: str | Detector | None = None  # registry name, checkpoint, a ready Detector; None: the default
     tile: int = 512
     overlap: int = 64
     threshold: float | str | None = None  # None: the model's own; "otsu": per image
@@ -96,7 +96,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     from rasterio import Env
 
     with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap) as pair:
-        detector = load_detector(opts.model, band_count=pair.info.count)
+        detector = (opts.model if isinstance(opts.model, Detector)
+                    else load_detector(opts.model, band_count=pair.info.count))
         with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons), opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:

@@ -78,10 +78,10 @@ def _from_checkpoint(path: Path) -> Detector:
     except (KeyError, TypeError):
         raise InputError(f"{path}: checkpoint metadata lacks model name or normalisation") from None
     model = create_model(name, **args)
-    if "model" not in states:
+    if "model" not in states and len(model.state_dict()):
         raise InputError(f"{path}: checkpoint holds no 'model' weights")
     try:
-        model.load_state_dict(states["model"])
+        model.load_state_dict(states.get("model", {}))
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
     threshold = meta.get("threshold", 0.5)

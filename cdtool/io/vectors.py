@@ -7,6 +7,7 @@ with their pixel count, area and mean/max score once complete.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,8 +136,10 @@ class Polygonizer:
                      for c in columns})
         crs = self.crs.to_wkt() if self.crs else None
         gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([r["geometry"] for r in self.rows], crs=crs), crs=crs)
-        pyogrio.write_dataframe(gdf, self.path, layer=LAYER, driver="GPKG", append=self.written,
-                                promote_to_multi=True, geometry_type="MultiPolygon")
+        with warnings.catch_warnings():  # pixel-space polygons of non-georeferenced pairs have no CRS
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+            pyogrio.write_dataframe(gdf, self.path, layer=LAYER, driver="GPKG", append=self.written,
+                                    promote_to_multi=True, geometry_type="MultiPolygon")
         self.count += len(self.rows)
         self.rows = []
         self.written = True
