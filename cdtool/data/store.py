@@ -1,0 +1,215 @@
+"""The on-disk dataset format shared by `cdtool tile` and `cdtool patches`, and its writer.
+
+Layout of an output folder::
+
+    dataset.json            kind, parameters, channel count, dtypes, counts; written last = "complete"
+    index.gpkg              layer "samples": one row per sample (footprint, source files, window,
+                            changed share, label, split, shard, offset)
+    shards/<unit>-<k>.<array>.npy   stacked arrays per shard: image (N,2,C,H,W) in the source dtype,
+                            mask (N,H,W) uint8, valid (N,H,W) bool, flow (N,2,H,W) float32
+    parts/<unit>.json       rows of one finished work unit (a source pair, a protocol batch): the
+                            resume record; parts/_params.json holds the parameters of the run
+
+Why plain .npy shards: they open with `np.load(mmap_mode="r")`, so a DataLoader worker touches only
+the pages of the samples it reads (bounded memory, no decoding cost, no extra dependency), and a shard
+is flushed once its buffer reaches a byte budget, so writing is bounded too. Every file is written
+under a temporary name and renamed when complete; a unit is done only when its part file exists, so
+an interrupted run resumes at the first unfinished unit and a finished run is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from cdtool.errors import InputError
+
+FORMAT = "cdtool-chips/1"
+SPLITS = ("train", "val", "test")
+ARRAYS = ("image", "mask", "valid", "flow")
+SHARD_BYTES = 64 * 2**20
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(arr))
+    os.replace(tmp, path)
+
+
+@dataclass
+class UnitWriter:
+    """Buffers the samples of one work unit and flushes them to shards of bounded size."""
+
+    store: "DatasetWriter"
+    unit: str
+    rows: list[dict] = field(default_factory=list)
+    _buf: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _bytes: int = 0
+    _shard: int = 0
+    _offset: int = 0
+
+    def add(self, row: dict, image: np.ndarray, mask: np.ndarray | None = None,
+            valid: np.ndarray | None = None, flow: np.ndarray | None = None) -> None:
+        """Queue one sample: `image` (2, C, H, W); optional mask/valid (H, W), flow (2, H, W)."""
+        arrays = {"image": image.astype(self.store.image_dtype, copy=False)}
+        if mask is not None:
+            arrays["mask"] = (np.asarray(mask) > 0).astype(np.uint8)
+        if valid is not None:
+            arrays["valid"] = np.asarray(valid, bool)
+        if flow is not None:
+            arrays["flow"] = np.asarray(flow, np.float32)
+        if self._buf and set(arrays) != set(self._buf):
+            self.flush()
+        for k, a in arrays.items():
+            self._buf.setdefault(k, []).append(a)
+            self._bytes += a.nbytes
+        self.rows.append({**row, "shard": self._shard_name(), "offset": self._offset})
+        self._offset += 1
+        if self._bytes >= self.store.shard_bytes:
+            self.flush()
+
+    def _shard_name(self) -> str:
+        return f"{self.unit}-{self._shard:04d}"
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        for k, items in self._buf.items():
+            _atomic_npy(self.store.root / "shards" / f"{self._shard_name()}.{k}.npy", np.stack(items))
+        self._buf, self._bytes = {}, 0
+        self._shard += 1
+        self._offset = 0
+
+    def close(self) -> None:
+        """Flush and write the part file that marks the unit as done."""
+        self.flush()
+        _atomic_json(self.store.root / "parts" / f"{self.unit}.json", self.rows)
+
+
+class DatasetWriter:
+    """Creates (or resumes) a dataset folder; see the module docstring for the layout."""
+
+    def __init__(self, root: str | Path, kind: str, params: dict, *, overwrite: bool = False,
+                 image_dtype: str = "float32", shard_bytes: int = SHARD_BYTES):
+        self.root = Path(root)
+        self.kind = kind
+        self.params = json.loads(json.dumps({"kind": kind, **params}, default=str))
+        self.image_dtype = np.dtype(image_dtype)
+        self.shard_bytes = shard_bytes
+        self.complete = False
+        self._prepare(overwrite)
+
+    def _prepare(self, overwrite: bool) -> None:
+        root = self.root
+        meta, params_file = root / "dataset.json", root / "parts" / "_params.json"
+        if root.exists() and any(root.iterdir()):
+            ours = meta.exists() or params_file.exists()
+            if overwrite:
+                if not ours and any(p.name not in ("shards", "parts", "index.gpkg") for p in root.iterdir()):
+                    raise InputError(f"{root}: folder is not empty and was not written by cdtool; "
+                                     "pick an empty or new --out folder")
+                for name in ("shards", "parts"):
+                    shutil.rmtree(root / name, ignore_errors=True)
+                for p in list(root.iterdir()):
+                    if p.is_file():
+                        p.unlink()
+                    elif p.is_dir() and not any(p.iterdir()):
+                        p.rmdir()
+            elif not ours:
+                raise InputError(f"{root}: folder is not empty and holds no cdtool dataset; "
+                                 "pick another --out or pass --overwrite")
+            else:
+                previous = json.loads((meta if meta.exists() else params_file).read_text())
+                previous = previous.get("params", previous)
+                if previous != self.params:
+                    changed = sorted(k for k in set(previous) | set(self.params)
+                                     if previous.get(k) != self.params.get(k))
+                    raise InputError(f"{root}: holds a dataset made with other settings ({', '.join(changed)}); "
+                                     "pass --overwrite to replace it")
+                self.complete = meta.exists() and (root / "index.gpkg").exists()
+        (root / "shards").mkdir(parents=True, exist_ok=True)
+        (root / "parts").mkdir(exist_ok=True)
+        if not params_file.exists():
+            _atomic_json(params_file, self.params)
+        for tmp in list(root.glob("**/*.part")):
+            tmp.unlink()
+
+    def done(self, unit: str) -> bool:
+        return (self.root / "parts" / f"{unit}.json").exists()
+
+    def unit(self, unit: str) -> UnitWriter:
+        # A crashed unit may have left shards without a part file: start it afresh.
+        for stale in (self.root / "shards").glob(f"{unit}-[0-9][0-9][0-9][0-9].*.npy"):
+            stale.unlink()
+        return UnitWriter(self, unit)
+
+    def rows(self) -> list[dict]:
+        out = []
+        for part in sorted((self.root / "parts").glob("*.json")):
+            if part.name != "_params.json":
+                out.extend(json.loads(part.read_text()))
+        return out
+
+    def finish(self, crs: Any = None, channels: int | None = None, extra: dict | None = None) -> dict:
+        """Write index.gpkg and dataset.json from the part files; returns the summary."""
+        rows = self.rows()
+        if not rows:
+            raise InputError(f"{self.root}: no samples were produced; check the inputs and thresholds")
+        write_index(self.root / "index.gpkg", rows, crs)
+        counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+        labels = [r.get("label") for r in rows if r.get("label") is not None and r.get("label") >= 0]
+        summary = {"format": FORMAT, "kind": self.kind, "params": self.params, "samples": len(rows),
+                   "splits": counts, "channels": channels, "image_dtype": str(self.image_dtype),
+                   "arrays": sorted({a for p in (self.root / "shards").glob("*.npy")
+                                     for a in [p.name.split(".")[-2]]})}
+        if labels:
+            summary["labels"] = {str(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True))}
+        summary.update(extra or {})
+        _atomic_json(self.root / "dataset.json", summary)
+        self.complete = True
+        return summary
+
+    def summary(self) -> dict:
+        return json.loads((self.root / "dataset.json").read_text())
+
+
+def write_index(path: Path, rows: Iterable[dict], crs: Any) -> None:
+    """The index as a GeoPackage (layer "samples"): QGIS shows where every chip came from."""
+    import geopandas as gpd
+    from shapely import wkt
+
+    rows = list(rows)
+    geoms = [wkt.loads(r["footprint"]) if r.get("footprint") else None for r in rows]
+    attrs = [{k: v for k, v in r.items() if k != "footprint"} for r in rows]
+    gdf = gpd.GeoDataFrame(attrs, geometry=geoms, crs=crs)
+    tmp = path.with_name(path.stem + ".tmp.gpkg")
+    tmp.unlink(missing_ok=True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pixel-space footprints legitimately have no CRS
+        gdf.to_file(tmp, layer="samples", driver="GPKG")
+    os.replace(tmp, path)
+
+
+def read_index(root: str | Path):
+    """The index rows as a pandas DataFrame (no geometry parsing, so it is fast)."""
+    import pyogrio
+
+    path = Path(root) / "index.gpkg"
+    if not path.exists() or not (Path(root) / "dataset.json").exists():
+        raise InputError(f"{root}: not a finished cdtool dataset (no index.gpkg / dataset.json); "
+                         "run or resume `cdtool tile` / `cdtool patches` first")
+    return pyogrio.read_dataframe(path, layer="samples", read_geometry=False)
