@@ -24,6 +24,8 @@ from shapely.geometry import shape
 
 LAYER = "changes"
 FLUSH_EVERY = 5000
+# GeoPackage 1.2 rather than the newest: QGIS/GDAL releases still in LTS distributions (e.g. Debian 12's
+# QGIS 3.22 on GDAL 3.6) warn that 1.4 files are "only partially supported".
 
 
 @dataclass
@@ -139,7 +141,8 @@ class Polygonizer:
         with warnings.catch_warnings():  # pixel-space polygons of non-georeferenced pairs have no CRS
             warnings.filterwarnings("ignore", message="'crs' was not provided")
             pyogrio.write_dataframe(gdf, self.path, layer=LAYER, driver="GPKG", append=self.written,
-                                    promote_to_multi=True, geometry_type="MultiPolygon")
+                                    promote_to_multi=True, geometry_type="MultiPolygon",
+                                    dataset_options=None if self.written else {"VERSION": "1.2"})
         self.count += len(self.rows)
         self.rows = []
         self.written = True

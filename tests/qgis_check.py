@@ -1,0 +1,58 @@
+"""Run by Debian's python3 with PyQGIS (not by pytest): load cdtool's outputs as QGIS would, apply the
+.qml styles, render a map, and print what was seen as JSON for tests/test_qgis.py to check."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from qgis.core import (QgsApplication, QgsMapRendererSequentialJob, QgsMapSettings, QgsRasterLayer,  # noqa: E402
+                       QgsVectorLayer)
+from qgis.PyQt.QtCore import QSize  # noqa: E402
+from qgis.PyQt.QtGui import QColor  # noqa: E402
+
+out, png = sys.argv[1], sys.argv[2]
+app = QgsApplication([], False)
+app.initQgis()
+layers = {
+    "prob": QgsRasterLayer(os.path.join(out, "change_prob.tif"), "change score"),
+    "mask": QgsRasterLayer(os.path.join(out, "change_mask.tif"), "change mask"),
+    "polys": QgsVectorLayer(os.path.join(out, "changes.gpkg") + "|layername=changes", "changes", "ogr"),
+}
+styles = {"prob": "change_prob.qml", "mask": "change_mask.qml", "polys": "changes.qml"}
+report = {}
+for key, layer in layers.items():
+    info = {"valid": layer.isValid(), "crs": layer.crs().authid()}
+    if layer.isValid():
+        _, ok = layer.loadNamedStyle(os.path.join(out, styles[key]))
+        e = layer.extent()
+        info.update(style_loaded=bool(ok), extent=[e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()],
+                    renderer=layer.renderer().type())
+        if key == "polys":
+            info["features"] = layer.featureCount()
+        else:
+            info["overviews"] = layer.dataProvider().hasPyramids()
+    report[key] = info
+
+settings = QgsMapSettings()
+settings.setLayers([layers["polys"], layers["mask"], layers["prob"]])
+settings.setDestinationCrs(layers["prob"].crs())
+settings.setExtent(layers["prob"].extent())
+settings.setOutputSize(QSize(600, 600))
+settings.setBackgroundColor(QColor(255, 255, 255))
+job = QgsMapRendererSequentialJob(settings)
+job.start()
+job.waitForFinished()
+image = job.renderedImage()
+image.save(png, "PNG")
+reds = 0
+for y in range(0, image.height(), 4):
+    for x in range(0, image.width(), 4):
+        c = QColor(image.pixel(x, y))
+        if c.red() > 180 and c.green() < 80 and c.blue() < 80:
+            reds += 1
+report["render"] = {"width": image.width(), "height": image.height(), "red_samples": reds}
+print(json.dumps(report), flush=True)
+# PyQGIS may crash while tearing down layers at interpreter exit; the report is out, so leave at once.
+os._exit(0)
