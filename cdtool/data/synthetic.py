@@ -1,0 +1,177 @@
+"""`cdtool patches --protocol synthetic`: labelled synthetic pairs with flow (paper 001, after SimSaC).
+
+BEFORE is a crop of a background image. Objects are cut from real change data (each connected
+component of a change mask is one object shape, its pixels taken from the AFTER image of that pair)
+and pasted at random places; the composite is then warped by a random similarity transform A (rotation,
+scale, shift about the centre) to give AFTER:
+
+    AFTER(p) = composite(A p)     mask(p) = pasted(A p)     flow(p) = A p - p   (dx, dy in pixels)
+
+so BEFORE(p + flow(p)) equals AFTER(p) wherever nothing was pasted, which is the flow a change model
+has to recover. Pixels whose source A p falls outside the crop are marked invalid.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import find_objects, label as cc_label, map_coordinates
+from tqdm import tqdm
+
+from cdtool.data.sources import IMAGE_SUFFIXES, PairSource
+from cdtool.data.splits import split_of
+from cdtool.data.store import DatasetWriter
+from cdtool.errors import InputError
+
+SAMPLES_PER_UNIT = 200
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    samples: int = 1000
+    size: int = 256
+    objects: tuple[int, int] = (1, 4)     # objects pasted per sample (inclusive range)
+    min_object: int = 64                  # smallest object area in pixels
+    max_rotation: float = 10.0            # degrees
+    max_scale: float = 0.1                # relative
+    max_shift: float = 16.0               # pixels
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(Image.open(path).convert("RGB"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read as an image ({exc})") from None
+
+
+class ObjectBank:
+    """Object shapes (connected components of change masks) with their AFTER-image pixels, loaded
+    lazily and cached a few pairs at a time, so memory does not grow with the number of pairs."""
+
+    def __init__(self, pairs: list[PairSource], min_area: int, cache: int = 8):
+        self.pairs, self.min_area, self.cache = [p for p in pairs if p.mask is not None], min_area, cache
+        if not self.pairs:
+            raise InputError("synthetic pairs need object shapes: give --objects FOLDER with A/ B/ label/")
+        self._cache: OrderedDict[int, tuple] = OrderedDict()
+
+    def _objects(self, k: int) -> tuple:
+        if k not in self._cache:
+            p = self.pairs[k]
+            tex = _load_rgb(p.after)
+            mask = np.asarray(Image.open(p.mask).convert("L")) > 0
+            if mask.shape != tex.shape[:2]:
+                raise InputError(f"{p.mask}: mask size {mask.shape[::-1]} differs from {p.after}")
+            lab, _ = cc_label(mask)
+            objs = [(sl, lab[sl] == i + 1) for i, sl in enumerate(find_objects(lab))
+                    if sl is not None and (lab[sl] == i + 1).sum() >= self.min_area]
+            self._cache[k] = (tex, objs)
+            if len(self._cache) > self.cache:
+                self._cache.popitem(last=False)
+        return self._cache[k]
+
+    def draw(self, rng: np.random.Generator, max_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """One object: its pixels (h, w, 3) and shape (h, w), or None when the drawn pair has none."""
+        tex, objs = self._objects(int(rng.integers(len(self.pairs))))
+        objs = [o for o in objs if o[1].shape[0] <= max_size and o[1].shape[1] <= max_size]
+        if not objs:
+            return None
+        sl, shape = objs[int(rng.integers(len(objs)))]
+        return tex[sl], shape
+
+
+def random_similarity(rng: np.random.Generator, size: int, opts: SyntheticOptions) -> np.ndarray:
+    """2x3 matrix A mapping AFTER pixel (x, y, 1) to composite coordinates."""
+    th = np.deg2rad(rng.uniform(-opts.max_rotation, opts.max_rotation))
+    s = 1.0 + rng.uniform(-opts.max_scale, opts.max_scale)
+    t = rng.uniform(-opts.max_shift, opts.max_shift, 2)
+    c = (size - 1) / 2.0
+    rot = s * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    return np.hstack([rot, (np.array([c, c]) - rot @ [c, c] + t)[:, None]])
+
+
+def synth_pair(bg: np.ndarray, bank: ObjectBank, rng: np.random.Generator, opts: SyntheticOptions):
+    """(image (2, 3, S, S) uint8, mask (S, S), valid (S, S), flow (2, S, S)) for one background crop."""
+    size = opts.size
+    before = bg.astype(np.float32)
+    comp, pasted = before.copy(), np.zeros((size, size), bool)
+    want = int(rng.integers(opts.objects[0], opts.objects[1] + 1))
+    for _ in range(want * 4):
+        if want == 0:
+            break
+        obj = bank.draw(rng, size)
+        if obj is None:
+            continue
+        pix, shape = obj
+        r, c = int(rng.integers(0, size - shape.shape[0] + 1)), int(rng.integers(0, size - shape.shape[1] + 1))
+        region = comp[r:r + shape.shape[0], c:c + shape.shape[1]]
+        region[shape] = pix[shape]
+        pasted[r:r + shape.shape[0], c:c + shape.shape[1]] |= shape
+        want -= 1
+    a = random_similarity(rng, size, opts)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    sx = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
+    sy = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
+    coords = np.stack([sy, sx])
+    after = np.stack([map_coordinates(comp[..., ch], coords, order=1, mode="constant") for ch in range(3)])
+    mask = map_coordinates(pasted.astype(np.float32), coords, order=0, mode="constant") > 0.5
+    valid = (sx >= 0) & (sx <= size - 1) & (sy >= 0) & (sy <= size - 1)
+    flow = np.stack([sx - xs, sy - ys]).astype(np.float32)
+    image = np.stack([before.transpose(2, 0, 1), after]).clip(0, 255).round().astype(np.uint8)
+    return image, mask & valid, valid, flow
+
+
+def make_synthetic(backgrounds: list[Path], objects: list[PairSource], out: Path, opts: SyntheticOptions, *,
+                   overwrite: bool = False, progress: bool = False) -> dict:
+    """Write `opts.samples` synthetic pairs; the split follows the background image, so a background
+    never appears in two splits."""
+    t0 = time.perf_counter()
+    files = sorted({p for f in backgrounds for p in (sorted(f.iterdir()) if f.is_dir() else [f])
+                    if p.suffix.lower() in IMAGE_SUFFIXES})
+    if not files:
+        raise InputError(f"{backgrounds[0] if backgrounds else '--backgrounds'}: no background images")
+    sizes = {}
+    for f in files:
+        with Image.open(f) as im:
+            sizes[f] = im.size
+    files = [f for f in files if min(sizes[f]) >= opts.size]
+    if not files:
+        raise InputError(f"{backgrounds[0]}: no background image is at least {opts.size}x{opts.size}")
+    bank = ObjectBank(objects, opts.min_object)
+    params = {"backgrounds": [str(f) for f in files], "objects": [str(p.mask) for p in bank.pairs],
+              "samples": opts.samples, "size": opts.size, "objects_per_sample": list(opts.objects),
+              "min_object": opts.min_object, "max_rotation": opts.max_rotation, "max_scale": opts.max_scale,
+              "max_shift": opts.max_shift, "fractions": list(opts.fractions), "seed": opts.seed}
+    store = DatasetWriter(out, "synthetic", params, overwrite=overwrite, image_dtype="uint8")
+    if store.complete:
+        return {**store.summary(), "already_complete": True}
+    bar = tqdm(total=opts.samples, desc="synthetic pairs", unit="pair", disable=not progress)
+    for u0 in range(0, opts.samples, SAMPLES_PER_UNIT):
+        unit = f"synthetic.{u0 // SAMPLES_PER_UNIT:05d}"
+        n = min(SAMPLES_PER_UNIT, opts.samples - u0)
+        if store.done(unit):
+            bar.update(n)
+            continue
+        rng = np.random.default_rng([opts.seed, u0])
+        writer = store.unit(unit)
+        for k in range(u0, u0 + n):
+            f = files[int(rng.integers(len(files)))]
+            w, h = sizes[f]
+            r, c = int(rng.integers(0, h - opts.size + 1)), int(rng.integers(0, w - opts.size + 1))
+            bg = _load_rgb(f)[r:r + opts.size, c:c + opts.size]
+            image, mask, valid, flow = synth_pair(bg, bank, rng, opts)
+            writer.add({"sample": f"{k}", "background": str(f), "row": r, "col": c, "height": opts.size,
+                        "width": opts.size, "changed_share": float(mask.mean()), "label": -1,
+                        "split": split_of(f.name, opts.seed, opts.fractions)},
+                       image, mask=mask, valid=valid, flow=flow)
+            bar.update(1)
+        writer.close()
+    bar.close()
+    summary = store.finish(crs=None, channels=3)
+    return {**summary, "seconds": round(time.perf_counter() - t0, 2)}
