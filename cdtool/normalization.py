@@ -74,3 +74,11 @@ class Normalizer:
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         """stack: (..., 2, C, h, w) raw pixels -> standardised float32."""
         return ((stack - self.mean[..., None, None]) / self.std[..., None, None]).astype(np.float32)
+
+    def torch(self, stack: "torch.Tensor") -> "torch.Tensor":
+        """The same on a tensor (..., 2, C, h, w), in place, on whatever device it lives on."""
+        import torch
+
+        mean = torch.as_tensor(self.mean, device=stack.device)[..., None, None]
+        std = torch.as_tensor(self.std, device=stack.device)[..., None, None]
+        return stack.sub_(mean).div_(std)

@@ -26,8 +26,8 @@ class Predictor:
         for i, s in enumerate(stacks):
             by_shape.setdefault(s.shape[-2:], []).append(i)
         for (h, w), idx in by_shape.items():
-            x = torch.from_numpy(self.normalizer(np.stack([stacks[i] for i in idx])))  # (B, 2, C, h, w)
-            x = x.to(self.device, non_blocking=True)
+            x = torch.from_numpy(np.stack([stacks[i] for i in idx])).to(self.device, non_blocking=True)
+            x = self.normalizer.torch(x)  # (B, 2, C, h, w)
             m = self.detector.size_multiple
             ph, pw = (-h) % m, (-w) % m
             if ph or pw:

@@ -66,10 +66,13 @@ class Polygonizer:
         ids = np.arange(self.next_id, self.next_id + n)  # region id of label k is ids[k-1]
         self.next_id += n
         if n:
-            idx = np.arange(1, n + 1)
-            pixels = ndimage.sum_labels(np.ones_like(score), labels, idx)
-            sums = ndimage.sum_labels(score, labels, idx)
-            maxs = ndimage.maximum(score, labels, idx)
+            flat = labels.ravel()
+            pixels = np.bincount(flat, minlength=n + 1)[1:]
+            sums = np.bincount(flat, weights=score.ravel(), minlength=n + 1)[1:]
+            maxs = np.zeros(n + 1, np.float64)
+            hit = flat > 0
+            np.maximum.at(maxs, flat[hit], score.ravel()[hit])
+            maxs = maxs[1:]
             # Polygonise in pixel coordinates (exact integers) so pieces of one region meet exactly
             # across bands; the geotransform is applied once the region is complete.
             for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
