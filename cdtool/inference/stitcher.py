@@ -54,8 +54,9 @@ class Stitcher:
         self.height, self.width, self.halo, self.blend, self.pad = height, width, halo, blend, wrap_pad
         self.top = 0  # raster row of buffer row 0
         cw = width + 2 * wrap_pad
-        self.acc = np.zeros((tile_height, cw), np.float64)
-        self.wsum = np.zeros((tile_height, cw), np.float64)
+        # float32 halves the band buffer (its size is what bounds memory); sums of a few weights lose nothing.
+        self.acc = np.zeros((tile_height, cw), np.float32)
+        self.wsum = np.zeros((tile_height, cw), np.float32)
         self.valid = np.zeros((tile_height, cw), bool)
 
     def weights(self, tile: Tile) -> np.ndarray:
@@ -67,7 +68,8 @@ class Stitcher:
         else:
             left = h if tile.col > 0 else 0
             right = h if tile.col_stop < self.width else 0
-        return np.outer(taper(tile.height, self.blend, top, bottom), taper(tile.width, self.blend, left, right))
+        return np.outer(taper(tile.height, self.blend, top, bottom),
+                        taper(tile.width, self.blend, left, right)).astype(np.float32)
 
     def add(self, tile: Tile, score: np.ndarray, valid: np.ndarray) -> None:
         """Add a tile's (h, w) scores; rows above `tile.row` must not be added after they were flushed."""
@@ -93,8 +95,9 @@ class Stitcher:
         n = min(until_row, self.height) - self.top
         if n <= 0:
             return
-        acc, wsum, valid = self.acc[:n].copy(), self.wsum[:n].copy(), self.valid[:n].copy()
+        acc, wsum, valid = self.acc[:n], self.wsum[:n], self.valid[:n].copy()
         if self.pad:
+            acc, wsum = acc.copy(), wsum.copy()
             p, w = self.pad, self.width
             acc[:, w:w + p] += acc[:, :p]
             wsum[:, w:w + p] += wsum[:, :p]
@@ -103,10 +106,11 @@ class Stitcher:
             acc, wsum, valid = acc[:, p:w + p], wsum[:, p:w + p], valid[:, p:w + p]
         covered = wsum > 0
         score = np.zeros(acc.shape, np.float32)
-        np.divide(acc, wsum, out=score, where=covered, casting="unsafe")
+        np.divide(acc, wsum, out=score, where=covered)
         yield Band(self.top, score, valid & covered)
         for buf in (self.acc, self.wsum, self.valid):
-            buf[:-n] = buf[n:].copy() if n < buf.shape[0] else buf[:0]
+            if n < buf.shape[0]:
+                buf[:-n] = buf[n:]  # overlapping copy: numpy handles the overlap
             buf[-n:] = 0
         self.top += n
 
