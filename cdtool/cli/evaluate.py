@@ -1,0 +1,76 @@
+"""cdtool evaluate: score predictions against ground truth, or a model on a labelled dataset folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cdtool.cli.options import Device, friendly_errors, out_console
+from cdtool.errors import InputError
+from cdtool.metrics import NAMES
+
+
+def evaluate(
+    pred: Annotated[Optional[Path], typer.Argument(help="Prediction: a mask (0/1, 0/255) or scores in [0, 1]; "
+                                                   "a file or a folder matched to TRUTH by file name.")] = None,
+    truth: Annotated[Optional[Path], typer.Argument(help="Ground-truth mask file or folder (change > 0; OSCD 1/2).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint or registered model to run on --data.")] = None,
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Labelled dataset folder (A/ B/ label/, or OSCD "
+                                                       "cities); repeatable.")] = None,
+    pairs: Annotated[Optional[str], typer.Option("--pairs", help="Comma-separated pair names or roots to score "
+                                                 "(e.g. levir/test_2_0000_0000,dsifn).")] = None,
+    exclude: Annotated[Optional[str], typer.Option("--exclude", help="Comma-separated pairs to leave out.")] = None,
+    threshold: Annotated[Optional[str], typer.Option("--threshold", help="Score threshold or 'otsu' (default: the "
+                                                     "model's; 0.5 for score files).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON here.")] = None,
+    device: Device = None,
+) -> None:
+    """Precision, recall, F1, IoU of change, mIoU, accuracy, Cohen's kappa and AUROC (for scores)."""
+    from cdtool.engine import evaluate as ev
+
+    thr: float | str | None = None
+    if threshold is not None:
+        try:
+            thr = threshold if threshold == "otsu" else float(threshold)
+        except ValueError:
+            raise typer.BadParameter("a number in [0, 1] or 'otsu'", param_hint="--threshold") from None
+    if model is not None:
+        if pred is not None or not data:
+            raise InputError("use either PRED TRUTH, or --model with --data")
+        total, rows = ev.evaluate_model(model, [str(d) for d in data], _names(pairs), _names(exclude), thr, device)
+    else:
+        if pred is None or truth is None:
+            raise InputError("give PRED and TRUTH, or --model CKPT --data DATASET")
+        total, rows = ev.evaluate_files(pred, truth, 0.5 if thr is None else thr)
+    table = Table(*["", *NAMES], title="change detection scores")
+    for row in rows + [{"name": "all", **total}]:
+        table.add_row(str(row["name"]), *(_fmt(row.get(k)) for k in NAMES))
+    out_console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(_clean({"total": total, "per_pair": rows}), indent=1))
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _clean(v):
+    """NaN (an undefined score) becomes null, so the file is strict JSON."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(friendly_errors(evaluate))

@@ -1,0 +1,53 @@
+"""cdtool models: what can be trained or detected with, by name, and the recipes that train them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+from rich.table import Table
+
+from cdtool.cli.options import friendly_errors, out_console
+
+
+def recipe_dirs() -> list[Path]:
+    """recipes/ in the working directory and beside the package (a source checkout)."""
+    here = Path(__file__).resolve().parents[2] / "recipes"
+    dirs = [Path("recipes").resolve(), here]
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def models(
+    recipes: Annotated[Optional[Path], typer.Option("--recipes", help="Folder of recipes to list (default recipes/).")] = None,
+) -> None:
+    """List registered models (name, output kind, paper) and the recipes found."""
+    from cdtool.losses.base import loss_entry, loss_names
+    from cdtool.models.registry import create_model, model_entry, model_names
+
+    t = Table("model", "output", "trainable", "paper", "summary", title="models")
+    for name in model_names():
+        e = model_entry(name)
+        trainable = any(p.requires_grad for p in create_model(name).parameters())
+        t.add_row(name, e.output, "yes" if trainable else "no", e.paper, e.summary)
+    out_console.print(t)
+    lt = Table("loss", "reads", "summary", title="losses")
+    for name in loss_names():
+        e = loss_entry(name)
+        lt.add_row(name, ", ".join(e.needs), e.summary)
+    out_console.print(lt)
+    rt = Table("recipe", "task", "model", "loss", "description", title="recipes")
+    for d in [recipes] if recipes else recipe_dirs():
+        for path in sorted(Path(d).glob("*.yaml")):
+            try:
+                r = yaml.safe_load(path.read_text()) or {}
+                rt.add_row(str(path), str(r.get("task", "")), str((r.get("model") or {}).get("name", "")),
+                           str((r.get("loss") or {}).get("name", "")), str(r.get("description", "")))
+            except (yaml.YAMLError, AttributeError):
+                rt.add_row(str(path), "", "", "", "(not a readable recipe)")
+    out_console.print(rt)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(friendly_errors(models))

@@ -1,0 +1,176 @@
+"""Scoring models and prediction files against ground truth (cdtool evaluate, and validation in training).
+
+Models are run on whole pairs the way detection runs them: the normalisation recorded with the model,
+reflection-free replicate padding to the model's size multiple, scores in [0, 1], and the threshold of
+the checkpoint (a number, or "otsu" per image for the classical detector).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cdtool.errors import InputError
+from cdtool.metrics import BinaryMetrics
+
+HIST_BINS = 1024
+
+
+def normalize_batch(image: torch.Tensor, spec: dict, mean: torch.Tensor | None = None,
+                    std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw (B, 2, C, H, W) -> normalised (before, after). Per-image mode uses the whole-pair statistics
+    the dataset provides (`mean`, `std`: (B, 2, C)) and falls back to each sample's own statistics."""
+    x = image.float()
+    if spec["mode"] == "fixed":
+        m = torch.as_tensor(spec["mean"], dtype=x.dtype, device=x.device)[None, None, :, None, None]
+        s = torch.as_tensor(spec["std"], dtype=x.dtype, device=x.device).clamp_min(1e-6)[None, None, :, None, None]
+        if m.shape[2] != x.shape[2]:
+            raise InputError(f"normalization has {m.shape[2]} band values but the data has {x.shape[2]} bands")
+    elif mean is not None and std is not None:
+        m, s = mean.to(x)[..., None, None], std.to(x).clamp_min(1e-6)[..., None, None]
+    else:
+        m = x.mean(dim=(-2, -1), keepdim=True)
+        s = x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    z = (x - m) / s
+    return z[:, 0], z[:, 1]
+
+
+@torch.no_grad()
+def predict_padded(model: nn.Module, before: torch.Tensor, after: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """Scores (B, 1, H, W) for inputs of any size: pad to the model's size multiple, crop back."""
+    h, w = before.shape[-2:]
+    m = int(getattr(model, "size_multiple", 1))
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        before = F.pad(before, (0, pw, 0, ph), mode="replicate")
+        after = F.pad(after, (0, pw, 0, ph), mode="replicate")
+    with torch.autocast("cuda", enabled=amp and before.is_cuda):
+        y = model(before, after)
+    return y[..., :h, :w].float().clamp(0.0, 1.0)
+
+
+def otsu(hist: np.ndarray) -> float:
+    """Otsu's threshold (between-class variance maximum) of a histogram of scores in [0, 1]."""
+    bins = len(hist)
+    p = hist / max(hist.sum(), 1e-12)
+    centres = (np.arange(bins) + 0.5) / bins
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * centres)
+    w1 = 1.0 - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
+    var = np.nan_to_num(var)
+    return float((np.argmax(var) + 1) / bins)
+
+
+def threshold_scores(scores: np.ndarray, threshold: float | str, valid: np.ndarray | None = None) -> np.ndarray:
+    if threshold == "otsu":
+        s = scores if valid is None else scores[valid]
+        hist = np.bincount(np.minimum((np.clip(s, 0, 1) * HIST_BINS).astype(np.int64), HIST_BINS - 1),
+                           minlength=HIST_BINS)
+        threshold = otsu(hist.astype(np.float64))
+    return scores >= float(threshold)
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader, normalization: dict, device: torch.device,
+                    threshold: float | str, amp: bool = False) -> tuple[BinaryMetrics, list[dict]]:
+    """Run `model` on every sample of `loader` (whole pairs, batch size 1, or equal-sized crops) and
+    accumulate one confusion matrix and the score histograms. Returns the metrics and per-sample scores."""
+    model.eval()
+    acc = BinaryMetrics(bins=HIST_BINS)
+    per_sample: list[dict] = []
+    for batch in loader:
+        before, after = normalize_batch(batch["image"].to(device), normalization,
+                                        batch.get("mean"), batch.get("std"))
+        scores = predict_padded(model, before, after, amp).cpu().numpy()[:, 0]
+        truth = batch["mask"].numpy()[:, 0] > 0.5
+        valid = batch["valid"].numpy()[:, 0] if "valid" in batch else np.ones_like(truth)
+        for s, t, v in zip(scores, truth, valid):
+            pred = threshold_scores(s, threshold, v)
+            one = BinaryMetrics(bins=HIST_BINS).update(pred, t, v, s)
+            acc.update(pred, t, v, s)
+            per_sample.append(one.compute())
+    return acc, per_sample
+
+
+def read_map(path: Path) -> np.ndarray:
+    """First band of a raster or image as float: a mask (0/1, 0/255, OSCD 1/2) or scores in [0, 1]."""
+    try:
+        with rasterio.open(path) as ds:
+            a = ds.read(1, masked=True)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+    return np.ma.filled(a.astype(np.float64), np.nan)
+
+
+def as_truth(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    valid = np.isfinite(a)
+    v = a[valid]
+    if v.size and v.min() >= 1 and v.max() == 2:
+        return a == 2, valid
+    return a > 0, valid
+
+
+def as_prediction(a: np.ndarray, threshold: float | str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mask, scores or None): values in [0, 1] that are not all 0/1 are scores; 0/255 or 0/1 are masks."""
+    v = a[np.isfinite(a)]
+    if v.size and v.max() > 1.0:
+        return np.nan_to_num(a) > 0, None
+    if v.size and np.isin(v, (0.0, 1.0)).all():
+        return np.nan_to_num(a) > 0.5, None
+    s = np.nan_to_num(a)
+    return threshold_scores(s, threshold, np.isfinite(a)), s
+
+
+def pair_files(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
+    """Match prediction and truth files: two files, or two folders matched by file stem."""
+    if pred.is_file() and truth.is_file():
+        return [(pred, truth)]
+    if pred.is_dir() and truth.is_dir():
+        truths = {p.stem: p for p in sorted(truth.iterdir()) if p.is_file() and not p.name.startswith(".")}
+        out = [(p, truths[p.stem]) for p in sorted(pred.iterdir()) if p.stem in truths]
+        if not out:
+            raise InputError(f"{pred} and {truth}: no file names in common")
+        return out
+    for p in (pred, truth):
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder")
+    raise InputError("PRED and TRUTH must both be files or both be folders")
+
+
+def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5) -> tuple[dict, list[dict]]:
+    acc = BinaryMetrics(bins=HIST_BINS)
+    rows = []
+    for p, t in pair_files(Path(pred), Path(truth)):
+        tm, tv = as_truth(read_map(t))
+        pa = read_map(p)
+        if pa.shape != tm.shape:
+            raise InputError(f"{p}: is {pa.shape[1]}x{pa.shape[0]} but {t} is {tm.shape[1]}x{tm.shape[0]}")
+        pm, scores = as_prediction(pa, threshold)
+        acc.update(pm, tm, tv, scores)
+        rows.append({"name": p.name, **BinaryMetrics(bins=HIST_BINS).update(pm, tm, tv, scores).compute()})
+    return acc.compute(), rows
+
+
+def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
+                   threshold: float | str | None = None, device: str | None = None,
+                   shift: dict | None = None) -> tuple[dict, list[dict]]:
+    """Run a checkpoint or registered model on whole labelled pairs, as detection would; pooled scores and
+    one row per pair."""
+    from torch.utils.data import DataLoader
+
+    from cdtool.data.pair_folder import PairFolderDataset
+    from cdtool.inference.detector import load_detector, pick_device
+
+    data = PairFolderDataset(roots, pairs=pairs, exclude=exclude, crop=None, augment=False, shift=shift)
+    det = load_detector(spec, data.channels)
+    thr = det.threshold if threshold is None else threshold
+    acc, rows = evaluate_loader(det.model.to(pick_device(device)), DataLoader(data, batch_size=1),
+                                det.normalization, pick_device(device), thr)
+    return acc.compute(), [{"name": n, **r} for n, r in zip(data.names, rows)]

@@ -1,0 +1,326 @@
+"""The training loop: device, AMP on CUDA, seeding, data, progress, logging, curves, checkpoints, resume
+and DDP. What is learned and how is the task's business (cdtool.engine.tasks).
+
+Run folder ``<out>/``: ``recipe.yaml`` (resolved), ``metrics.csv`` and ``metrics.json`` (one row per
+epoch), ``curves.png``, ``best.safetensors`` (best validation score), ``last.safetensors`` and
+``last.state.pt`` (optimisers, scheduler, AMP scaler, epoch, best score, history: tensors and plain
+values only, read back with ``torch.load(weights_only=True)``).
+
+Reproducibility: everything random in an epoch (weights aside) is seeded from (seed, epoch) (the torch
+RNG, the sampler order, the dataset's crops), so resuming after epoch k replays epochs k+1... exactly as
+an uninterrupted run would: on CPU the weights agree bit for bit. An interruption mid-epoch resumes
+from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from cdtool.data.registry import build_dataset
+from cdtool.engine import distributed
+from cdtool.engine.checkpoint import load_checkpoint, save_checkpoint
+from cdtool.engine.evaluate import evaluate_loader, normalize_batch
+from cdtool.engine.recipe import Recipe, dump_recipe
+from cdtool.engine.tasks import TASKS, TrainOutputs
+from cdtool.errors import InputError
+from cdtool.losses.base import create_loss
+from cdtool.metrics import best_threshold
+from cdtool.models.registry import create_model, model_entry
+
+STATE_FILE = "last.state.pt"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_epoch: int
+    best_score: float
+    threshold: float
+    history: list[dict]
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _resolve_model_args(recipe: Recipe, channels: int | None) -> dict:
+    """Fill in_channels from the data when the recipe leaves it out and the builder takes it."""
+    import inspect
+
+    args = dict(recipe.model.args)
+    params = inspect.signature(model_entry(recipe.model.name).builder).parameters
+    if "in_channels" in params and "in_channels" not in args and channels is not None:
+        args["in_channels"] = int(channels)
+    return args
+
+
+def load_init(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
+    """Initialise from a local weights file by parameter name (e.g. a pretrained backbone): safetensors
+    (a cdtool checkpoint's 'model' state or a plain state dict) or a weights-only torch file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"model.init: {p}: no such weights file")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        flat = load_file(str(p))
+        state = {k.removeprefix("model."): v for k, v in flat.items()}
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a pickle with code in it, or not a torch file at all
+            raise InputError(f"model.init: {p}: not a weights-only torch file ({exc})") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fit:
+        raise InputError(f"model.init: {p}: no parameter matches the model by name and shape")
+    model.load_state_dict(fit, strict=False)
+    return sorted(fit), sorted(set(own) - set(fit))
+
+
+def _history_files(run_dir: Path, history: list[dict]) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    _plot(run_dir / "curves.png", history)
+
+
+def _plot(path: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(ep, [r["train_loss"] for r in history], marker="o")
+    a.set_xlabel("epoch"), a.set_ylabel("training loss"), a.grid(alpha=0.3)
+    for k in ("val_f1", "val_iou", "val_auroc"):
+        ys = [r.get(k, float("nan")) for r in history]
+        if not all(math.isnan(y) for y in ys):
+            b.plot(ep, ys, marker="o", label=k.removeprefix("val_"))
+    b.set_xlabel("epoch"), b.set_ylabel("validation"), b.set_ylim(0, 1), b.grid(alpha=0.3)
+    if b.lines:
+        b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe):
+    s = recipe.schedule
+    if s.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.epochs)
+    if s.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
+    return None
+
+
+def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: torch.device | None = None,
+          quiet: bool = False, stop_after: int | None = None) -> RunResult:
+    """Train `recipe` into `run_dir`. `resume` continues from ``last.*`` there; `stop_after` ends after that
+    many epochs in this call (to test interruption; the schedule still spans `schedule.epochs`)."""
+    device = device or torch.device("cpu")
+    dd = distributed.setup(device)
+    run_dir = Path(run_dir)
+    if dd.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, last_path = run_dir / STATE_FILE, run_dir / "last.safetensors"
+    if not resume and last_path.exists():
+        raise InputError(f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out")
+    if resume and not (state_path.is_file() and last_path.is_file()):
+        raise InputError(f"{run_dir}: nothing to resume (no last.safetensors / {STATE_FILE})")
+
+    seed_all(recipe.seed)
+    data = recipe.data
+    train_set = build_dataset(data.kind, **{**data.args, **data.train, "seed": recipe.seed}
+                              if data.kind == "folder" else {**data.args, **data.train})
+    val_set = None
+    if data.val is not None:
+        val_args = {**data.args, **data.val}
+        if data.kind == "folder":
+            val_args.update(crop=None, augment=False, seed=recipe.seed + 1)
+        val_set = build_dataset(data.kind, **val_args)
+    channels = getattr(train_set, "channels", None)
+    if channels is None and len(train_set):
+        channels = int(train_set[0]["image"].shape[1])
+    model_args = _resolve_model_args(recipe, channels)
+    resolved = recipe.model_copy(deep=True)
+    resolved.model.args = model_args
+
+    model = create_model(recipe.model.name, **model_args)
+    crop, mult = data.train.get("crop"), int(getattr(model, "size_multiple", 1))
+    if data.kind == "folder" and crop and crop % mult:
+        raise InputError(f"data.train.crop: {crop} is not a multiple of {mult}, which model "
+                         f"{recipe.model.name!r} needs; use e.g. {max(mult, crop // mult * mult)}")
+    if recipe.model.init and not resume:
+        load_init(model, recipe.model.init)
+    model.to(device)
+    task = TASKS[recipe.task](resolved, model, create_loss(recipe.loss.name, **recipe.loss.args))
+    modules = task.modules()
+    wrapped: dict[str, nn.Module] = {}
+    for name, mod in modules.items():
+        w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
+        if dd.enabled and any(p.requires_grad for p in mod.parameters()):
+            w = nn.parallel.DistributedDataParallel(w, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped[name] = w
+    optims = task.optimizers(wrapped)
+    scheds = {k: _scheduler(o, recipe) for k, o in optims.items()}
+    amp = recipe.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    history: list[dict] = []
+    start, best, best_epoch, best_thr = 0, -math.inf, -1, 0.5
+    if resume:
+        states, meta = load_checkpoint(last_path)
+        for name, mod in modules.items():
+            mod.load_state_dict(states[name])
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        for k, o in optims.items():
+            o.load_state_dict(st["optimizers"][k])
+        for k, s in scheds.items():
+            if s is not None and k in st["schedulers"]:
+                s.load_state_dict(st["schedulers"][k])
+        if amp and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        start, best, best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
+        best_thr = float(st["best_threshold"])
+        history = json.loads(st["history"])
+        if start >= recipe.schedule.epochs:
+            raise InputError(f"{run_dir}: already trained for {recipe.schedule.epochs} epochs; raise "
+                             "schedule.epochs (--set schedule.epochs=N) to train longer")
+    if dd.main:
+        (run_dir / "recipe.yaml").write_text(dump_recipe(resolved))
+
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=data.workers) if val_set is not None else None
+    phase = task.phases[0]
+    end = recipe.schedule.epochs if stop_after is None else min(recipe.schedule.epochs, start + stop_after)
+    for epoch in range(start, end):
+        t0 = time.time()
+        seed_all(recipe.seed * 100_003 + epoch)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        if dd.enabled:
+            sampler = DistributedSampler(train_set, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=recipe.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(recipe.seed * 7919 + epoch))
+        loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, num_workers=data.workers,
+                            drop_last=len(train_set) >= 2 * data.batch_size)
+        for w in wrapped.values():
+            w.train()
+        total, count, parts_sum = 0.0, 0, {}
+        bar = _progress(loader, f"epoch {epoch + 1}/{recipe.schedule.epochs}", quiet or not dd.main)
+        for batch in bar:
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            before, after = normalize_batch(batch["image"], recipe.normalization, batch.get("mean"), batch.get("std"))
+            with torch.autocast("cuda", enabled=amp):
+                losses, parts = task.training_step(wrapped, before, after, batch, phase)
+            for name, loss in losses.items():
+                opt = optims[name]
+                opt.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    raise InputError(f"epoch {epoch + 1}: the loss became {float(loss)}; lower optim.lr")
+                scaler.scale(loss).backward()
+                if recipe.schedule.clip_grad:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(wrapped[name].parameters(), recipe.schedule.clip_grad)
+                scaler.step(opt)
+                scaler.update()
+            lv = float(sum(float(v.detach()) for v in losses.values()))
+            total, count = total + lv, count + 1
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        for s in scheds.values():
+            if s is not None:
+                s.step()
+        row = {"epoch": epoch + 1, "phase": phase, "train_loss": distributed.mean_across(total / max(count, 1), dd),
+               "lr": optims[next(iter(optims))].param_groups[0]["lr"]}
+        row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
+        thr = recipe.threshold if recipe.threshold != "tune" else 0.5
+        if val_loader is not None:
+            acc, _ = evaluate_loader(task.model, val_loader, recipe.normalization, device, 0.5, amp)
+            if recipe.threshold == "tune":
+                thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
+            scores = acc.at_threshold(float(thr)).compute()
+            row.update({f"val_{k}": v for k, v in scores.items()})
+        row["threshold"] = float(thr)
+        row["seconds"] = round(time.time() - t0, 2)
+        history.append(row)
+        score = -row["train_loss"] if (recipe.monitor == "loss" or val_loader is None) else row[f"val_{recipe.monitor}"]
+        score = -math.inf if math.isnan(score) else score
+        improved = score > best
+        if improved:
+            best, best_epoch, best_thr = score, epoch + 1, float(thr)
+        if dd.main:
+            meta = _meta(resolved, row, phase, epoch + 1, float(thr), train_set, val_set)
+            states = {n: m.state_dict() for n, m in modules.items()}
+            if improved:
+                save_checkpoint(run_dir / "best.safetensors", states, meta)
+            save_checkpoint(last_path, states, meta)
+            _save_state(state_path, optims, scheds, scaler if amp else None, epoch, best, best_epoch, best_thr, history)
+            _history_files(run_dir, history)
+            if not quiet:
+                _report(row)
+        distributed.barrier(dd)
+    return RunResult(run_dir, best_epoch, best, best_thr, history)
+
+
+def _meta(recipe: Recipe, row: dict, phase: str, epoch: int, threshold: float, train_set, val_set) -> dict:
+    """What detection and provenance need: model name and args, normalisation, threshold, band names."""
+    return {"model": {"name": recipe.model.name, "args": recipe.model.args},
+            "normalization": recipe.normalization, "threshold": threshold, "bands": None,
+            "task": recipe.task, "phase": phase, "epoch": epoch,
+            "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not
+                        (isinstance(v, float) and math.isnan(v))},
+            "train_pairs": list(getattr(train_set, "names", [])), "val_pairs": list(getattr(val_set, "names", [])),
+            "recipe": recipe.model_dump(mode="json")}
+
+
+def _save_state(path: Path, optims, scheds, scaler, epoch: int, best: float, best_epoch: int, best_thr: float,
+                history: list[dict]) -> None:
+    st = {"optimizers": {k: o.state_dict() for k, o in optims.items()},
+          "schedulers": {k: s.state_dict() for k, s in scheds.items() if s is not None},
+          "scaler": scaler.state_dict() if scaler is not None else {},
+          "epoch": epoch, "best": best, "best_epoch": best_epoch, "best_threshold": best_thr,
+          "history": json.dumps(history)}
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(st, tmp)
+    tmp.replace(path)
+
+
+def _progress(loader, desc: str, quiet: bool):
+    if quiet:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _report(row: dict) -> None:
+    from rich.console import Console
+
+    keys = [k for k in ("train_loss", "val_f1", "val_iou", "val_auroc", "threshold", "seconds") if k in row]
+    Console(stderr=True, highlight=False).print(
+        f"epoch {row['epoch']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in keys))

@@ -1,0 +1,205 @@
+"""Recipes: one YAML file per experiment, validated before anything runs.
+
+A recipe names a task family, a model and a loss by registry name with their arguments, the data, the
+optimiser and the schedule. Validation names the bad key and lists the allowed values; ``--set a.b=c``
+overrides any key (the value parsed as YAML). The resolved recipe (defaults filled in, in_channels
+inferred from the data) is written to the run folder and stored inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cdtool.errors import InputError
+from cdtool.losses.base import loss_entry, loss_names
+from cdtool.models.registry import model_entry, model_names
+from cdtool.normalization import check as check_normalization
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_args(builder, args: dict, where: str) -> None:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in args:
+        if key not in params:
+            raise ValueError(f"{where} has no argument {key!r}; allowed: {', '.join(params) or 'none'}")
+
+
+class ModelConfig(_Strict):
+    name: str = Field(description="Registered model name (see `cdtool models`).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model builder.")
+    init: str | None = Field(None, description="Local weights file (safetensors, or a weights-only torch file) to "
+                             "initialise from before training, matching parameters by name, e.g. a backbone.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in model_names():
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(model_names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _args(self) -> "ModelConfig":
+        _check_args(model_entry(self.name).builder, self.args, f"model {self.name!r}")
+        return self
+
+
+class LossConfig(_Strict):
+    name: str = Field(description="Registered loss name: " + ", ".join(loss_names()) + ".")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the loss.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in loss_names():
+            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(loss_names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _args(self) -> "LossConfig":
+        _check_args(loss_entry(self.name).builder, self.args, f"loss {self.name!r}")
+        return self
+
+
+class DataConfig(_Strict):
+    kind: Literal["folder", "chips"] = Field("folder", description="Dataset kind (cdtool.data.registry).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Arguments shared by the train and val sets "
+                                 "(folder: roots, bands; chips: root).")
+    train: dict[str, Any] = Field(default_factory=dict, description="Arguments of the training set (folder: pairs, "
+                                  "exclude, crop, samples, augment, shift; chips: split).")
+    val: dict[str, Any] | None = Field(None, description="Arguments of the validation set (folder: whole pairs, "
+                                       "crop is forced off); none: no validation, the last epoch is kept.")
+    batch_size: int = Field(8, ge=1, description="Training batch size (per process under DDP).")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class OptimConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimiser.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam).")
+
+
+class ScheduleConfig(_Strict):
+    epochs: int = Field(10, ge=1, description="Number of epochs.")
+    scheduler: Literal["none", "cosine", "step"] = Field("cosine", description="Learning-rate schedule per epoch.")
+    step_size: int = Field(10, ge=1, description="Epochs between decays (step).")
+    gamma: float = Field(0.1, gt=0, description="Decay factor (step).")
+    clip_grad: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+
+
+class Recipe(_Strict):
+    name: str = Field(description="Run name: the run folder is runs/<name>/ unless --out is given.")
+    description: str = Field("", description="What the experiment is for.")
+    task: Literal["dense", "metric"] = Field(description="Task family: dense (change logits) or metric "
+                                             "(feature distance maps).")
+    model: ModelConfig
+    loss: LossConfig
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    normalization: dict[str, Any] = Field(default_factory=lambda: {"mode": "per-image"},
+                                          description="Input normalisation, stored with the model.")
+    threshold: Union[float, Literal["tune"]] = Field("tune", description="Detection threshold on the change score, "
+                                                     "or 'tune': the best-F1 threshold on the validation pairs.")
+    monitor: Literal["f1", "iou", "kappa", "miou", "auroc", "loss"] = Field(
+        "f1", description="Validation score that picks best.safetensors (loss: training loss, lower is better).")
+    seed: int = Field(0, description="Seed of weights, crops and order: CPU runs repeat bit for bit.")
+    amp: bool = Field(True, description="Automatic mixed precision on CUDA (ignored on CPU).")
+
+    @field_validator("normalization")
+    @classmethod
+    def _norm(cls, v: dict) -> dict:
+        try:
+            return check_normalization(v)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _loss_fits_model(self) -> "Recipe":
+        if self.task == "metric" and loss_entry(self.loss.name).needs == ("logits",):
+            raise ValueError(f"task 'metric' needs a metric loss, not {self.loss.name!r}")
+        return self
+
+
+def set_key(tree: dict, dotted: str, value: Any) -> None:
+    """Set tree['a']['b'] = value for 'a.b', creating dicts on the way."""
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.001")
+        set_key(tree, key.strip(), yaml.safe_load(text))
+    return tree
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "recipe"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else ""
+            msg = f"unknown key; allowed: {allowed}"
+        elif err["type"] == "missing":
+            msg = "missing (required)"
+        lines.append(f"{loc}: {msg}")
+    return "invalid recipe: " + "; ".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def parse_recipe(tree: dict) -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise InputError(_format(exc)) from None
+
+
+def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (or a dict), apply --set overrides, validate."""
+    if isinstance(source, dict):
+        tree = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{path}: no such recipe file")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(tree, dict):
+            raise InputError(f"{path}: a recipe is a mapping of keys (name, task, model, loss, data, ...)")
+    return parse_recipe(apply_overrides(tree, overrides or []))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

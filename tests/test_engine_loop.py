@@ -1,0 +1,86 @@
+"""Training end to end on tiny synthetic pairs: run folder, reproducibility, resume, init weights."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cdtool.engine.checkpoint import load_checkpoint
+from cdtool.engine.loop import train
+from cdtool.engine.recipe import load_recipe
+from cdtool.errors import InputError
+from cdtool.inference.detector import load_detector
+from engine_fixtures import make_pair_folder, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_pair_folder(tmp_path_factory.mktemp("d") / "pairs")
+
+
+def test_run_folder_contents_and_checkpoint(pairs, tmp_path):
+    res = train(load_recipe(tiny_recipe(pairs)), tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    for f in ("recipe.yaml", "metrics.csv", "metrics.json", "curves.png", "best.safetensors", "last.safetensors",
+              "last.state.pt"):
+        assert (run / f).is_file(), f
+    hist = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2] and "val_f1" in hist[0] and "train_contrastive2" in hist[0]
+    states, meta = load_checkpoint(run / "best.safetensors")
+    assert meta["model"] == {"name": "cosimnet", "args": {"width": 4, "embed": 8, "side_outputs": 3, "in_channels": 3}}
+    assert meta["normalization"] == {"mode": "per-image"} and 0 <= meta["threshold"] <= 1
+    assert meta["val_pairs"] == ["pairs/p3"] and "pairs/p3" not in meta["train_pairs"]
+    assert meta["recipe"]["loss"]["name"] == "contrastive" and meta["epoch"] == res.best_epoch
+    det = load_detector(str(run / "best.safetensors"))
+    assert det.threshold == meta["threshold"]
+    with pytest.raises(InputError, match="--resume"):
+        train(load_recipe(tiny_recipe(pairs)), run, quiet=True)
+
+
+def test_seeded_runs_repeat_and_resume_continues_exactly(pairs, tmp_path):
+    recipe = load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 3}))
+    train(recipe, tmp_path / "a", quiet=True)
+    train(recipe, tmp_path / "b", quiet=True, stop_after=1)  # "interrupted" after epoch 1
+    train(recipe, tmp_path / "b", quiet=True, resume=True)
+    wa, ma = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    wb, mb = load_checkpoint(tmp_path / "b" / "last.safetensors")
+    assert ma["epoch"] == mb["epoch"] == 3
+    for k, v in wa["model"].items():
+        assert torch.equal(v, wb["model"][k]), k
+    ha = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    hb = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
+    with pytest.raises(InputError, match="already trained"):
+        train(recipe, tmp_path / "a", quiet=True, resume=True)
+
+
+def test_dense_task_and_init_from_local_weights(pairs, tmp_path):
+    from cdtool.models import create_model
+
+    donor = create_model("fc_siam_diff", width=4)
+    torch.nn.init.constant_(donor.enc[0][0].weight, 0.125)
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(tmp_path / "backbone.safetensors"))
+    r = tiny_recipe(pairs, **{"task": "dense", "model": {"name": "fc_siam_diff", "args": {"width": 4},
+                                                        "init": str(tmp_path / "backbone.safetensors")},
+                              "loss": {"name": "bce", "args": {"pos_weight": 2.0}}, "schedule.epochs": 1,
+                              "optim.lr": 1e-9, "threshold": 0.5, "data.train.crop": 32})
+    train(load_recipe(r), tmp_path / "run", quiet=True)
+    states, meta = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert torch.allclose(states["model"]["enc.0.0.weight"], torch.full_like(states["model"]["enc.0.0.weight"], 0.125),
+                          atol=1e-6)
+    assert meta["threshold"] == 0.5
+
+
+def test_crop_must_fit_the_model(pairs, tmp_path):
+    r = tiny_recipe(pairs, **{"task": "dense", "model": {"name": "fc_siam_conc", "args": {"width": 4}},
+                              "loss": {"name": "bce", "args": {}}})
+    with pytest.raises(InputError, match="data.train.crop: 24 is not a multiple of 16"):
+        train(load_recipe(r), tmp_path / "run", quiet=True)
+
+
+def test_loss_that_needs_outputs_the_model_lacks(pairs, tmp_path):
+    r = tiny_recipe(pairs, **{"task": "dense", "model": {"name": "fc_siam_conc", "args": {"width": 4}},
+                              "loss": {"name": "contrastive", "args": {}}, "data.train.crop": 32})
+    with pytest.raises(InputError, match="needs model outputs"):
+        train(load_recipe(r), tmp_path / "run", quiet=True)

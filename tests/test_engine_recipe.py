@@ -1,0 +1,39 @@
+import pytest
+
+from cdtool.engine.recipe import dump_recipe, load_recipe
+from cdtool.errors import InputError
+from engine_fixtures import tiny_recipe
+
+
+def test_valid_recipe_fills_defaults_and_overrides(tmp_path):
+    r = load_recipe(tiny_recipe(tmp_path), ["optim.lr=0.05", "schedule.epochs=7", "model.args.metric=cos"])
+    assert r.optim.lr == 0.05 and r.schedule.epochs == 7 and r.model.args["metric"] == "cos"
+    assert r.normalization == {"mode": "per-image"} and r.threshold == "tune"
+    assert "name: tiny" in dump_recipe(r)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.name=unet", "model.name: unknown model 'unet'; allowed: cosimnet"),
+    ("loss.name=dice", "loss.name: unknown loss 'dice'; allowed: bce"),
+    ("optim.nme=adam", "optim.nme: unknown key; allowed: name, lr"),
+    ("optim.name=lbfgs", "optim.name: Input should be 'adam', 'adamw' or 'sgd'"),
+    ("task=gan", "task: Input should be 'dense' or 'metric'"),
+    ("model.args.depth=3", "no argument 'depth'; allowed: in_channels, metric"),
+    ("normalization.mode=zscore", "normalization.mode must be one of per-image, fixed"),
+    ("schedule.epochs=0", "schedule.epochs: Input should be greater than or equal to 1"),
+])
+def test_errors_name_the_key_and_the_allowed_values(tmp_path, override, message):
+    with pytest.raises(InputError) as exc:
+        load_recipe(tiny_recipe(tmp_path), [override])
+    assert message in str(exc.value)
+
+
+def test_missing_keys_and_bad_yaml(tmp_path):
+    with pytest.raises(InputError, match="model: missing"):
+        load_recipe({"name": "x", "task": "dense", "loss": {"name": "bce"}, "data": {}})
+    bad = tmp_path / "r.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(InputError, match="expected key=value"):
+        load_recipe(tiny_recipe(tmp_path), ["optim.lr"])

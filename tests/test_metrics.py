@@ -1,0 +1,52 @@
+import math
+
+import numpy as np
+import pytest
+
+from cdtool.metrics import BinaryMetrics, best_threshold
+
+
+def test_confusion_scores_match_hand_computation():
+    truth = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+    pred = np.array([1, 1, 0, 1, 0, 0, 0, 0], bool)
+    m = BinaryMetrics().update(pred, truth).compute()
+    # tp 2, fp 1, fn 1, tn 4
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["iou"] == pytest.approx(0.5)
+    assert m["miou"] == pytest.approx((0.5 + 4 / 6) / 2)
+    assert m["oa"] == pytest.approx(6 / 8)
+    pe = (3 * 3 + 5 * 5) / 64
+    assert m["kappa"] == pytest.approx((0.75 - pe) / (1 - pe))
+    assert math.isnan(m["auroc"])  # no scores given
+
+
+def test_valid_mask_and_accumulation_pool_pixels():
+    truth = np.array([[1, 0], [0, 0]], bool)
+    a = BinaryMetrics().update(truth, truth, valid=np.array([[1, 1], [0, 0]], bool))
+    a.update(np.zeros(3, bool), np.array([1, 0, 0], bool))
+    r = a.compute()
+    assert (a.tp, a.fp, a.fn, a.tn) == (1, 0, 1, 3)
+    assert r["recall"] == pytest.approx(0.5)
+
+
+def test_auroc_matches_exact_rank_statistic():
+    rng = np.random.default_rng(0)
+    truth = rng.random(4000) < 0.3
+    scores = np.clip(rng.normal(0.4 + 0.2 * truth, 0.15), 0, 1)
+    got = BinaryMetrics().update(scores > 0.5, truth, scores=scores).compute()["auroc"]
+    pos, neg = scores[truth], scores[~truth]
+    exact = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert got == pytest.approx(exact, abs=2e-3)
+
+
+def test_threshold_tuning_and_reading_off_histograms():
+    truth = np.array([0, 0, 0, 1, 1], bool)
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8])
+    m = BinaryMetrics().update(scores >= 0.5, truth, scores=scores)
+    thr, f1 = best_threshold(m.pos_hist, m.neg_hist)
+    assert 0.3 < thr <= 0.7 and f1 == pytest.approx(1.0)
+    direct = m.compute()
+    assert m.at_threshold(0.5).compute()["f1"] == pytest.approx(direct["f1"])
+    assert m.at_threshold(0.0).compute()["recall"] == 1.0
