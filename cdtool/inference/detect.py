@@ -30,7 +30,7 @@ from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, write_text
 from cdtool.io.vectors import Polygonizer
-from cdtool.io.writers import GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWriter, read_bands, tif_to_png
+from cdtool.io.writers import BLOCK, GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWriter, read_bands, tif_to_png
 from cdtool.normalization import Normalizer
 from cdtool.windows import Tile, grid
 
@@ -174,7 +174,7 @@ def _run(pair: RasterPair, detector, device, opts: DetectOptions, outs: OutputSe
     polys = (Polygonizer(outs.path("changes.gpkg"), info.crs, info.transform, opts.min_pixels)
              if opts.polygons else None)
     changed = 0
-    for row, score in tqdm(read_bands(prob_path), total=-(-height // 1024), desc="mask", unit="band",
+    for row, score in tqdm(read_bands(prob_path), total=-(-height // BLOCK), desc="mask", unit="band",
                            disable=not opts.progress, leave=False):
         valid = score != PROB_NODATA
         hit = valid & (score >= threshold)

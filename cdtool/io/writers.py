@@ -17,7 +17,7 @@ from rasterio.windows import Window
 BLOCK = 256
 PROB_NODATA = -1.0
 MASK_NODATA = 255
-GDAL_ENV = {"GDAL_CACHEMAX": 256, "COMPRESS_OVERVIEW": "DEFLATE", "GDAL_TIFF_OVR_BLOCKSIZE": BLOCK}
+GDAL_ENV = {"GDAL_CACHEMAX": 128, "COMPRESS_OVERVIEW": "DEFLATE", "GDAL_TIFF_OVR_BLOCKSIZE": BLOCK}
 
 
 class BandWriter:
@@ -76,7 +76,7 @@ def build_overviews(path: Path, resampling: Resampling) -> None:
             ds.update_tags(ns="rio_overview", resampling=resampling.name)
 
 
-def read_bands(path: Path, rows: int = 1024):
+def read_bands(path: Path, rows: int = BLOCK):
     """Yield (row, array) bands of a single-band raster; bounded memory for the second pass."""
     with rasterio.open(path) as ds:
         for r in range(0, ds.height, rows):
