@@ -48,6 +48,7 @@ class RunResult:
     best_score: float
     threshold: float
     history: list[dict]
+    modules: dict[str, nn.Module]  # the trained modules in memory (state after the last epoch)
 
 
 def seed_all(seed: int) -> None:
@@ -181,7 +182,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
     for name, mod in modules.items():
         w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
         if dd.enabled and any(p.requires_grad for p in mod.parameters()):
-            w = nn.parallel.DistributedDataParallel(w, device_ids=[device.index] if device.type == "cuda" else None)
+            # find_unused_parameters: a model may hold parameters a configuration leaves unused (CosimNet's
+            # cosine scale under l2); without it their gradient buckets would never be averaged
+            w = nn.parallel.DistributedDataParallel(w, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True)
         wrapped[name] = w
     optims = task.optimizers(wrapped)
     scheds = {k: _scheduler(o, recipe) for k, o in optims.items()}
@@ -284,7 +288,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
             if not quiet:
                 _report(row)
         distributed.barrier(dd)
-    return RunResult(run_dir, best_epoch, best, best_thr, history)
+    return RunResult(run_dir, best_epoch, best, best_thr, history, modules)
 
 
 def _meta(recipe: Recipe, row: dict, phase: str, epoch: int, threshold: float, train_set, val_set) -> dict:
