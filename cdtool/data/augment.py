@@ -44,10 +44,10 @@ class PairAugment:
     def __call__(self, batch: dict) -> dict:
         single = batch["image"].dim() == 4
         out = {k: (v.unsqueeze(0) if single and torch.is_tensor(v) else v) for k, v in batch.items()}
-        img = out["image"].float()
+        img = out["image"].float().clone()  # never modify the caller's tensors
         b, t, c, h, w = img.shape
         dev = img.device
-        spatial = {k: out[k].float() for k in ("mask", "valid") if k in out}
+        spatial = {k: out[k].float().clone() for k in ("mask", "valid") if k in out}
         flow = out.get("flow")
         flat = img.reshape(b, t * c, h, w)
         # -- geometric, one draw per sample shared by both dates and the mask

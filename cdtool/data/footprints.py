@@ -267,6 +267,9 @@ def make_footprints(before_vec: Path, after_vec: Path, out: Path, opts: Footprin
                                *np.maximum(b_gdf.total_bounds[2:], a_gdf.total_bounds[2:])])
             pad = opts.patch * opts.resolution / 2
             transform, height, width = grid_from_bounds(bounds + [-pad, -pad, pad, pad], opts.resolution)
+            if height * width > 2**30:
+                raise InputError(f"{before_vec}: a {width}x{height} mask grid at --resolution {opts.resolution} is "
+                                 "too large; raise --resolution or give the imagery")
         params = {"before": str(before_vec), "after": str(after_vec), "before_image": str(before_image),
                   "after_image": str(after_image), "min_overlap": opts.min_overlap, "min_iou": opts.min_iou,
                   "patch": opts.patch, "resolution": opts.resolution, "fractions": list(opts.fractions),

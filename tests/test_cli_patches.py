@@ -1,0 +1,44 @@
+"""cdtool patches through the CLI on the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cdtool.cli import app
+
+SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+runner = CliRunner()
+needs = lambda name: pytest.mark.skipif(not (SHARED / name).is_dir(), reason=f"../shared/data/{name} not present")
+
+
+@needs("levir")
+def test_pcd_with_max_positives(tmp_path):
+    r = runner.invoke(app, ["patches", "-p", "pcd", str(SHARED / "levir"), "--stride", "28", "--max-positives", "10",
+                            "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    assert "positives 10 kept of" in r.output and "labels {'0':" in r.output
+
+
+@needs("footprints_neudorf")
+def test_footprints_neudorf(tmp_path):
+    d = SHARED / "footprints_neudorf"
+    r = runner.invoke(app, ["patches", "-p", "footprints", str(d / "neudorf_2012.shp"), str(d / "neudorf_2022.shp"),
+                            "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    assert "new 30" in r.output and "split 31" in r.output and "unchanged 16" in r.output
+    assert (tmp_path / "f" / "footprint_changes.qml").exists() and (tmp_path / "f" / "change_mask.tif").exists()
+
+
+@needs("levir")
+def test_synthetic_and_bad_protocol(tmp_path):
+    r = runner.invoke(app, ["patches", "-p", "synthetic", str(SHARED / "levir" / "A"), "--objects",
+                            str(SHARED / "levir"), "--samples", "3", "--size", "64", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0 and "3 synthetic samples" in r.output, r.output
+    r = runner.invoke(app, ["patches", "-p", "nope", str(SHARED / "levir"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--protocol must be one of" in r.output and not (tmp_path / "x").exists()
+    r = runner.invoke(app, ["patches", "-p", "footprints", str(tmp_path / "missing.gpkg"), str(tmp_path / "m2.gpkg"),
+                            "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "missing.gpkg: no such file" in r.output

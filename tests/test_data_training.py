@@ -1,0 +1,53 @@
+"""Samplers and PairAugment: class balance, seeding, geometric consistency, per-date photometrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cdtool.data.augment import PairAugment
+from cdtool.data.samplers import oversampler, undersampler
+
+LABELS = [0] * 90 + [1] * 10
+
+
+def test_undersampler_balances_and_reseeds_per_epoch():
+    s = undersampler(LABELS, seed=1, ratio=2.0)
+    e1, e2 = list(s), list(s)
+    assert len(e1) == len(s) == 30
+    assert sum(LABELS[i] for i in e1) == 10 and len(set(e1)) == 30
+    assert set(e1) != set(e2)
+    assert list(undersampler(LABELS, seed=1, ratio=2.0)) == e1
+
+
+def test_oversampler_repeats_the_rare_class():
+    s = oversampler(LABELS + [-1], seed=0)
+    idx = list(s)
+    assert len(idx) == 180 and 100 not in idx
+    assert sum(LABELS[i] for i in idx) == 90 and set(i for i in idx if LABELS[i] == 1) == set(range(90, 100))
+
+
+def test_geometry_shared_by_dates_and_mask_photometry_independent():
+    torch.manual_seed(0)
+    base = torch.rand(4, 1, 3, 16, 16) * 100
+    batch = {"image": base.repeat(1, 2, 1, 1, 1), "mask": (base[:, 0, :1] > 50).float(),
+             "label": torch.tensor([0, 1, 0, 1])}
+    geo = PairAugment(hflip=1.0, vflip=0.0, rot90=True, gain=0.0, offset=0.0, seed=3)(batch)
+    # both dates moved identically, and the mask followed the first channel
+    assert torch.equal(geo["image"][:, 0], geo["image"][:, 1])
+    assert torch.equal(geo["mask"], (geo["image"][:, 0, :1] > 50).float())
+    assert not torch.equal(geo["image"], batch["image"]) and torch.equal(geo["label"], batch["label"])
+    photo = PairAugment(hflip=0, vflip=0, rot90=False, gain=0.3, offset=0.3, seed=3)(batch)
+    assert not torch.allclose(photo["image"][:, 0], photo["image"][:, 1])
+    assert torch.equal(photo["mask"], batch["mask"])
+
+
+def test_affine_on_single_sample_and_flip_of_flow():
+    x = {"image": torch.rand(2, 4, 20, 20), "mask": torch.zeros(1, 20, 20), "valid": torch.ones(1, 20, 20, dtype=torch.bool)}
+    y = PairAugment(degrees=20, scale=0.1, seed=0)(x)
+    assert y["image"].shape == (2, 4, 20, 20) and y["valid"].dtype == torch.bool and not y["valid"].all()
+    flow = torch.zeros(2, 8, 8)
+    flow[0] = torch.arange(8.0)  # dx grows to the right
+    z = PairAugment(hflip=1.0, vflip=0, rot90=False, gain=0, offset=0)({"image": torch.rand(2, 1, 8, 8), "flow": flow})
+    np.testing.assert_allclose(z["flow"][0, 0].numpy(), -np.arange(8.0)[::-1])
+    assert torch.equal(z["flow"][1], flow[1])
