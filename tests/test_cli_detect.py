@@ -62,7 +62,7 @@ def test_align_warps_after_onto_before(shared_data, tmp_path):
     refused = invoke("detect", rgb, shifted, "-o", tmp_path / "refused")
     assert refused.exit_code == 2 and "--align" in refused.output and "origin" in refused.output
     assert not (tmp_path / "refused").exists() or not list((tmp_path / "refused").iterdir())
-    r = invoke("detect", rgb, shifted, "-o", tmp_path / "o", "--align", "-q")
+    r = invoke("detect", rgb, shifted, "-o", tmp_path / "o", "--align", "-q", "--model", "cva")
     assert r.exit_code == 0, r.output
     with rasterio.open(rgb) as b, rasterio.open(tmp_path / "o" / "change_prob.tif") as p:
         assert p.crs == b.crs and p.res == b.res

@@ -43,7 +43,7 @@ def read(path):
 
 def test_outputs_on_generated_pair(small_pair, tmp_path):
     before, after, truth = small_pair
-    res = detect(before, after, tmp_path / "out", DetectOptions(tile=128, overlap=32))
+    res = detect(before, after, tmp_path / "out", DetectOptions(model="cva", tile=128, overlap=32))
     names = {p.name for p in res.outputs.values()}
     assert names == {"change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml", "changes.gpkg",
                      "changes.qml", "detect.json"}
@@ -88,7 +88,7 @@ def test_nodata_from_either_date_is_nodata_everywhere(make_tif, tmp_path):
     a = rng.integers(1, 255, (3, 120, 140)).astype("float32")
     b[:, :20, :30] = 0  # nodata in BEFORE
     a[1, 100:, 100:] = np.nan  # NaN in one band of AFTER
-    res = detect(make_tif("b.tif", b, nodata=0), make_tif("a.tif", a), tmp_path / "o", DetectOptions(tile=64, overlap=16))
+    res = detect(make_tif("b.tif", b, nodata=0), make_tif("a.tif", a), tmp_path / "o", DetectOptions(model="cva", tile=64, overlap=16))
     prob, mask = read(res.outputs["change_prob.tif"])[0], read(res.outputs["change_mask.tif"])[0]
     hole = np.zeros((120, 140), bool)
     hole[:20, :30] = True

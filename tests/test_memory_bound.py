@@ -9,7 +9,7 @@ import pytest
 CHILD = """
 import json, resource, sys
 from cdtool.inference.detect import DetectOptions, detect
-detect(sys.argv[1], sys.argv[2], sys.argv[3], DetectOptions(tile=256, overlap=32))
+detect(sys.argv[1], sys.argv[2], sys.argv[3], DetectOptions(model="cva", tile=256, overlap=32))
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 """
 

@@ -36,7 +36,7 @@ def test_outputs_open_styled_and_render_in_qgis(shared_data, tmp_path):
         data[:, 420:450, 500:520] = [[[20]], [[200]], [[240]]]
         ds.write(data)
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["detect", str(src), str(after), "-o", str(out), "--align", "-q"])
+    r = CliRunner().invoke(app, ["detect", str(src), str(after), "-o", str(out), "--align", "-q", "--model", "cva"])
     assert r.exit_code == 0, r.output
     png = tmp_path / "map.png"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": ""}
