@@ -9,13 +9,11 @@ that downsample); the predictor pads with reflection and crops back.
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 
 class ChangeModel(nn.Module):
+    """Subclasses define forward(before, after) -> (B, 1, H, W) scores; nn.Module refuses a missing one."""
+
     halo: int = 0
     size_multiple: int = 1
-
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError  # an abstract method, not a stub: every registered model overrides it
