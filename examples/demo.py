@@ -49,13 +49,17 @@ def preview(out: Path, truth: np.ndarray | None = None) -> Path:
 
 
 def f1(out: Path, truth: np.ndarray) -> float:
+    """F1 of the written mask against the truth, scored by cdtool.metrics like every other score; nodata
+    counts as unchanged, and a pair with nothing to find and nothing found scores 0 rather than NaN."""
     import rasterio
+
+    from cdtool.metrics import BinaryMetrics
 
     mask_file = next(p for p in (out / "change_mask.tif", out / "change_mask.png") if p.exists())
     with rasterio.open(mask_file) as ds:
         pred = ds.read(1) if ds.count == 1 else ds.read(1) // 255
-    pred = pred == 1
-    return float(2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum()))
+    score = BinaryMetrics().update(pred == 1, truth).compute()["f1"]
+    return 0.0 if np.isnan(score) else score
 
 
 def main() -> int:

@@ -118,15 +118,9 @@ def make_mnist(source: Path, out: Path, opts: MnistOptions, *, backgrounds: list
     # Plan every pair's split up front, so each unit can be regenerated on its own from its seed.
     plan = np.random.default_rng([opts.seed, 1]).choice(3, size=opts.pairs, p=list(opts.fractions))
     bar = tqdm(total=opts.pairs, desc="mnist pairs", unit="pair", disable=not progress)
-    for u0 in range(0, opts.pairs, PAIRS_PER_UNIT):
-        unit = f"mnist.{u0 // PAIRS_PER_UNIT:05d}"
-        n = min(PAIRS_PER_UNIT, opts.pairs - u0)
-        if store.done(unit):
-            bar.update(n)
-            continue
-        rng = np.random.default_rng([opts.seed, 2, u0])
-        writer = store.unit(unit)
-        for k in range(u0, u0 + n):
+    for writer, pairs in store.fixed_size_units("mnist", opts.pairs, PAIRS_PER_UNIT, bar):
+        rng = np.random.default_rng([opts.seed, 2, pairs.start])
+        for k in pairs:
             split = SPLITS[plan[k]]
             pool = split_idx[split]
             i = int(rng.choice(pool))
@@ -143,7 +137,6 @@ def make_mnist(source: Path, out: Path, opts: MnistOptions, *, backgrounds: list
                         "digit_after": int(labels[j]), "src_before": i, "src_after": j, "variant": opts.variant,
                         "split": split}, image)
             bar.update(1)
-        writer.close()
     bar.close()
     summary = store.finish(crs=None, channels=1)
     return {**summary, "seconds": round(time.perf_counter() - t0, 2)}

@@ -24,7 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -155,6 +155,22 @@ class DatasetWriter:
         for stale in (self.root / "shards").glob(f"{unit}-[0-9][0-9][0-9][0-9].*.npy"):
             stale.unlink()
         return UnitWriter(self, unit)
+
+    def fixed_size_units(self, prefix: str, total: int, per_unit: int,
+                         bar=None) -> Iterator[tuple[UnitWriter, range]]:
+        """Samples 0..total-1 in units `{prefix}.00000`, ... of `per_unit` each, for protocols that draw
+        every unit from its own seed: yields a writer and the sample numbers of each unfinished unit and
+        closes the unit when the caller asks for the next, so a crash leaves it unfinished and a rerun
+        redoes only it. Finished units just advance the progress `bar`."""
+        for u0 in range(0, total, per_unit):
+            unit, samples = f"{prefix}.{u0 // per_unit:05d}", range(u0, min(u0 + per_unit, total))
+            if self.done(unit):
+                if bar is not None:
+                    bar.update(len(samples))
+                continue
+            writer = self.unit(unit)
+            yield writer, samples
+            writer.close()
 
     def rows(self) -> list[dict]:
         out = []

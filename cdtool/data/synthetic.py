@@ -152,15 +152,9 @@ def make_synthetic(backgrounds: list[Path], objects: list[PairSource], out: Path
     if store.complete:
         return {**store.summary(), "already_complete": True}
     bar = tqdm(total=opts.samples, desc="synthetic pairs", unit="pair", disable=not progress)
-    for u0 in range(0, opts.samples, SAMPLES_PER_UNIT):
-        unit = f"synthetic.{u0 // SAMPLES_PER_UNIT:05d}"
-        n = min(SAMPLES_PER_UNIT, opts.samples - u0)
-        if store.done(unit):
-            bar.update(n)
-            continue
-        rng = np.random.default_rng([opts.seed, u0])
-        writer = store.unit(unit)
-        for k in range(u0, u0 + n):
+    for writer, samples in store.fixed_size_units("synthetic", opts.samples, SAMPLES_PER_UNIT, bar):
+        rng = np.random.default_rng([opts.seed, samples.start])
+        for k in samples:
             f = files[int(rng.integers(len(files)))]
             w, h = sizes[f]
             r, c = int(rng.integers(0, h - opts.size + 1)), int(rng.integers(0, w - opts.size + 1))
@@ -171,7 +165,6 @@ def make_synthetic(backgrounds: list[Path], objects: list[PairSource], out: Path
                         "split": split_of(f.name, opts.seed, opts.fractions)},
                        image, mask=mask, valid=valid, flow=flow)
             bar.update(1)
-        writer.close()
     bar.close()
     summary = store.finish(crs=None, channels=3)
     return {**summary, "seconds": round(time.perf_counter() - t0, 2)}

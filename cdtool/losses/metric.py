@@ -4,6 +4,8 @@ contrastive loss (TCL), the cosine loss, multi-layer side outputs weighted by β
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.nn as nn
 
@@ -23,6 +25,23 @@ def contrastive_map(d: torch.Tensor, changed: torch.Tensor, margin: float, tau: 
     return torch.where(changed > 0.5, diff, same)
 
 
+def side_output_sum(per_pixel_maps: Iterable[torch.Tensor], target: torch.Tensor, valid: torch.Tensor | None,
+                    weights: list[float], balance: bool, name: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """Σ_h β_h · mean(loss_h) over side outputs, logging each mean as `{name}{h}`: one reduction for every
+    per-side-output loss, so the balanced and plain variants cannot drift apart between losses."""
+    v = torch.ones_like(target) if valid is None else valid
+    total = target.new_zeros(())
+    parts = {}
+    for i, (b, per_px) in enumerate(zip(weights, per_pixel_maps)):
+        if balance:
+            term = 0.5 * (masked_mean(per_px, v * target) + masked_mean(per_px, v * (1 - target)))
+        else:
+            term = masked_mean(per_px, v)
+        parts[f"{name}{i}"] = float(term.detach())
+        total = total + b * term
+    return total, parts
+
+
 class Contrastive(nn.Module):
     """Σ_h β_h · loss_h over the model's side outputs (MLSO). With `balance`, changed and unchanged pixels
     are averaged separately and summed, so the rare changed class is not drowned out."""
@@ -34,19 +53,9 @@ class Contrastive(nn.Module):
 
     def forward(self, outputs: dict, target: torch.Tensor, valid: torch.Tensor | None = None):
         dists = outputs["distances"]
-        betas = layer_weights(self.weights, len(dists))
-        v = torch.ones_like(target) if valid is None else valid
-        total = target.new_zeros(())
-        parts = {}
-        for i, (b, d) in enumerate(zip(betas, dists)):
-            per_px = contrastive_map(d.float(), target, self.margin, self.tau)
-            if self.balance:
-                term = 0.5 * (masked_mean(per_px, v * target) + masked_mean(per_px, v * (1 - target)))
-            else:
-                term = masked_mean(per_px, v)
-            parts[f"contrastive{i}"] = float(term.detach())
-            total = total + b * term
-        return total, parts
+        maps = (contrastive_map(d.float(), target, self.margin, self.tau) for d in dists)
+        return side_output_sum(maps, target, valid, layer_weights(self.weights, len(dists)), self.balance,
+                               "contrastive")
 
 
 class CosLoss(nn.Module):
@@ -59,19 +68,8 @@ class CosLoss(nn.Module):
 
     def forward(self, outputs: dict, target: torch.Tensor, valid: torch.Tensor | None = None):
         scores = outputs["layer_scores"]
-        betas = layer_weights(self.weights, len(scores))
-        v = torch.ones_like(target) if valid is None else valid
-        total = target.new_zeros(())
-        parts = {}
-        for i, (b, s) in enumerate(zip(betas, scores)):
-            per_px = (s.float() - target).pow(2)
-            if self.balance:
-                term = 0.5 * (masked_mean(per_px, v * target) + masked_mean(per_px, v * (1 - target)))
-            else:
-                term = masked_mean(per_px, v)
-            parts[f"cos{i}"] = float(term.detach())
-            total = total + b * term
-        return total, parts
+        maps = ((s.float() - target).pow(2) for s in scores)
+        return side_output_sum(maps, target, valid, layer_weights(self.weights, len(scores)), self.balance, "cos")
 
 
 class FCNMetrics(nn.Module):
