@@ -1,17 +1,20 @@
-"""Train every recipe given (in order) and score each best checkpoint, and the classical detector, on the
-held-out test pairs of the LEVIR + DSIFN split the recipes share. Writes runs/table/results.json and a
-markdown table. Run from the repository root:
+"""Train every recipe given with several seeds and score each best checkpoint, and the classical
+detector, on the held-out test pairs of the LEVIR + DSIFN split the recipes share. Recipes that train
+on shifted pairs (data.train.shift) are tested on pairs shifted the same way. Writes
+<out>/results.json (per run) and <out>/table.md (mean ± standard deviation over seeds); runs already
+trained are scored again, not retrained. Run from the repository root:
 
-    python benchmarks/train_table.py recipes/fc_siam_diff.yaml recipes/cosimnet_l2_mlso3.yaml ...
+    python benchmarks/train_table.py recipes/fc_siam_diff.yaml recipes/cosimnet_l2_mlso3.yaml ... --seeds 0 1 2
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -24,6 +27,8 @@ from cdtool.inference.detector import load_detector
 TEST = ["levir/test_2_0000_0000", "levir/test_77_0512_0256", "levir/train_386_0512_0768",
         "dsifn/2_4", "dsifn/5_3", "dsifn/8_3"]
 ROOTS = ["../shared/data/levir", "../shared/data/dsifn"]
+SHIFT = {"px": 6, "deg": 3, "scale": 0.03}
+SHOWN = ("f1", "iou", "precision", "recall", "auroc")
 
 
 def score(spec: str, shift: dict | None) -> dict:
@@ -34,33 +39,54 @@ def score(spec: str, shift: dict | None) -> dict:
     return {**acc.compute(), "threshold": det.threshold}
 
 
-def main(recipes: list[str]) -> None:
-    out = Path("runs/table")
+def table(groups: dict[str, list[dict]]) -> str:
+    rows = ["| model | runs | " + " | ".join(SHOWN) + " | train min/run |", "|---|---|" + "---|" * (len(SHOWN) + 1)]
+    for name, runs in groups.items():
+        cells = []
+        for k in SHOWN:
+            v = np.array([r[k] for r in runs], float)
+            cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""))
+        minutes = [r["train_minutes"] for r in runs if "train_minutes" in r]
+        cells.append(f"{np.mean(minutes):.1f}" if minutes else "-")
+        rows.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipes", nargs="+")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--out", default="runs/table")
+    args = ap.parse_args()
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results["cva"] = score("cva", None)
-    results["cva (shifted test)"] = score("cva", {"px": 6, "deg": 3, "scale": 0.03})
-    for path in recipes:
-        r = load_recipe(path)
-        run = Path("runs") / r.name
-        t0 = time.time()
-        if not (run / "last.safetensors").exists():
-            train(r, run, quiet=True)
-        minutes = (time.time() - t0) / 60
-        shift = r.data.train.get("shift")
-        results[r.name] = {**score(str(run / "best.safetensors"), shift), "epochs": r.schedule.epochs,
-                           "train_minutes": round(minutes, 1)}
-        res_path.write_text(json.dumps(results, indent=1))
-        print(r.name, {k: round(v, 4) if isinstance(v, float) else v for k, v in results[r.name].items()}, flush=True)
-    rows = ["| model | F1 | IoU | precision | recall | AUROC | threshold |", "|---|---|---|---|---|---|---|"]
-    for name, m in results.items():
-        thr = m["threshold"] if isinstance(m["threshold"], str) else f"{m['threshold']:.3f}"
-        rows.append(f"| {name} | {m['f1']:.3f} | {m['iou']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                    f"{m['auroc']:.3f} | {thr} |")
-    (out / "table.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    results["cva"] = {**score("cva", None), "model": "cva"}
+    results["cva (shifted test)"] = {**score("cva", SHIFT), "model": "cva (shifted test)"}
+    for path in args.recipes:
+        for seed in args.seeds:
+            r = load_recipe(path, [f"seed={seed}"])
+            run = out / f"{r.name}_s{seed}"
+            minutes = results.get(run.name, {}).get("train_minutes")
+            if not (run / "last.safetensors").exists():
+                t0 = time.time()
+                train(r, run, quiet=True)
+                minutes = round((time.time() - t0) / 60, 2)
+            entry = {**score(str(run / "best.safetensors"), r.data.train.get("shift")), "model": r.name,
+                     "seed": seed, "epochs": r.schedule.epochs}
+            if minutes is not None:
+                entry["train_minutes"] = minutes
+            results[run.name] = entry
+            res_path.write_text(json.dumps(results, indent=1))
+            print(run.name, {k: round(entry[k], 4) for k in SHOWN}, flush=True)
+    groups: dict[str, list[dict]] = {}
+    for entry in results.values():
+        groups.setdefault(entry["model"], []).append(entry)
+    text = table(groups)
+    (out / "table.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

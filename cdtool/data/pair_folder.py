@@ -151,7 +151,8 @@ class PairFolderDataset(Dataset):
                              "band layout (select pairs of one sensor)")
         self.channels = counts.pop()
         self._stats = [pair_stats(d, v) for d, v, _ in self._data]
-        self.labels = [int(m.any()) for _, _, m in self._data]
+        # whether a pair changed at all labels whole pairs only: a random crop may miss the change
+        self.labels = [int(m.any()) for _, _, m in self._data] if crop is None else None
 
     @property
     def names(self) -> list[str]:
@@ -187,6 +188,8 @@ class PairFolderDataset(Dataset):
             image = image.clone()
             image[1] = viewpoint_shift(image[1], rng, float(self.shift.get("px", 8)),
                                        float(self.shift.get("deg", 3)), float(self.shift.get("scale", 0.03)))
-        return {"image": image.contiguous(), "mask": m.contiguous(), "valid": v.contiguous(),
-                "label": torch.tensor(self.labels[k], dtype=torch.int64),
-                "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+        sample = {"image": image.contiguous(), "mask": m.contiguous(), "valid": v.contiguous(),
+                  "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+        if self.labels is not None:
+            sample["label"] = torch.tensor(self.labels[k], dtype=torch.int64)
+        return sample

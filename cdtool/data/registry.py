@@ -3,14 +3,15 @@ Dataset of samples in the layout of `cdtool.data.chips`.
 
 - ``folder``: `cdtool.data.pair_folder.PairFolderDataset`, whole pairs in LEVIR/DSIFN/OSCD folders,
   random crops for training, whole pairs for validation;
-- ``chips``: `cdtool.data.chips.ChipDataset`, what `cdtool tile` / `cdtool patches` wrote, by split.
+- ``chips``: `cdtool.data.chips.ChipDataset`, what `cdtool tile` / `cdtool patches` wrote, by split;
+  ``root`` may list several such folders (e.g. PCD patches of two datasets), read as one set.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from cdtool.errors import InputError
 
@@ -21,9 +22,23 @@ def _folder(**kwargs: Any) -> Dataset:
     return PairFolderDataset(**kwargs)
 
 
-def _chips(root: str, split: str | None = None) -> Dataset:
+class _ChipSets(ConcatDataset):
+    """Several chip folders as one dataset, with their labels joined for the class samplers."""
+
+    def __init__(self, parts: list[Dataset]):
+        super().__init__(parts)
+        labels = [getattr(p, "labels", None) for p in parts]
+        self.labels = None if any(lab is None for lab in labels) else [x for lab in labels for x in lab]
+
+
+def _chips(root: str | list[str], split: str | None = None) -> Dataset:
     from cdtool.data.chips import ChipDataset  # imported lazily: only runs that use chips need it
 
+    if isinstance(root, (list, tuple)):
+        if not root:
+            raise InputError("data.args.root: an empty list; name at least one dataset folder")
+        parts = [ChipDataset(r, split) for r in root]
+        return parts[0] if len(parts) == 1 else _ChipSets(parts)
     return ChipDataset(root, split)
 
 

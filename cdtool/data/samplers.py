@@ -28,10 +28,25 @@ class _EpochSampler(Sampler[int]):
     def __init__(self, labels: Sequence[int], seed: int):
         self.groups = _classes(labels)
         self.seed, self.epoch = seed, 0
+        self.rank, self.world = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop (as with DistributedSampler) to pick the epoch's draw."""
         self.epoch = epoch
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """Under DDP: every rank draws the same epoch (same seed) and takes every `world`-th index from
+        `rank` on, the draw padded by wrapping so all ranks run the same number of steps."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        self.rank, self.world = rank, world
+
+    @abstractmethod
+    def _size(self) -> int:
+        """Indices drawn per epoch (all ranks together)."""
+
+    def __len__(self) -> int:
+        return -(-self._size() // self.world)
 
     @abstractmethod
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
@@ -40,8 +55,10 @@ class _EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        idx = self._draw(rng)
-        return iter(rng.permutation(idx).tolist())
+        idx = rng.permutation(self._draw(rng))
+        if self.world > 1:
+            idx = np.resize(idx, len(self) * self.world)[self.rank::self.world]
+        return iter(idx.tolist())
 
 
 class UnderSampler(_EpochSampler):
@@ -56,7 +73,7 @@ class UnderSampler(_EpochSampler):
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
         return np.concatenate([rng.choice(v, self.per_class[c], replace=False) for c, v in self.groups.items()])
 
-    def __len__(self) -> int:
+    def _size(self) -> int:
         return sum(self.per_class.values())
 
 
@@ -72,7 +89,7 @@ class OverSampler(_EpochSampler):
             parts += [np.tile(v, reps), rng.choice(v, rest, replace=False)]
         return np.concatenate(parts)
 
-    def __len__(self) -> int:
+    def _size(self) -> int:
         return self.majority * len(self.groups)
 
 

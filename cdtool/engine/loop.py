@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from cdtool.data.registry import build_dataset
+from cdtool.data.samplers import OverSampler, UnderSampler
 from cdtool.engine import distributed
 from cdtool.engine.checkpoint import load_checkpoint, save_checkpoint
 from cdtool.engine.evaluate import evaluate_loader, normalize_batch
@@ -127,6 +128,31 @@ def _plot(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+def _epoch_sampler(train_set, recipe: Recipe, epoch: int, dd) -> Sampler[int]:
+    """The epoch's order: shuffled, or class-balanced by under-/over-sampling; under DDP each rank takes
+    its share of the same draw."""
+    data = recipe.data
+    if data.sampler == "random":
+        if dd.enabled:
+            sampler = DistributedSampler(train_set, num_replicas=dd.world, rank=dd.rank, shuffle=True,
+                                         seed=recipe.seed)
+            sampler.set_epoch(epoch)
+            return sampler
+        return RandomSampler(train_set, generator=torch.Generator().manual_seed(recipe.seed * 7919 + epoch))
+    labels = getattr(train_set, "labels", None)
+    if not labels:
+        raise InputError(f"data.sampler {data.sampler!r} needs labelled samples; this training set has no labels")
+    try:
+        sampler = (UnderSampler(labels, recipe.seed, data.sampler_ratio) if data.sampler == "under"
+                   else OverSampler(labels, recipe.seed))
+    except ValueError as exc:
+        raise InputError(f"data.sampler {data.sampler!r}: {exc}") from None
+    sampler.set_epoch(epoch)
+    if dd.enabled:
+        sampler.set_shard(dd.rank, dd.world)
+    return sampler
+
+
 def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe):
     s = recipe.schedule
     if s.scheduler == "cosine":
@@ -181,6 +207,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
     wrapped: dict[str, nn.Module] = {}
     for name, mod in modules.items():
         w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
+        if dd.enabled and device.type == "cuda":
+            # one set of BatchNorm statistics across ranks, as one large batch would give (gloo on CPU
+            # cannot run SyncBatchNorm: there each rank keeps its own statistics)
+            w = nn.SyncBatchNorm.convert_sync_batchnorm(w)
         if dd.enabled and any(p.requires_grad for p in mod.parameters()):
             # find_unused_parameters: a model may hold parameters a configuration leaves unused (CosimNet's
             # cosine scale under l2); without it their gradient buckets would never be averaged
@@ -223,11 +253,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
         seed_all(recipe.seed * 100_003 + epoch)
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
-        if dd.enabled:
-            sampler = DistributedSampler(train_set, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=recipe.seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(recipe.seed * 7919 + epoch))
+        sampler = _epoch_sampler(train_set, recipe, epoch, dd)
         loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, num_workers=data.workers,
                             drop_last=len(train_set) >= 2 * data.batch_size)
         for w in wrapped.values():
@@ -264,7 +290,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
         row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
         thr = recipe.threshold if recipe.threshold != "tune" else 0.5
         if val_loader is not None:
-            acc, _ = evaluate_loader(task.model, val_loader, recipe.normalization, device, 0.5, amp)
+            acc = task.validate(val_loader, recipe.normalization, device, amp)
             if recipe.threshold == "tune":
                 thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
             scores = acc.at_threshold(float(thr)).compute()

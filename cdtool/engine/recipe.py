@@ -78,6 +78,11 @@ class DataConfig(_Strict):
                                   "exclude, crop, samples, augment, shift; chips: split).")
     val: dict[str, Any] | None = Field(None, description="Arguments of the validation set (folder: whole pairs, "
                                        "crop is forced off); none: no validation, the last epoch is kept.")
+    sampler: Literal["random", "under", "over"] = Field(
+        "random", description="Training order: random, or per-epoch random under-/over-sampling of the classes "
+        "of labelled samples (paper 000's baselines).")
+    sampler_ratio: float = Field(1.0, gt=0, description="under: samples kept of each larger class per sample of "
+                                 "the rarest one.")
     batch_size: int = Field(8, ge=1, description="Training batch size (per process under DDP).")
     workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
@@ -100,8 +105,9 @@ class ScheduleConfig(_Strict):
 class Recipe(_Strict):
     name: str = Field(description="Run name: the run folder is runs/<name>/ unless --out is given.")
     description: str = Field("", description="What the experiment is for.")
-    task: Literal["dense", "metric"] = Field(description="Task family: dense (change logits) or metric "
-                                             "(feature distance maps).")
+    task: Literal["dense", "metric", "patch"] = Field(
+        description="Task family: dense (change logits), metric (feature distance maps) or patch (one change "
+        "logit per labelled patch pair).")
     model: ModelConfig
     loss: LossConfig
     data: DataConfig
@@ -128,6 +134,8 @@ class Recipe(_Strict):
     def _loss_fits_model(self) -> "Recipe":
         if self.task == "metric" and loss_entry(self.loss.name).needs == ("logits",):
             raise ValueError(f"task 'metric' needs a metric loss, not {self.loss.name!r}")
+        if self.task == "patch" and loss_entry(self.loss.name).needs != ("logits",):
+            raise ValueError(f"task 'patch' needs a loss on logits (bce), not {self.loss.name!r}")
         return self
 
 

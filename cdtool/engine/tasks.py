@@ -4,7 +4,9 @@ A task declares its named modules (each saved as a named state dict in the check
 (one per name; a step returns one loss per optimiser, stepped in order, so alternating adversarial
 updates fit), its phases (a recipe may run several, e.g. pre-train then fine-tune, and a checkpoint
 records the phase), and how to predict change scores for validation. Dense and metric training share a
-step: the model's ``forward_train`` outputs go to the loss, which reads logits or distance maps.
+step: the model's ``forward_train`` outputs go to the loss, which reads logits or distance maps. Patch
+classification (paper 000's baselines) supervises one logit per sample with the sample's label, and
+validates per sample, so a task also owns how it is validated.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from cdtool.engine.evaluate import HIST_BINS, evaluate_loader, normalize_batch
 from cdtool.engine.recipe import Recipe
 from cdtool.errors import InputError
 from cdtool.losses.base import loss_entry
+from cdtool.metrics import BinaryMetrics
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -54,12 +58,24 @@ class Task:
         if missing:
             raise InputError(f"loss {self.recipe.loss.name!r} needs model outputs {missing}, which model "
                              f"{self.recipe.model.name!r} does not give (it gives {sorted(out)})")
-        valid = batch["valid"].float() if "valid" in batch else None
-        loss, parts = self.loss(out, batch["mask"], valid)
+        target, valid = self.target(batch)
+        loss, parts = self.loss(out, target, valid)
         return {"model": loss}, parts
+
+    def target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the loss compares the outputs with: the change mask, and the pixels that count."""
+        if "mask" not in batch:
+            raise InputError(f"task {self.name!r} needs change masks, and this dataset has none; "
+                             "labelled patches train with task 'patch'")
+        return batch["mask"], batch["valid"].float() if "valid" in batch else None
 
     def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         return self.model(before, after)
+
+    def validate(self, loader, normalization: dict, device: torch.device, amp: bool) -> BinaryMetrics:
+        """Metrics at threshold 0.5 plus the score histograms the threshold is tuned on."""
+        acc, _ = evaluate_loader(self.model, loader, normalization, device, 0.5, amp)
+        return acc
 
 
 class DenseTask(Task):
@@ -72,7 +88,36 @@ class MetricTask(Task):
     name = "metric"
 
 
-TASKS: dict[str, type[Task]] = {"dense": DenseTask, "metric": MetricTask}
+class PatchTask(Task):
+    """Patch-pair classification (PCD-style patches labelled by their centre): the model's logits on a
+    patch-sized pair are (B, 1, 1, 1), one per pair, supervised by the sample's label; validation scores
+    each pair by its centre pixel and compares it with the label."""
+
+    name = "patch"
+
+    def target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if "label" not in batch:
+            raise InputError("task 'patch' needs labelled samples (cdtool patches pcd|mnist|footprints)")
+        return batch["label"].float().view(-1, 1, 1, 1), None
+
+    @torch.no_grad()
+    def validate(self, loader, normalization: dict, device: torch.device, amp: bool) -> BinaryMetrics:
+        self.model.eval()
+        acc = BinaryMetrics(bins=HIST_BINS)
+        for batch in loader:
+            before, after = normalize_batch(batch["image"].to(device), normalization,
+                                            batch.get("mean"), batch.get("std"))
+            with torch.autocast("cuda", enabled=amp and before.is_cuda):
+                y = self.model(before, after).float()
+            h, w = y.shape[-2:]
+            score = y[:, 0, h // 2, w // 2].clamp(0, 1).cpu().numpy()
+            label = batch["label"].numpy()
+            keep = label >= 0
+            acc.update(score[keep] >= 0.5, label[keep] > 0, None, score[keep])
+        return acc
+
+
+TASKS: dict[str, type[Task]] = {"dense": DenseTask, "metric": MetricTask, "patch": PatchTask}
 
 
 class TrainOutputs(nn.Module):
