@@ -5,6 +5,8 @@ on shifted pairs (data.train.shift) are tested on pairs shifted the same way. Wr
 trained are scored again, not retrained. Run from the repository root:
 
     python benchmarks/train_table.py recipes/fc_siam_diff.yaml recipes/cosimnet_l2_mlso3.yaml ... --seeds 0 1 2
+    python benchmarks/train_table.py recipes/oscd13_*.yaml --roots ../shared/data/oscd \
+        --test oscd/pisa oscd/rennes --out runs/table_oscd
 """
 
 from __future__ import annotations
@@ -31,22 +33,23 @@ SHIFT = {"px": 6, "deg": 3, "scale": 0.03}
 SHOWN = ("f1", "iou", "precision", "recall", "auroc")
 
 
-def score(spec: str, shift: dict | None) -> dict:
-    det = load_detector(spec, 3)
-    data = PairFolderDataset(ROOTS, pairs=TEST, crop=None, augment=False, shift=shift, seed=12345)
+def score(spec: str, shift: dict | None, roots: list[str], test: list[str]) -> dict:
+    data = PairFolderDataset(roots, pairs=test, crop=None, augment=False, shift=shift, seed=12345)
+    det = load_detector(spec, data.channels)
     acc, _ = evaluate_loader(det.model, DataLoader(data, batch_size=1), det.normalization, torch.device("cpu"),
                              det.threshold)
     return {**acc.compute(), "threshold": det.threshold}
 
 
-def table(groups: dict[str, list[dict]]) -> str:
-    rows = ["| model | runs | " + " | ".join(SHOWN) + " | train min/run |", "|---|---|" + "---|" * (len(SHOWN) + 1)]
+def table(groups: dict[str, list[dict]], shown: tuple[str, ...] = SHOWN) -> str:
+    """Markdown: one row per model, mean ± sample standard deviation over its runs."""
+    rows = ["| model | runs | " + " | ".join(shown) + " | train min/run |", "|---|---|" + "---|" * (len(shown) + 1)]
     for name, runs in groups.items():
         cells = []
-        for k in SHOWN:
+        for k in shown:
             v = np.array([r[k] for r in runs], float)
             cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""))
-        minutes = [r["train_minutes"] for r in runs if "train_minutes" in r]
+        minutes = [r["train_minutes"] for r in runs if r.get("train_minutes") is not None]
         cells.append(f"{np.mean(minutes):.1f}" if minutes else "-")
         rows.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
@@ -57,13 +60,15 @@ def main() -> None:
     ap.add_argument("recipes", nargs="+")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default="runs/table")
+    ap.add_argument("--roots", nargs="+", default=ROOTS, help="data folders of the test pairs")
+    ap.add_argument("--test", nargs="+", default=TEST, help="held-out test pairs (root/name)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results["cva"] = {**score("cva", None), "model": "cva"}
-    results["cva (shifted test)"] = {**score("cva", SHIFT), "model": "cva (shifted test)"}
+    results["cva"] = {**score("cva", None, args.roots, args.test), "model": "cva"}
+    results["cva (shifted test)"] = {**score("cva", SHIFT, args.roots, args.test), "model": "cva (shifted test)"}
     for path in args.recipes:
         for seed in args.seeds:
             r = load_recipe(path, [f"seed={seed}"])
@@ -73,8 +78,8 @@ def main() -> None:
                 t0 = time.time()
                 train(r, run, quiet=True)
                 minutes = round((time.time() - t0) / 60, 2)
-            entry = {**score(str(run / "best.safetensors"), r.data.train.get("shift")), "model": r.name,
-                     "seed": seed, "epochs": r.schedule.epochs}
+            scores = score(str(run / "best.safetensors"), r.data.train.get("shift"), args.roots, args.test)
+            entry = {**scores, "model": r.name, "seed": seed, "epochs": r.schedule.epochs}
             if minutes is not None:
                 entry["train_minutes"] = minutes
             results[run.name] = entry

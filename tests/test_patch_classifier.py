@@ -1,16 +1,20 @@
 """The siamese patch classifier (paper 000's baseline): sliding-window equivalence, training by label
 with class samplers, detection through a checkpoint, and the refusals around the patch task."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from cdtool.cli import app
 from cdtool.data.pcd import PcdOptions, make_pcd
 from cdtool.data.registry import build_dataset
 from cdtool.data.samplers import OverSampler, UnderSampler
 from cdtool.data.sources import collect_pairs
+from cdtool.engine.evaluate import evaluate_chips
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
 from cdtool.errors import InputError
@@ -111,3 +115,17 @@ def test_patch_task_refusals(pcd_chips, tmp_path):
                  "batch_size": 4}
     with pytest.raises(InputError, match="task 'patch' needs labelled samples"):
         train(load_recipe(r), tmp_path / "run2", quiet=True)
+
+
+def test_evaluate_labelled_chips_by_centre_score(pcd_chips, tmp_path):
+    scores, _ = evaluate_chips("cva", [str(pcd_chips)], None, 0.5)
+    data = build_dataset("chips", root=[str(pcd_chips)], split=None)
+    positives = sum(data.labels)
+    # counted per pair, not per pixel: the confusion matrix sums to the number of samples
+    assert 0 < positives < len(data)
+    assert scores["recall"] * positives == pytest.approx(round(scores["recall"] * positives))
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(app, ["evaluate", "--model", "cva", "--data", str(pcd_chips), "--split", "all",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["total"]["f1"] == pytest.approx(evaluate_chips("cva", [str(pcd_chips)], None)[0]["f1"])

@@ -20,8 +20,11 @@ def evaluate(
                                                    "a file or a folder matched to TRUTH by file name.")] = None,
     truth: Annotated[Optional[Path], typer.Argument(help="Ground-truth mask file or folder (change > 0; OSCD 1/2).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint or registered model to run on --data.")] = None,
-    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Labelled dataset folder (A/ B/ label/, or OSCD "
-                                                       "cities); repeatable.")] = None,
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Labelled dataset folder (A/ B/ label/, OSCD "
+                                                       "cities, or what `cdtool tile`/`patches` wrote); "
+                                                       "repeatable.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split of `tile`/`patches` datasets to score (train, val, "
+                                       "test or all).")] = "test",
     pairs: Annotated[Optional[str], typer.Option("--pairs", help="Comma-separated pair names or roots to score "
                                                  "(e.g. levir/test_2_0000_0000,dsifn).")] = None,
     exclude: Annotated[Optional[str], typer.Option("--exclude", help="Comma-separated pairs to leave out.")] = None,
@@ -42,7 +45,11 @@ def evaluate(
     if model is not None:
         if pred is not None or not data:
             raise InputError("use either PRED TRUTH, or --model with --data")
-        total, rows = ev.evaluate_model(model, [str(d) for d in data], _names(pairs), _names(exclude), thr, device)
+        roots = [str(d) for d in data]
+        if all((d / "dataset.json").is_file() for d in data):
+            total, rows = ev.evaluate_chips(model, roots, None if split == "all" else split, thr, device)
+        else:
+            total, rows = ev.evaluate_model(model, roots, _names(pairs), _names(exclude), thr, device)
     else:
         if pred is None or truth is None:
             raise InputError("give PRED and TRUTH, or --model CKPT --data DATASET")

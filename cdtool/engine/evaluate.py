@@ -99,6 +99,54 @@ def evaluate_loader(model: nn.Module, loader, normalization: dict, device: torch
     return acc, per_sample
 
 
+@torch.no_grad()
+def evaluate_labels(model: nn.Module, loader, normalization: dict, device: torch.device,
+                    threshold: float, amp: bool = False) -> BinaryMetrics:
+    """Patch pairs labelled by their centre (PCD-style, MNIST): each pair's score is the model's score at
+    the centre pixel, compared with the label; unlabelled samples (label < 0) are skipped."""
+    model.eval()
+    acc = BinaryMetrics(bins=HIST_BINS)
+    for batch in loader:
+        before, after = normalize_batch(batch["image"].to(device), normalization, batch.get("mean"), batch.get("std"))
+        y = predict_padded(model, before, after, amp)
+        h, w = y.shape[-2:]
+        score = y[:, 0, h // 2, w // 2].cpu().numpy()
+        label = batch["label"].numpy()
+        keep = label >= 0
+        acc.update(score[keep] >= float(threshold), label[keep] > 0, None, score[keep])
+    return acc
+
+
+def evaluate_chips(spec: str, roots: list[str], split: str | None = "test", threshold: float | str | None = None,
+                   device: str | None = None) -> tuple[dict, list[dict]]:
+    """Score a model on what `cdtool tile` / `cdtool patches` wrote: labelled samples (PCD-style, MNIST) by
+    their labels and the model's score at each pair's centre, whatever the model; others by change masks.
+    Otsu's threshold, for labels, is taken over all centre scores together."""
+    from torch.utils.data import DataLoader
+
+    from cdtool.data.registry import build_dataset
+    from cdtool.inference.detector import load_detector, pick_device
+
+    data = build_dataset("chips", root=list(roots), split=split)
+    if len(data) == 0:
+        raise InputError(f"{', '.join(roots)}: no samples in split {split!r}")
+    first = data[0]
+    det = load_detector(spec, int(first["image"].shape[1]))
+    thr = det.threshold if threshold is None else threshold
+    dev = pick_device(device)
+    model = det.model.to(dev)
+    if "label" in first:
+        acc = evaluate_labels(model, DataLoader(data, batch_size=64), det.normalization, dev,
+                              0.5 if thr == "otsu" else float(thr))
+        if thr == "otsu":
+            acc = acc.at_threshold(otsu(acc.pos_hist + acc.neg_hist))
+    elif "mask" in first:
+        acc, _ = evaluate_loader(model, DataLoader(data, batch_size=1), det.normalization, dev, thr)
+    else:
+        raise InputError(f"{', '.join(roots)}: samples have neither labels nor change masks to score against")
+    return acc.compute(), []
+
+
 def read_map(path: Path) -> np.ndarray:
     """First band of a raster or image as float: a mask (0/1, 0/255, OSCD 1/2) or scores in [0, 1]."""
     try:

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from cdtool.engine.evaluate import HIST_BINS, evaluate_loader, normalize_batch
+from cdtool.engine.evaluate import evaluate_labels, evaluate_loader
 from cdtool.engine.recipe import Recipe
 from cdtool.errors import InputError
 from cdtool.losses.base import loss_entry
@@ -100,21 +100,8 @@ class PatchTask(Task):
             raise InputError("task 'patch' needs labelled samples (cdtool patches pcd|mnist|footprints)")
         return batch["label"].float().view(-1, 1, 1, 1), None
 
-    @torch.no_grad()
     def validate(self, loader, normalization: dict, device: torch.device, amp: bool) -> BinaryMetrics:
-        self.model.eval()
-        acc = BinaryMetrics(bins=HIST_BINS)
-        for batch in loader:
-            before, after = normalize_batch(batch["image"].to(device), normalization,
-                                            batch.get("mean"), batch.get("std"))
-            with torch.autocast("cuda", enabled=amp and before.is_cuda):
-                y = self.model(before, after).float()
-            h, w = y.shape[-2:]
-            score = y[:, 0, h // 2, w // 2].clamp(0, 1).cpu().numpy()
-            label = batch["label"].numpy()
-            keep = label >= 0
-            acc.update(score[keep] >= 0.5, label[keep] > 0, None, score[keep])
-        return acc
+        return evaluate_labels(self.model, loader, normalization, device, 0.5, amp)
 
 
 TASKS: dict[str, type[Task]] = {"dense": DenseTask, "metric": MetricTask, "patch": PatchTask}
