@@ -16,6 +16,7 @@ from pathlib import Path
 from cdtool.engine.evaluate import evaluate_chips
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
+from train_table import epochs_done, table
 
 SHOWN = ("f1", "precision", "recall", "kappa", "auroc")
 
@@ -40,9 +41,9 @@ def main() -> None:
             r = load_recipe(path, [f"seed={seed}"])
             run = out / f"{r.name}_s{seed}"
             minutes = results.get(run.name, {}).get("train_minutes")
-            if not (run / "last.safetensors").exists():
+            if epochs_done(run) < r.schedule.epochs:  # new, or interrupted: resume
                 t0 = time.time()
-                train(r, run, quiet=True)
+                train(r, run, quiet=True, resume=epochs_done(run) > 0)
                 minutes = round((time.time() - t0) / 60, 2)
             scores, _ = evaluate_chips(str(run / "best.safetensors"), roots, "test")
             results[run.name] = {**scores, "model": r.name, "seed": seed, "train_minutes": minutes}
@@ -51,8 +52,6 @@ def main() -> None:
     groups: dict[str, list[dict]] = {}
     for entry in results.values():
         groups.setdefault(entry["model"], []).append(entry)
-    from train_table import table
-
     text = table(groups, SHOWN)
     (out / "table.md").write_text(text)
     print(text)

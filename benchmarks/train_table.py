@@ -41,6 +41,12 @@ def score(spec: str, shift: dict | None, roots: list[str], test: list[str]) -> d
     return {**acc.compute(), "threshold": det.threshold}
 
 
+def epochs_done(run: Path) -> int:
+    """Epochs a run folder holds (0 when it holds none), so an interrupted table resumes its runs."""
+    history = run / "metrics.json"
+    return len(json.loads(history.read_text())) if (run / "last.safetensors").exists() and history.exists() else 0
+
+
 def table(groups: dict[str, list[dict]], shown: tuple[str, ...] = SHOWN) -> str:
     """Markdown: one row per model, mean ± sample standard deviation over its runs."""
     rows = ["| model | runs | " + " | ".join(shown) + " | train min/run |", "|---|---|" + "---|" * (len(shown) + 1)]
@@ -74,9 +80,9 @@ def main() -> None:
             r = load_recipe(path, [f"seed={seed}"])
             run = out / f"{r.name}_s{seed}"
             minutes = results.get(run.name, {}).get("train_minutes")
-            if not (run / "last.safetensors").exists():
+            if epochs_done(run) < r.schedule.epochs:  # new, or interrupted: resume
                 t0 = time.time()
-                train(r, run, quiet=True)
+                train(r, run, quiet=True, resume=epochs_done(run) > 0)
                 minutes = round((time.time() - t0) / 60, 2)
             scores = score(str(run / "best.safetensors"), r.data.train.get("shift"), args.roots, args.test)
             entry = {**scores, "model": r.name, "seed": seed, "epochs": r.schedule.epochs}

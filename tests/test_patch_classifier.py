@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from typer.testing import CliRunner
 
@@ -18,7 +19,8 @@ from cdtool.engine.evaluate import evaluate_chips
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
 from cdtool.errors import InputError
-from cdtool.inference.detector import load_detector
+from cdtool.inference.detect import DetectOptions, detect
+from cdtool.inference.detector import Detector, load_detector
 from cdtool.models import create_model
 from engine_fixtures import make_pair_folder, tiny_recipe
 
@@ -129,3 +131,16 @@ def test_evaluate_labelled_chips_by_centre_score(pcd_chips, tmp_path):
                                    "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["total"]["f1"] == pytest.approx(evaluate_chips("cva", [str(pcd_chips)], None)[0]["f1"])
+
+
+def test_detect_with_a_patch_model_stitches_like_the_whole_image(small_pair, tmp_path):
+    """Tiles stepping by a multiple of the patch grid (here 28 = 7 x 4) see the same patches as the
+    whole image, so the stitched map matches it."""
+    torch.manual_seed(2)
+    model = create_model("siamese_patch", patch=28, stages=2, width=4).eval()
+    det = Detector("siamese_patch", model, {"mode": "fixed", "mean": [100.0] * 3, "std": [50.0] * 3}, 0.5)
+    before, after, _ = small_pair
+    whole = detect(before, after, tmp_path / "whole", DetectOptions(model=det, tile=1024, polygons=False))
+    tiled = detect(before, after, tmp_path / "tiled", DetectOptions(model=det, tile=64, overlap=36, polygons=False))
+    with rasterio.open(whole.outputs["change_prob.tif"]) as a, rasterio.open(tiled.outputs["change_prob.tif"]) as b:
+        np.testing.assert_allclose(a.read(1), b.read(1), atol=2e-5)

@@ -85,7 +85,7 @@ class SiamesePatchClassifier(ChangeModel):
         return F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-@register_model("siamese_patch", output="centre", paper="paper 000, section 4.2 baseline")
+@register_model("siamese_patch", output="centre", paper="Hamaguchi et al. 2019 (paper 000), baseline of section 4.2")
 def siamese_patch(in_channels: int = 3, patch: int = 112, stages: int = 4, width: int = 16,
                   dropout: float = 0.3) -> SiamesePatchClassifier:
     """Siamese CNN patch classifier (labelled by the patch centre); slides over images as one convolution."""
