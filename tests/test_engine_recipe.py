@@ -17,7 +17,7 @@ def test_valid_recipe_fills_defaults_and_overrides(tmp_path):
     ("loss.name=dice", "loss.name: unknown loss 'dice'; allowed: bce"),
     ("optim.nme=adam", "optim.nme: unknown key; allowed: name, lr"),
     ("optim.name=lbfgs", "optim.name: Input should be 'adam', 'adamw' or 'sgd'"),
-    ("task=gan", "task: Input should be 'dense', 'metric' or 'patch'"),
+    ("task=gan", "task: unknown task 'gan'; allowed: dense, metric, patch"),
     ("model.args.depth=3", "no argument 'depth'; allowed: in_channels, metric"),
     ("normalization.mode=zscore", "normalization.mode must be one of per-image, fixed"),
     ("schedule.epochs=0", "schedule.epochs: Input should be greater than or equal to 1"),

@@ -128,11 +128,11 @@ def _plot(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def _epoch_sampler(train_set, recipe: Recipe, epoch: int, dd) -> Sampler[int]:
+def _epoch_sampler(train_set, recipe: Recipe, kind: str, epoch: int, dd) -> Sampler[int]:
     """The epoch's order: shuffled, or class-balanced by under-/over-sampling; under DDP each rank takes
     its share of the same draw."""
     data = recipe.data
-    if data.sampler == "random":
+    if kind == "random":
         if dd.enabled:
             sampler = DistributedSampler(train_set, num_replicas=dd.world, rank=dd.rank, shuffle=True,
                                          seed=recipe.seed)
@@ -141,31 +141,65 @@ def _epoch_sampler(train_set, recipe: Recipe, epoch: int, dd) -> Sampler[int]:
         return RandomSampler(train_set, generator=torch.Generator().manual_seed(recipe.seed * 7919 + epoch))
     labels = getattr(train_set, "labels", None)
     if not labels:
-        raise InputError(f"data.sampler {data.sampler!r} needs labelled samples; this training set has no labels")
+        raise InputError(f"data.sampler {kind!r} needs labelled samples; this training set has no labels")
     try:
-        sampler = (UnderSampler(labels, recipe.seed, data.sampler_ratio) if data.sampler == "under"
+        sampler = (UnderSampler(labels, recipe.seed, data.sampler_ratio) if kind == "under"
                    else OverSampler(labels, recipe.seed))
     except ValueError as exc:
-        raise InputError(f"data.sampler {data.sampler!r}: {exc}") from None
+        raise InputError(f"data.sampler {kind!r}: {exc}") from None
     sampler.set_epoch(epoch)
     if dd.enabled:
         sampler.set_shard(dd.rank, dd.world)
     return sampler
 
 
-def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe):
+def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe, epochs: int):
+    """The learning-rate schedule of one phase of `epochs` epochs."""
     s = recipe.schedule
     if s.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     if s.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
     return None
 
 
+def _datasets(recipe: Recipe, train_overrides: dict) -> tuple:
+    data = recipe.data
+    train_args = {**data.args, **data.train, **train_overrides}
+    if data.kind == "folder":
+        train_args["seed"] = recipe.seed
+    train_set = build_dataset(data.kind, **train_args)
+    val_set = None
+    if data.val is not None:
+        val_args = {**data.args, **data.val}
+        if data.kind == "folder":
+            val_args.update(crop=None, augment=False, seed=recipe.seed + 1)
+        val_set = build_dataset(data.kind, **val_args)
+    return train_set, val_set
+
+
+def _wrap(modules: dict[str, nn.Module], dd, device: torch.device) -> dict[str, nn.Module]:
+    """The modules as training calls them: `TrainOutputs` for models, and DDP when distributed."""
+    wrapped: dict[str, nn.Module] = {}
+    for name, mod in modules.items():
+        w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
+        if dd.enabled and device.type == "cuda":
+            # one set of BatchNorm statistics across ranks, as one large batch would give (gloo on CPU
+            # cannot run SyncBatchNorm: there each rank keeps its own statistics)
+            w = nn.SyncBatchNorm.convert_sync_batchnorm(w)
+        if dd.enabled and any(p.requires_grad for p in mod.parameters()):
+            # find_unused_parameters: a model may hold parameters a configuration or phase leaves unused
+            # (CosimNet's cosine scale under l2); without it their gradient buckets would never be averaged
+            w = nn.parallel.DistributedDataParallel(w, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True)
+        wrapped[name] = w
+    return wrapped
+
+
 def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: torch.device | None = None,
           quiet: bool = False, stop_after: int | None = None) -> RunResult:
-    """Train `recipe` into `run_dir`. `resume` continues from ``last.*`` there; `stop_after` ends after that
-    many epochs in this call (to test interruption; the schedule still spans `schedule.epochs`)."""
+    """Train `recipe` into `run_dir`, phase after phase. `resume` continues from ``last.*`` there, inside a
+    phase or at the next; `stop_after` ends after that many epochs in this call (to test interruption)."""
     device = device or torch.device("cpu")
     dd = distributed.setup(device)
     run_dir = Path(run_dir)
@@ -179,14 +213,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
 
     seed_all(recipe.seed)
     data = recipe.data
-    train_set = build_dataset(data.kind, **{**data.args, **data.train, "seed": recipe.seed}
-                              if data.kind == "folder" else {**data.args, **data.train})
-    val_set = None
-    if data.val is not None:
-        val_args = {**data.args, **data.val}
-        if data.kind == "folder":
-            val_args.update(crop=None, augment=False, seed=recipe.seed + 1)
-        val_set = build_dataset(data.kind, **val_args)
+    plan = recipe.phase_plan()
+    total_epochs = sum(ph.epochs for ph in plan)
+    train_set, val_set = _datasets(recipe, plan[0].train)
     channels = getattr(train_set, "channels", None)
     if channels is None and len(train_set):
         channels = int(train_set[0]["image"].shape[1])
@@ -204,117 +233,127 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
     model.to(device)
     task = TASKS[recipe.task](resolved, model, create_loss(recipe.loss.name, **recipe.loss.args))
     modules = task.modules()
-    wrapped: dict[str, nn.Module] = {}
-    for name, mod in modules.items():
-        w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
-        if dd.enabled and device.type == "cuda":
-            # one set of BatchNorm statistics across ranks, as one large batch would give (gloo on CPU
-            # cannot run SyncBatchNorm: there each rank keeps its own statistics)
-            w = nn.SyncBatchNorm.convert_sync_batchnorm(w)
-        if dd.enabled and any(p.requires_grad for p in mod.parameters()):
-            # find_unused_parameters: a model may hold parameters a configuration leaves unused (CosimNet's
-            # cosine scale under l2); without it their gradient buckets would never be averaged
-            w = nn.parallel.DistributedDataParallel(w, device_ids=[device.index] if device.type == "cuda" else None,
-                                                    find_unused_parameters=True)
-        wrapped[name] = w
-    optims = task.optimizers(wrapped)
-    scheds = {k: _scheduler(o, recipe) for k, o in optims.items()}
+    wrapped = _wrap(modules, dd, device)
     amp = recipe.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     history: list[dict] = []
-    start, best, best_epoch, best_thr = 0, -math.inf, -1, 0.5
+    start, best, best_epoch, best_thr, st = 0, -math.inf, -1, 0.5, None
     if resume:
-        states, meta = load_checkpoint(last_path)
+        states, _ = load_checkpoint(last_path)
         for name, mod in modules.items():
             mod.load_state_dict(states[name])
         st = torch.load(state_path, map_location="cpu", weights_only=True)
-        for k, o in optims.items():
-            o.load_state_dict(st["optimizers"][k])
-        for k, s in scheds.items():
-            if s is not None and k in st["schedulers"]:
-                s.load_state_dict(st["schedulers"][k])
         if amp and st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
         start, best, best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
         best_thr = float(st["best_threshold"])
         history = json.loads(st["history"])
-        if start >= recipe.schedule.epochs:
-            raise InputError(f"{run_dir}: already trained for {recipe.schedule.epochs} epochs; raise "
-                             "schedule.epochs (--set schedule.epochs=N) to train longer")
+        if start >= total_epochs:
+            knob = "the phases' epochs" if recipe.phases else "schedule.epochs (--set schedule.epochs=N)"
+            raise InputError(f"{run_dir}: already trained for {total_epochs} epochs; raise {knob} to train longer")
     if dd.main:
         (run_dir / "recipe.yaml").write_text(dump_recipe(resolved))
 
     val_loader = DataLoader(val_set, batch_size=1, num_workers=data.workers) if val_set is not None else None
-    phase = task.phases[0]
-    end = recipe.schedule.epochs if stop_after is None else min(recipe.schedule.epochs, start + stop_after)
-    for epoch in range(start, end):
-        t0 = time.time()
-        seed_all(recipe.seed * 100_003 + epoch)
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        sampler = _epoch_sampler(train_set, recipe, epoch, dd)
-        loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, num_workers=data.workers,
-                            drop_last=len(train_set) >= 2 * data.batch_size)
-        for w in wrapped.values():
-            w.train()
-        total, count, parts_sum = 0.0, 0, {}
-        bar = _progress(loader, f"epoch {epoch + 1}/{recipe.schedule.epochs}", quiet or not dd.main)
-        for batch in bar:
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            before, after = normalize_batch(batch["image"], recipe.normalization, batch.get("mean"), batch.get("std"))
-            with torch.autocast("cuda", enabled=amp):
-                losses, parts = task.training_step(wrapped, before, after, batch, phase)
-            for name, loss in losses.items():
-                opt = optims[name]
-                opt.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
-                    raise InputError(f"epoch {epoch + 1}: the loss became {float(loss)}; lower optim.lr")
-                scaler.scale(loss).backward()
-                if recipe.schedule.clip_grad:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(wrapped[name].parameters(), recipe.schedule.clip_grad)
-                scaler.step(opt)
-                scaler.update()
-            lv = float(sum(float(v.detach()) for v in losses.values()))
-            total, count = total + lv, count + 1
+    end = total_epochs if stop_after is None else min(total_epochs, start + stop_after)
+    first = 0
+    for ph in plan:
+        ph_first, first = first, first + ph.epochs
+        if first <= start or ph_first >= end:
+            continue  # finished before this call, or beyond it
+        if ph.train and ph is not plan[0]:
+            train_set, _ = _datasets(recipe, ph.train)
+        optims = task.optimizers(wrapped, ph.name, ph.lr)
+        scheds = {k: _scheduler(o, recipe, ph.epochs) for k, o in optims.items()}
+        if st is not None and start > ph_first:  # resuming inside this phase: its optimisers' state
+            for k, o in optims.items():
+                o.load_state_dict(st["optimizers"][k])
+            for k, sch in scheds.items():
+                if sch is not None and k in st["schedulers"]:
+                    sch.load_state_dict(st["schedulers"][k])
+        for epoch in range(max(start, ph_first), min(first, end)):
+            t0 = time.time()
+            row = _train_epoch(task, wrapped, optims, scaler, train_set, recipe, ph, epoch, total_epochs, dd,
+                               device, amp, quiet)
+            for sch in scheds.values():
+                if sch is not None:
+                    sch.step()
+            thr = recipe.threshold if recipe.threshold != "tune" else 0.5
+            if val_loader is not None:
+                acc = task.validate(val_loader, recipe.normalization, device, amp)
+                if recipe.threshold == "tune":
+                    thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
+                row.update({f"val_{k}": v for k, v in acc.at_threshold(float(thr)).compute().items()})
+            row["threshold"] = float(thr)
+            row["seconds"] = round(time.time() - t0, 2)
+            history.append(row)
+            score = -row["train_loss"] if (recipe.monitor == "loss" or val_loader is None) else row[f"val_{recipe.monitor}"]
+            score = -math.inf if math.isnan(score) else score
+            improved = score > best
+            if improved:
+                best, best_epoch, best_thr = score, epoch + 1, float(thr)
+            if dd.main:
+                meta = _meta(resolved, row, ph.name, epoch + 1, float(thr), train_set, val_set)
+                states = {n: m.state_dict() for n, m in modules.items()}
+                if improved:
+                    save_checkpoint(run_dir / "best.safetensors", states, meta)
+                save_checkpoint(last_path, states, meta)
+                _save_state(state_path, optims, scheds, scaler if amp else None, epoch, ph.name, best, best_epoch,
+                            best_thr, history)
+                _history_files(run_dir, history)
+                if not quiet:
+                    _report(row)
+            distributed.barrier(dd)
+    return RunResult(run_dir, best_epoch, best, best_thr, history, modules)
+
+
+def _train_epoch(task, wrapped, optims, scaler, train_set, recipe: Recipe, ph, epoch: int, total_epochs: int, dd,
+                 device: torch.device, amp: bool, quiet: bool) -> dict:
+    """One pass over the epoch's draw of the training set; the logged row (loss, its parts, lr)."""
+    data = recipe.data
+    seed_all(recipe.seed * 100_003 + epoch)
+    if hasattr(train_set, "set_epoch"):
+        train_set.set_epoch(epoch)
+    sampler = _epoch_sampler(train_set, recipe, ph.sampler or data.sampler, epoch, dd)
+    loader = DataLoader(train_set, batch_size=data.batch_size, sampler=sampler, num_workers=data.workers,
+                        drop_last=len(sampler) >= 2 * data.batch_size)
+    for w in wrapped.values():
+        w.train()
+    total, count, parts_sum = 0.0, 0, {}
+    bar = _progress(loader, f"epoch {epoch + 1}/{total_epochs}", quiet or not dd.main)
+    for batch in bar:
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        before, after = normalize_batch(batch["image"], recipe.normalization, batch.get("mean"), batch.get("std"))
+        steps = task.training_step(wrapped, before, after, batch, ph.name)
+        while True:
+            with torch.autocast("cuda", enabled=amp):  # the forward passes run inside, the backward outside
+                item = next(steps, None)
+            if item is None:
+                break
+            name, loss, parts = item
+            opt = optims[name]
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise InputError(f"epoch {epoch + 1}: the loss became {float(loss)}; lower optim.lr")
+            scaler.scale(loss).backward()
+            if recipe.schedule.clip_grad:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                               recipe.schedule.clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss.detach())
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / count:.4f}")
-        for s in scheds.values():
-            if s is not None:
-                s.step()
-        row = {"epoch": epoch + 1, "phase": phase, "train_loss": distributed.mean_across(total / max(count, 1), dd),
-               "lr": optims[next(iter(optims))].param_groups[0]["lr"]}
-        row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
-        thr = recipe.threshold if recipe.threshold != "tune" else 0.5
-        if val_loader is not None:
-            acc = task.validate(val_loader, recipe.normalization, device, amp)
-            if recipe.threshold == "tune":
-                thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
-            scores = acc.at_threshold(float(thr)).compute()
-            row.update({f"val_{k}": v for k, v in scores.items()})
-        row["threshold"] = float(thr)
-        row["seconds"] = round(time.time() - t0, 2)
-        history.append(row)
-        score = -row["train_loss"] if (recipe.monitor == "loss" or val_loader is None) else row[f"val_{recipe.monitor}"]
-        score = -math.inf if math.isnan(score) else score
-        improved = score > best
-        if improved:
-            best, best_epoch, best_thr = score, epoch + 1, float(thr)
-        if dd.main:
-            meta = _meta(resolved, row, phase, epoch + 1, float(thr), train_set, val_set)
-            states = {n: m.state_dict() for n, m in modules.items()}
-            if improved:
-                save_checkpoint(run_dir / "best.safetensors", states, meta)
-            save_checkpoint(last_path, states, meta)
-            _save_state(state_path, optims, scheds, scaler if amp else None, epoch, best, best_epoch, best_thr, history)
-            _history_files(run_dir, history)
-            if not quiet:
-                _report(row)
-        distributed.barrier(dd)
-    return RunResult(run_dir, best_epoch, best, best_thr, history, modules)
+        count += 1
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{total / count:.4f}")
+    row = {"epoch": epoch + 1, "phase": ph.name, "train_loss": distributed.mean_across(total / max(count, 1), dd)}
+    for name, opt in optims.items():  # the learning rate the epoch ran at, per optimiser when several
+        row["lr" if len(optims) == 1 else f"lr_{name}"] = opt.param_groups[0]["lr"]
+    row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
+    return row
 
 
 def _meta(recipe: Recipe, row: dict, phase: str, epoch: int, threshold: float, train_set, val_set) -> dict:
@@ -328,12 +367,12 @@ def _meta(recipe: Recipe, row: dict, phase: str, epoch: int, threshold: float, t
             "recipe": recipe.model_dump(mode="json")}
 
 
-def _save_state(path: Path, optims, scheds, scaler, epoch: int, best: float, best_epoch: int, best_thr: float,
-                history: list[dict]) -> None:
+def _save_state(path: Path, optims, scheds, scaler, epoch: int, phase: str, best: float, best_epoch: int,
+                best_thr: float, history: list[dict]) -> None:
     st = {"optimizers": {k: o.state_dict() for k, o in optims.items()},
           "schedulers": {k: s.state_dict() for k, s in scheds.items() if s is not None},
           "scaler": scaler.state_dict() if scaler is not None else {},
-          "epoch": epoch, "best": best, "best_epoch": best_epoch, "best_threshold": best_thr,
+          "epoch": epoch, "phase": phase, "best": best, "best_epoch": best_epoch, "best_threshold": best_thr,
           "history": json.dumps(history)}
     tmp = path.with_name(f".{path.name}.partial")
     torch.save(st, tmp)

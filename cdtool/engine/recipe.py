@@ -102,17 +102,29 @@ class ScheduleConfig(_Strict):
     clip_grad: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
 
 
+class PhaseConfig(_Strict):
+    name: str = Field(description="A phase of the task, in the task's order (e.g. vae: represent, finetune).")
+    epochs: int = Field(ge=1, description="Epochs of this phase.")
+    lr: float | None = Field(None, gt=0, description="Learning rate of this phase (default: optim.lr).")
+    sampler: Literal["random", "under", "over"] | None = Field(None, description="Training order of this "
+                                                               "phase (default: data.sampler).")
+    train: dict[str, Any] = Field(default_factory=dict, description="Overrides of data.train for this phase "
+                                  "(e.g. another split or crop).")
+
+
 class Recipe(_Strict):
     name: str = Field(description="Run name: the run folder is runs/<name>/ unless --out is given.")
     description: str = Field("", description="What the experiment is for.")
-    task: Literal["dense", "metric", "patch"] = Field(
-        description="Task family: dense (change logits), metric (feature distance maps) or patch (one change "
-        "logit per labelled patch pair).")
+    task: str = Field(description="Task family (cdtool.engine.tasks): dense (change logits), metric (feature "
+                      "distance maps) or patch (one change logit per labelled patch pair).")
     model: ModelConfig
     loss: LossConfig
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    phases: list[PhaseConfig] | None = Field(None, description="Phases run in order, each with its epochs and "
+                                             "optionally its learning rate, sampler and data; none: the task's "
+                                             "first phase for schedule.epochs.")
     normalization: dict[str, Any] = Field(default_factory=lambda: {"mode": "per-image"},
                                           description="Input normalisation, stored with the model.")
     threshold: Union[float, Literal["tune"]] = Field("tune", description="Detection threshold on the change score, "
@@ -129,6 +141,36 @@ class Recipe(_Strict):
             return check_normalization(v)
         except InputError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from cdtool.engine.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; allowed: {', '.join(TASKS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _phases_of_the_task(self) -> "Recipe":
+        from cdtool.engine.tasks import TASKS
+
+        if self.phases is not None:
+            declared = TASKS[self.task].phases
+            names = [ph.name for ph in self.phases]
+            order = [declared.index(n) for n in names if n in declared]
+            if len(order) != len(names) or order != sorted(set(order)):
+                raise ValueError(f"phases {names} are not phases of task {self.task!r} in its order "
+                                 f"({', '.join(declared)}), each at most once")
+        return self
+
+    def phase_plan(self) -> list[PhaseConfig]:
+        """The phases to run, in order: as given, or the task's first phase for schedule.epochs."""
+        if self.phases:
+            return list(self.phases)
+        from cdtool.engine.tasks import TASKS
+
+        return [PhaseConfig(name=TASKS[self.task].phases[0], epochs=self.schedule.epochs)]
 
     @model_validator(mode="after")
     def _loss_fits_model(self) -> "Recipe":

@@ -1,33 +1,41 @@
 """Tasks own their training step; the loop (cdtool.engine.loop) owns everything else.
 
 A task declares its named modules (each saved as a named state dict in the checkpoint), its optimisers
-(one per name; a step returns one loss per optimiser, stepped in order, so alternating adversarial
-updates fit), its phases (a recipe may run several, e.g. pre-train then fine-tune, and a checkpoint
-records the phase), and how to predict change scores for validation. Dense and metric training share a
-step: the model's ``forward_train`` outputs go to the loss, which reads logits or distance maps. Patch
+per phase (one per name), its phases (a recipe runs one or several in order, e.g. learn a representation,
+then fine-tune a head at another learning rate with another sampler; a checkpoint records the phase), and
+how it is validated. Its step is a generator that yields one loss per optimiser: the loop steps that
+optimiser before the generator goes on, so alternating updates (an adversarial critic, then the
+generator against the updated critic) see each other's steps. Dense and metric training share a step:
+the model's ``forward_train`` outputs go to the loss, which reads logits or distance maps. Patch
 classification (paper 000's baselines) supervises one logit per sample with the sample's label, and
-validates per sample, so a task also owns how it is validated.
+validates per sample.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Iterator
 
 import torch
 import torch.nn as nn
 
 from cdtool.engine.evaluate import evaluate_labels, evaluate_loader
-from cdtool.engine.recipe import Recipe
 from cdtool.errors import InputError
 from cdtool.losses.base import loss_entry
 from cdtool.metrics import BinaryMetrics
 
+if TYPE_CHECKING:
+    from cdtool.engine.recipe import Recipe
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+Step = Iterator[tuple[str, torch.Tensor, dict[str, float]]]  # (optimiser name, loss, numbers to log)
+
+
+def build_optimizer(params, cfg, lr: float | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimiser over `params` (or parameter groups), at `lr` when a phase sets one."""
+    lr = cfg.lr if lr is None else lr
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 class Task:
@@ -46,13 +54,14 @@ class Task:
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
 
-    def optimizers(self, wrapped: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        return {"model": build_optimizer(wrapped["model"].parameters(), self.recipe.optim)}
+    def optimizers(self, wrapped: dict[str, nn.Module], phase: str, lr: float | None) -> dict[str, torch.optim.Optimizer]:
+        """Fresh optimisers at the start of `phase` (its learning rate `lr`, None: the recipe's)."""
+        return {"model": build_optimizer(wrapped["model"].parameters(), self.recipe.optim, lr)}
 
     def training_step(self, wrapped: dict[str, nn.Module], before: torch.Tensor, after: torch.Tensor,
-                      batch: dict, phase: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Losses per optimiser name, and numbers to log. `wrapped` holds the modules as the loop wraps them
-        for training (`TrainOutputs`, and DDP when distributed)."""
+                      batch: dict, phase: str) -> Step:
+        """Yield (optimiser name, loss, parts) per update. `wrapped` holds the modules as the loop wraps
+        them for training (`TrainOutputs`, and DDP when distributed)."""
         out = wrapped["model"](before, after)  # TrainOutputs (maybe under DDP): forward_train
         missing = [k for k in self._needs if k not in out]
         if missing:
@@ -60,7 +69,7 @@ class Task:
                              f"{self.recipe.model.name!r} does not give (it gives {sorted(out)})")
         target, valid = self.target(batch)
         loss, parts = self.loss(out, target, valid)
-        return {"model": loss}, parts
+        yield "model", loss, parts
 
     def target(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What the loss compares the outputs with: the change mask, and the pixels that count."""
@@ -78,16 +87,30 @@ class Task:
         return acc
 
 
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Make a task family available to recipes (key `task`) under its `name`."""
+    if cls.name in TASKS:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls
+    return cls
+
+
+@register_task
 class DenseTask(Task):
     name = "dense"
 
 
+@register_task
 class MetricTask(Task):
     """Same step; distance maps are supervised by a metric loss and the threshold is tuned on validation."""
 
     name = "metric"
 
 
+@register_task
 class PatchTask(Task):
     """Patch-pair classification (PCD-style patches labelled by their centre): the model's logits on a
     patch-sized pair are (B, 1, 1, 1), one per pair, supervised by the sample's label; validation scores
@@ -102,9 +125,6 @@ class PatchTask(Task):
 
     def validate(self, loader, normalization: dict, device: torch.device, amp: bool) -> BinaryMetrics:
         return evaluate_labels(self.model, loader, normalization, device, 0.5, amp)
-
-
-TASKS: dict[str, type[Task]] = {"dense": DenseTask, "metric": MetricTask, "patch": PatchTask}
 
 
 class TrainOutputs(nn.Module):

@@ -1,0 +1,115 @@
+"""Multi-phase recipes and alternating optimisers: the shapes of papers 000 (represent, then fine-tune at
+another learning rate) and 003 (a critic stepped before the model that plays against it)."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cdtool.engine import tasks
+from cdtool.engine.checkpoint import load_checkpoint
+from cdtool.engine.loop import train
+from cdtool.engine.recipe import load_recipe
+from cdtool.engine.tasks import MetricTask, build_optimizer
+from cdtool.errors import InputError
+from engine_fixtures import make_pair_folder, tiny_recipe
+
+
+class CriticTask(MetricTask):
+    """Phase 'warm': the metric step alone. Phase 'duel': a critic learns to tell the mean change score of
+    a batch, then the model is stepped against the critic as it is *after* its step."""
+
+    name = "critic_test"
+    phases = ("warm", "duel")
+
+    def __init__(self, recipe, model, loss):
+        super().__init__(recipe, model, loss)
+        self.critic = nn.Linear(1, 1)
+
+    def modules(self):
+        return {"model": self.model, "critic": self.critic}
+
+    def optimizers(self, wrapped, phase, lr):
+        opts = {"model": build_optimizer(wrapped["model"].parameters(), self.recipe.optim, lr)}
+        if phase == "duel":
+            opts = {"critic": torch.optim.SGD(wrapped["critic"].parameters(), lr=0.1), **opts}
+        return opts
+
+    def training_step(self, wrapped, before, after, batch, phase):
+        if phase == "warm":
+            yield from super().training_step(wrapped, before, after, batch, phase)
+            return
+        score = torch.stack(wrapped["model"](before, after)["layer_scores"]).mean().view(1, 1)
+        yield "critic", (wrapped["critic"](score.detach()) - 1.0).pow(2).mean(), {}
+        yield "model", wrapped["critic"](score).pow(2).mean(), {}
+
+
+@pytest.fixture(autouse=True)
+def critic_task(monkeypatch):
+    monkeypatch.setitem(tasks.TASKS, "critic_test", CriticTask)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_pair_folder(tmp_path_factory.mktemp("d") / "pairs")
+
+
+def phased(pairs, **over):
+    return tiny_recipe(pairs, **{"task": "critic_test", "phases": [{"name": "warm", "epochs": 2, "lr": 0.01},
+                                                                   {"name": "duel", "epochs": 2, "lr": 0.001}],
+                                 **over})
+
+
+def test_phases_run_in_order_with_their_learning_rates(pairs, tmp_path):
+    res = train(load_recipe(phased(pairs)), tmp_path / "run", quiet=True)
+    hist = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [(h["epoch"], h["phase"]) for h in hist] == [(1, "warm"), (2, "warm"), (3, "duel"), (4, "duel")]
+    # the learning rate each epoch ran at: each phase's own, on its own cosine schedule
+    assert [h.get("lr", h.get("lr_model")) for h in hist] == pytest.approx([0.01, 0.005, 0.001, 0.0005])
+    assert hist[2]["lr_critic"] == pytest.approx(0.1)
+    states, meta = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert set(states) == {"model", "critic"} and meta["phase"] == "duel" and meta["epoch"] == 4
+    assert res.modules["critic"] is not None
+
+
+def test_each_model_step_sees_the_critic_after_its_step(pairs, tmp_path):
+    recipe = load_recipe(phased(pairs, phases=[{"name": "duel", "epochs": 1}]))
+    seen: list[float] = []
+    original = CriticTask.training_step
+
+    def spy(self, wrapped, before, after, batch, phase):
+        before_step = self.critic.weight.item()
+        gen = original(self, wrapped, before, after, batch, phase)
+        yield next(gen)  # the critic's loss; the loop steps the critic here
+        seen.append((before_step, self.critic.weight.item()))
+        yield from gen
+
+    CriticTask.training_step = spy
+    try:
+        train(recipe, tmp_path / "run", quiet=True)
+    finally:
+        CriticTask.training_step = original
+    assert seen and all(b != a for b, a in seen)
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3])  # inside the first phase, at the boundary, inside the second
+def test_resume_anywhere_in_the_phases_continues_exactly(pairs, tmp_path, stop):
+    recipe = load_recipe(phased(pairs))
+    train(recipe, tmp_path / "a", quiet=True)
+    train(recipe, tmp_path / "b", quiet=True, stop_after=stop)
+    train(recipe, tmp_path / "b", quiet=True, resume=True)
+    wa, _ = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    wb, _ = load_checkpoint(tmp_path / "b" / "last.safetensors")
+    for mod in ("model", "critic"):
+        for k, v in wa[mod].items():
+            assert torch.equal(v, wb[mod][k]), (mod, k)
+
+
+def test_phases_must_be_the_tasks_in_order(pairs):
+    with pytest.raises(InputError, match=r"not phases of task 'critic_test' in its order \(warm, duel\)"):
+        load_recipe(phased(pairs, phases=[{"name": "duel", "epochs": 1}, {"name": "warm", "epochs": 1}]))
+    with pytest.raises(InputError, match="not phases of task"):
+        load_recipe(phased(pairs, phases=[{"name": "pretrain", "epochs": 1}]))
+    with pytest.raises(InputError, match=r"phases\.0\.epochs"):
+        load_recipe(phased(pairs, phases=[{"name": "warm", "epochs": 0}]))
