@@ -113,3 +113,13 @@ def test_phases_must_be_the_tasks_in_order(pairs):
         load_recipe(phased(pairs, phases=[{"name": "pretrain", "epochs": 1}]))
     with pytest.raises(InputError, match=r"phases\.0\.epochs"):
         load_recipe(phased(pairs, phases=[{"name": "warm", "epochs": 0}]))
+
+
+def test_a_phase_may_train_on_other_data(pairs, tmp_path):
+    recipe = load_recipe(phased(pairs, phases=[{"name": "warm", "epochs": 1, "train": {"pairs": ["pairs/p0"]}},
+                                               {"name": "duel", "epochs": 1}]))
+    train(recipe, tmp_path / "run", quiet=True, stop_after=1)
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors")[1]["train_pairs"] == ["pairs/p0"]
+    train(recipe, tmp_path / "run", quiet=True, resume=True)
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors")[1]["train_pairs"] == ["pairs/p0", "pairs/p1",
+                                                                                       "pairs/p2"]

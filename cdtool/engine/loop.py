@@ -216,6 +216,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
     plan = recipe.phase_plan()
     total_epochs = sum(ph.epochs for ph in plan)
     train_set, val_set = _datasets(recipe, plan[0].train)
+    built_for = plan[0].train
     channels = getattr(train_set, "channels", None)
     if channels is None and len(train_set):
         channels = int(train_set[0]["image"].shape[1])
@@ -262,8 +263,8 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
         ph_first, first = first, first + ph.epochs
         if first <= start or ph_first >= end:
             continue  # finished before this call, or beyond it
-        if ph.train and ph is not plan[0]:
-            train_set, _ = _datasets(recipe, ph.train)
+        if ph.train != built_for:  # this phase trains on other data
+            (train_set, _), built_for = _datasets(recipe, ph.train), ph.train
         optims = task.optimizers(wrapped, ph.name, ph.lr)
         scheds = {k: _scheduler(o, recipe, ph.epochs) for k, o in optims.items()}
         if st is not None and start > ph_first:  # resuming inside this phase: its optimisers' state
