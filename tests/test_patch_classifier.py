@@ -107,6 +107,10 @@ def test_patch_task_trains_with_undersampling_and_detects(pcd_chips, tmp_path):
 def test_patch_task_refusals(pcd_chips, tmp_path):
     with pytest.raises(InputError, match="task 'patch' needs a loss on logits"):
         load_recipe(patch_recipe(pcd_chips, loss={"name": "contrastive", "args": {}}))
+    with pytest.raises(InputError, match="model 'fc_siam_diff' gives dense maps; train it with task dense or metric"):
+        load_recipe(patch_recipe(pcd_chips, model={"name": "fc_siam_diff", "args": {}}))
+    with pytest.raises(InputError, match="model 'siamese_patch' gives one score per patch; train it with task patch"):
+        load_recipe(patch_recipe(pcd_chips, task="dense"))
     folder = make_pair_folder(tmp_path / "pairs", n=4, size=32)
     r = tiny_recipe(folder.parent, **{"data.sampler": "under"})
     r["data"]["args"]["roots"] = [str(folder)]

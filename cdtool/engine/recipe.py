@@ -178,6 +178,10 @@ class Recipe(_Strict):
             raise ValueError(f"task 'metric' needs a metric loss, not {self.loss.name!r}")
         if self.task == "patch" and loss_entry(self.loss.name).needs != ("logits",):
             raise ValueError(f"task 'patch' needs a loss on logits (bce), not {self.loss.name!r}")
+        centre = model_entry(self.model.name).output == "centre"
+        if (self.task == "patch") != centre:
+            raise ValueError(f"model {self.model.name!r} gives {'one score per patch' if centre else 'dense maps'}; "
+                             f"train it with task {'patch' if centre else 'dense or metric'}, not {self.task!r}")
         return self
 
 
