@@ -1,6 +1,6 @@
-"""Train every recipe given with several seeds and score each best checkpoint, and the classical
-detector, on the held-out test pairs of the LEVIR + DSIFN split the recipes share. Recipes that train
-on shifted pairs (data.train.shift) are tested on pairs shifted the same way. Writes
+"""Train every recipe given with several seeds and score each best checkpoint (and the last epoch's),
+and the classical detector, on the held-out test pairs of the LEVIR + DSIFN split the recipes share.
+Recipes that train on shifted pairs (data.train.shift) are tested on pairs shifted the same way. Writes
 <out>/results.json (per run) and <out>/table.md (mean ± standard deviation over seeds); runs already
 trained are scored again, not retrained. Run from the repository root:
 
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cdtool.data.pair_folder import PairFolderDataset
+from cdtool.engine.checkpoint import load_checkpoint
 from cdtool.engine.evaluate import evaluate_loader
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
@@ -30,7 +31,7 @@ TEST = ["levir/test_2_0000_0000", "levir/test_77_0512_0256", "levir/train_386_05
         "dsifn/2_4", "dsifn/5_3", "dsifn/8_3"]
 ROOTS = ["../shared/data/levir", "../shared/data/dsifn"]
 SHIFT = {"px": 6, "deg": 3, "scale": 0.03}
-SHOWN = ("f1", "iou", "precision", "recall", "auroc")
+SHOWN = ("f1", "iou", "precision", "recall", "auroc", "best_epoch", "f1_last", "auroc_last")
 
 
 def score(spec: str, shift: dict | None, roots: list[str], test: list[str]) -> dict:
@@ -53,8 +54,12 @@ def table(groups: dict[str, list[dict]], shown: tuple[str, ...] = SHOWN) -> str:
     for name, runs in groups.items():
         cells = []
         for k in shown:
-            v = np.array([r[k] for r in runs], float)
-            cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""))
+            v = np.array([r.get(k, np.nan) for r in runs], float)
+            if np.isnan(v).all():
+                cells.append("-")
+                continue
+            digits = 1 if k == "best_epoch" else 3
+            cells.append(f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else ""))
         minutes = [r["train_minutes"] for r in runs if r.get("train_minutes") is not None]
         cells.append(f"{np.mean(minutes):.1f}" if minutes else "-")
         rows.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
@@ -84,8 +89,12 @@ def main() -> None:
                 t0 = time.time()
                 train(r, run, quiet=True, resume=epochs_done(run) > 0)
                 minutes = round((time.time() - t0) / 60, 2)
-            scores = score(str(run / "best.safetensors"), r.data.train.get("shift"), args.roots, args.test)
-            entry = {**scores, "model": r.name, "seed": seed, "epochs": r.schedule.epochs}
+            shift = r.data.train.get("shift")
+            scores = score(str(run / "best.safetensors"), shift, args.roots, args.test)
+            last = score(str(run / "last.safetensors"), shift, args.roots, args.test)
+            best_epoch = load_checkpoint(run / "best.safetensors")[1]["epoch"]
+            entry = {**scores, "model": r.name, "seed": seed, "epochs": r.schedule.epochs, "best_epoch": best_epoch,
+                     "f1_last": last["f1"], "auroc_last": last["auroc"]}
             if minutes is not None:
                 entry["train_minutes"] = minutes
             results[run.name] = entry
