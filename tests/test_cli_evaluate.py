@@ -52,3 +52,17 @@ def test_evaluate_model_on_dataset_and_errors(tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
     res = runner.invoke(app, ["evaluate"])
     assert res.exit_code == 2
+
+
+def test_detect_png_scores_are_read_as_scores(tmp_path):
+    """change_prob.png holds scores × 255: a threshold applies to them, and AUROC is reported."""
+    truth = np.zeros((4, 4), np.uint8)
+    truth[:2] = 255
+    grey = np.array([[250, 200, 180, 140]] * 2 + [[100, 20, 0, 90]] * 2, np.uint8)  # 140/255 > 0.5 > 100/255
+    Image.fromarray(truth).save(tmp_path / "t.png")
+    Image.fromarray(grey).save(tmp_path / "p.png")
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "p.png"), str(tmp_path / "t.png"), "--threshold", "0.5",
+                              "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    total = json.loads((tmp_path / "s.json").read_text())["total"]
+    assert total["f1"] == 1.0 and total["auroc"] == 1.0

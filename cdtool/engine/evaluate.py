@@ -166,9 +166,13 @@ def as_truth(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def as_prediction(a: np.ndarray, threshold: float | str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mask, scores or None): values in [0, 1] that are not all 0/1 are scores; 0/255 or 0/1 are masks."""
+    """(mask, scores or None): values in [0, 1] that are not all 0/1 are scores; 0/255 or 0/1 are masks;
+    8-bit grey levels (many values up to 255, as `cdtool detect` writes change_prob.png) are scores × 255."""
     v = a[np.isfinite(a)]
     if v.size and v.max() > 1.0:
+        if v.max() <= 255 and np.unique(v).size > 2:
+            a = a / 255.0
+            return threshold_scores(np.nan_to_num(a), threshold, np.isfinite(a)), np.nan_to_num(a)
         return np.nan_to_num(a) > 0, None
     if v.size and np.isin(v, (0.0, 1.0)).all():
         return np.nan_to_num(a) > 0.5, None
