@@ -54,12 +54,20 @@ def evaluate(
         if pred is None or truth is None:
             raise InputError("give PRED and TRUTH, or --model CKPT --data DATASET")
         total, rows = ev.evaluate_files(pred, truth, 0.5 if thr is None else thr)
-    table = Table(*["", *NAMES], title="change detection scores")
-    for row in rows + [{"name": "all", **total}]:
+    rows_all = rows + [{"name": "all", **total}]
+    table = Table(title="change detection scores")
+    # pair names are what the reader looks for: never truncated; the scores give way first
+    table.add_column("", no_wrap=True, min_width=max(len(str(r["name"])) for r in rows_all))
+    for name in NAMES:
+        table.add_column(SHORT.get(name, name), justify="right", overflow="fold")
+    for row in rows_all:
         table.add_row(str(row["name"]), *(_fmt(row.get(k)) for k in NAMES))
     out_console.print(table)
     if json_out is not None:
         json_out.write_text(json.dumps(_clean({"total": total, "per_pair": rows}), indent=1))
+
+
+SHORT = {"precision": "prec", "recall": "rec"}  # headers that fit 80 columns beside long pair names
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -67,7 +75,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _fmt(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
 def _clean(v):
