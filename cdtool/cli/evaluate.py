@@ -56,10 +56,10 @@ def evaluate(
         total, rows = ev.evaluate_files(pred, truth, 0.5 if thr is None else thr)
     rows_all = rows + [{"name": "all", **total}]
     table = Table(title="change detection scores")
-    # pair names are what the reader looks for: never truncated; the scores give way first
-    table.add_column("", no_wrap=True, min_width=max(len(str(r["name"])) for r in rows_all))
+    # in a narrow terminal long pair names wrap onto a second line; scores and names are never cut
+    table.add_column("", overflow="fold")
     for name in NAMES:
-        table.add_column(SHORT.get(name, name), justify="right", overflow="fold")
+        table.add_column(SHORT.get(name, name), justify="right", no_wrap=True, min_width=5)
     for row in rows_all:
         table.add_row(str(row["name"]), *(_fmt(row.get(k)) for k in NAMES))
     out_console.print(table)
