@@ -1,9 +1,9 @@
 """Peak memory and time of `cdtool detect` as the raster grows, beside a whole-image reference.
 
-Run by hand: `./run shell benchmarks/detect_scale.py --sizes 4096 16384`. Each measurement runs in a fresh
-process so its peak RSS (ru_maxrss) is its own. The reference reads both images whole, computes the same
-CVA in one go and writes one GeoTIFF: what a script without tiling would do. Compare ratios from one run;
-absolute numbers depend on the (shared, noisy) machine.
+Run by hand: `./run shell benchmarks/detect_scale.py --sizes 4096 16384 [--model default]`. Each
+measurement runs in a fresh process so its peak RSS (ru_maxrss) is its own. The reference reads both
+images whole, computes the same CVA in one go and writes one GeoTIFF: what a script without tiling would
+do. Compare ratios from one run; absolute numbers depend on the (shared, noisy) machine.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-mode, before, after, out = sys.argv[1:5]
+mode, before, after, out, model = sys.argv[1:6]
 t = time.perf_counter()
 if mode == "cdtool":
     from cdtool.inference.detect import DetectOptions, detect
-    r = detect(before, after, out, DetectOptions(overwrite=True))
+    r = detect(before, after, out, DetectOptions(model=None if model == "default" else model, overwrite=True))
     extra = {"threshold": r.threshold, "regions": r.regions}
 else:
     import numpy as np, rasterio
@@ -44,9 +44,9 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 """
 
 
-def measure(mode: str, before: Path, after: Path, out: Path) -> dict:
+def measure(mode: str, before: Path, after: Path, out: Path, model: str = "cva") -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(before), str(after), str(out)],
+    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(before), str(after), str(out), model],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1]}
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--reference-max", type=int, default=8192, help="largest size the whole-image reference runs at")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--model", default="cva", help="model cdtool runs: cva (what the reference computes), "
+                        "'default' (the shipped default for 3 bands) or a checkpoint")
     args = parser.parse_args()
     from cdtool.sample_pair import write_pair
 
@@ -72,7 +74,7 @@ def main() -> None:
             before, after, _ = write_pair(folder, size=size, bands=3, seed=0)
         gen = time.perf_counter() - t
         row = {"size": size, "megapixels": size * size / 1e6, "generate_s": round(gen, 1),
-               "cdtool": measure("cdtool", before, after, work / f"out{size}")}
+               "cdtool": measure("cdtool", before, after, work / f"out{size}", args.model)}
         if size <= args.reference_max:
             row["reference"] = measure("reference", before, after, work / f"ref{size}")
         rows.append(row)
