@@ -28,5 +28,6 @@ def test_train_resume_and_bad_recipe(tmp_path):
 def test_models_lists_models_losses_and_recipes():
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0, res.output
-    for word in ("cosimnet", "fc_siam_diff", "fc_siam_conc", "fcn_metrics", "cva", "tcl", "contrastive"):
+    for word in ("cosimnet", "fc_siam_diff", "fc_siam_conc", "fcn_metrics", "siamese_patch", "cva", "tcl",
+                 "contrastive", "tasks", "patch", "siamese_patch_under.yaml"):
         assert word in res.output

@@ -22,7 +22,7 @@ def recipe_dirs() -> list[Path]:
 def models(
     recipes: Annotated[Optional[Path], typer.Option("--recipes", help="Folder of recipes to list (default recipes/).")] = None,
 ) -> None:
-    """List registered models (name, output kind, paper) and the recipes found."""
+    """List registered models (name, output kind, paper), losses, tasks and the recipes found."""
     from cdtool.losses.base import loss_entry, loss_names
     from cdtool.models.registry import create_model, model_entry, model_names
 
@@ -37,6 +37,12 @@ def models(
         e = loss_entry(name)
         lt.add_row(name, ", ".join(e.needs), e.summary)
     out_console.print(lt)
+    from cdtool.engine.tasks import TASKS
+
+    tt = Table("task", "phases", "summary", title="tasks (recipe key `task`; `phases` names them in this order)")
+    for name, cls in TASKS.items():
+        tt.add_row(name, ", ".join(cls.phases), (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+    out_console.print(tt)
     rt = Table("recipe", "task", "model", "loss", "description", title="recipes")
     for d in [recipes] if recipes else recipe_dirs():
         for path in sorted(Path(d).glob("*.yaml")):

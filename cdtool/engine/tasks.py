@@ -100,21 +100,24 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 @register_task
 class DenseTask(Task):
+    """Change logits per pixel against the change mask (FC-Siam, FCN-Metrics)."""
+
     name = "dense"
 
 
 @register_task
 class MetricTask(Task):
-    """Same step; distance maps are supervised by a metric loss and the threshold is tuned on validation."""
+    """Feature distance maps against the change mask by a metric loss (CosimNet: contrastive, TCL, cos)."""
 
     name = "metric"
 
 
 @register_task
 class PatchTask(Task):
-    """Patch-pair classification (PCD-style patches labelled by their centre): the model's logits on a
-    patch-sized pair are (B, 1, 1, 1), one per pair, supervised by the sample's label; validation scores
-    each pair by its centre pixel and compares it with the label."""
+    """Patch pairs labelled by their centre (PCD-style, MNIST): one change logit per pair against its label.
+
+    The model's logits on a patch-sized pair are (B, 1, 1, 1); validation scores each pair by the model's
+    score at its centre pixel and compares it with the label."""
 
     name = "patch"
 
