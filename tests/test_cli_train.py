@@ -29,5 +29,5 @@ def test_models_lists_models_losses_and_recipes():
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0, res.output
     for word in ("cosimnet", "fc_siam_diff", "fc_siam_conc", "fcn_metrics", "siamese_patch", "cva", "tcl",
-                 "contrastive", "tasks", "patch", "siamese_patch_under.yaml"):
+                 "contrastive", "tasks", "patch", "recipes"):
         assert word in res.output
