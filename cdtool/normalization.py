@@ -54,6 +54,18 @@ def pair_statistics(pair) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
+def statistics_record(pair) -> str | None:
+    """`pair_statistics` as JSON, stored with every chip cut from the pair, so a model trained on chips is
+    normalised as `detect` will normalise the whole image; None when no pixel is valid."""
+    import json
+
+    try:
+        mean, std = pair_statistics(pair)
+    except InputError:
+        return None
+    return json.dumps({"mean": mean.tolist(), "std": std.tolist()})
+
+
 class Normalizer:
     """Turns raw (2, C, h, w) pixel stacks into model input; built once per pair."""
 

@@ -134,7 +134,8 @@ def test_evaluate_labelled_chips_by_centre_score(pcd_chips, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", "--model", "cva", "--data", str(pcd_chips), "--split", "all",
                                    "--json", str(out)])
     assert res.exit_code == 0, res.output
-    assert json.loads(out.read_text())["total"]["f1"] == pytest.approx(evaluate_chips("cva", [str(pcd_chips)], None)[0]["f1"])
+    expected = evaluate_chips("cva", [str(pcd_chips)], None)[0]["f1"]
+    assert json.loads(out.read_text())["total"]["f1"] == pytest.approx(expected)
 
 
 def test_detect_with_a_patch_model_stitches_like_the_whole_image(small_pair, tmp_path):
@@ -148,3 +149,18 @@ def test_detect_with_a_patch_model_stitches_like_the_whole_image(small_pair, tmp
     tiled = detect(before, after, tmp_path / "tiled", DetectOptions(model=det, tile=64, overlap=36, polygons=False))
     with rasterio.open(whole.outputs["change_prob.tif"]) as a, rasterio.open(tiled.outputs["change_prob.tif"]) as b:
         np.testing.assert_allclose(a.read(1), b.read(1), atol=2e-5)
+
+
+def test_chips_carry_the_statistics_detection_normalises_with(pcd_chips):
+    """Chip-trained models must see inputs standardised as `detect` will standardise the whole image."""
+    from cdtool.io.pair import open_pair
+    from cdtool.normalization import pair_statistics
+
+    data = build_dataset("chips", root=[str(pcd_chips)], split=None)
+    sample = data[0]
+    row = data.index.iloc[0]
+    with open_pair(row["before"], row["after"]) as rp:
+        mean, std = pair_statistics(rp)
+    assert torch.allclose(sample["mean"], torch.from_numpy(mean))
+    assert torch.allclose(sample["std"], torch.from_numpy(std))
+    assert sample["mean"].shape == (2, 3)

@@ -51,6 +51,11 @@ class ChipDataset(Dataset):
         labels = index["label"].to_numpy() if "label" in index else None
         self.labels = labels.astype(np.int64).tolist() if labels is not None and (labels >= 0).any() else None
         self._cache: OrderedDict[tuple[str, str], np.ndarray | None] = OrderedDict()
+        # statistics of each chip's source pair, as detection computes them (datasets written before they
+        # were recorded, and generated pairs, have none: per-image normalisation then uses the chip's own)
+        stats = index["norm_stats"].to_numpy() if "norm_stats" in index else np.full(len(index), None)
+        self._stats_text = stats
+        self._stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -91,6 +96,13 @@ class ChipDataset(Dataset):
                 else torch.zeros(2, h, w)
         if self.labels is not None:
             sample["label"] = torch.tensor(self.labels[i], dtype=torch.int64)
+        text = self._stats_text[i]
+        if isinstance(text, str) and text:
+            if text not in self._stats:
+                d = json.loads(text)
+                self._stats[text] = (torch.tensor(d["mean"], dtype=torch.float32),
+                                     torch.tensor(d["std"], dtype=torch.float32))
+            sample["mean"], sample["std"] = self._stats[text]
         if self.transform is not None:
             sample = self.transform(sample)
         return sample

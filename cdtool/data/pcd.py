@@ -76,6 +76,7 @@ def make_pcd(pairs: list[PairSource], out: Path, opts: PcdOptions, *, overwrite:
              progress: bool = False) -> dict:
     """Cut PCD patch pairs from every pair into `out`; returns counts per class."""
     from cdtool.io.pair import open_pair
+    from cdtool.normalization import statistics_record
 
     t0 = time.perf_counter()
     if not 0 < opts.centre <= opts.patch or opts.stride <= 0:
@@ -119,6 +120,7 @@ def make_pcd(pairs: list[PairSource], out: Path, opts: PcdOptions, *, overwrite:
         ext = opts.patch - 1 if opts.wrap else 0
         with open_pair(pair.before, pair.after, bands=bands, wrap=opts.wrap) as rp, \
                 MaskReader(pair.mask, height, width) as mr:
+            norm_stats = statistics_record(rp)
             for r in sorted({f[1] for f in mine}):
                 band_tile = Tile(r, 0, opts.patch, width + ext)
                 image, valid = rp.read(band_tile)
@@ -133,7 +135,7 @@ def make_pcd(pairs: list[PairSource], out: Path, opts: PcdOptions, *, overwrite:
                     writer.add({"sample": f"{pair.name}/{r}_{c}", "pair": pair.name, "before": str(pair.before),
                                 "after": str(pair.after), "mask_file": str(pair.mask), "row": r, "col": c,
                                 "height": opts.patch, "width": opts.patch, "label": lab,
-                                "changed_share": float(mband[:, sl].mean()), "split": split,
+                                "changed_share": float(mband[:, sl].mean()), "split": split, "norm_stats": norm_stats,
                                 "footprint": footprint(tile, rp.info.transform).wkt},
                                image[..., sl], mask=mband[:, sl])
         writer.close()

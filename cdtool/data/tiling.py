@@ -56,6 +56,7 @@ def make_tiles(pairs: list[PairSource], out: Path, opts: TileOptions, *, overwri
                progress: bool = False) -> dict:
     """Tile every pair into `out` (see cdtool.data.store for the format); returns counts."""
     from cdtool.io.pair import open_pair
+    from cdtool.normalization import statistics_record
 
     t0 = time.perf_counter()
     if opts.size <= 0 or opts.stride <= 0:
@@ -100,6 +101,7 @@ def make_tiles(pairs: list[PairSource], out: Path, opts: TileOptions, *, overwri
         pair_split = name_split(pair.name) if split_by == "name" else split_of(pair.name, opts.seed, opts.fractions)
         with open_pair(pair.before, pair.after, bands=bands, align=opts.align, wrap=opts.wrap) as rp:
             has_nodata = any(ds.nodata is not None or any(ds.nodatavals) for ds in (rp.before, rp.after))
+            norm_stats = statistics_record(rp)
             mask = MaskReader(pair.mask, height, width, rp.origin) if pair.mask else None
             try:
                 for u0 in range(0, len(grid_rows), ROWS_PER_UNIT):
@@ -129,7 +131,8 @@ def make_tiles(pairs: list[PairSource], out: Path, opts: TileOptions, *, overwri
                                "mask_file": str(pair.mask) if pair.mask else None,
                                "row": tile.row, "col": tile.col, "height": tile.height, "width": tile.width,
                                "nodata_share": nodata_share, "changed_share": changed, "label": -1,
-                               "split": split, "footprint": footprint(tile, rp.info.transform).wkt}
+                               "split": split, "norm_stats": norm_stats,
+                               "footprint": footprint(tile, rp.info.transform).wkt}
                         writer.add(row, image, mask=m, valid=valid if has_nodata else None)
                     writer.close()
             finally:
