@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from cdtool.engine.evaluate import evaluate_chips
-from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
-from train_table import epochs_done, table
+from train_table import load_results, trained_run, write_table
 
 SHOWN = ("f1", "precision", "recall", "kappa", "auroc")
 
@@ -28,33 +26,19 @@ def main() -> None:
     ap.add_argument("--out", default="runs/patch_table")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    res_path, results = load_results(out)
     for path in args.recipes:
-        base = load_recipe(path)
-        roots = base.data.args["root"]
+        roots = load_recipe(path).data.args["root"]
         roots = roots if isinstance(roots, list) else [roots]
         data_name = "+".join(Path(r).name for r in roots)
         results[f"cva on {data_name}"] = {**evaluate_chips("cva", roots, "test")[0], "model": f"cva (Otsu), {data_name}"}
         for seed in args.seeds:
-            r = load_recipe(path, [f"seed={seed}"])
-            run = out / f"{r.name}_s{seed}"
-            minutes = results.get(run.name, {}).get("train_minutes")
-            if epochs_done(run) < r.schedule.epochs:  # new, or interrupted: resume
-                t0 = time.time()
-                train(r, run, quiet=True, resume=epochs_done(run) > 0)
-                minutes = round((time.time() - t0) / 60, 2)
+            r, run, minutes = trained_run(path, seed, out, results)
             scores, _ = evaluate_chips(str(run / "best.safetensors"), roots, "test")
             results[run.name] = {**scores, "model": r.name, "seed": seed, "train_minutes": minutes}
             res_path.write_text(json.dumps(results, indent=1))
             print(run.name, {k: round(scores[k], 4) for k in SHOWN}, flush=True)
-    groups: dict[str, list[dict]] = {}
-    for entry in results.values():
-        groups.setdefault(entry["model"], []).append(entry)
-    text = table(groups, SHOWN)
-    (out / "table.md").write_text(text)
-    print(text)
+    write_table(out, results, SHOWN)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,11 @@ SHIFT = {"px": 6, "deg": 3, "scale": 0.03}
 SHOWN = ("f1", "iou", "precision", "recall", "auroc", "best_epoch", "f1_last", "auroc_last")
 
 
-def score(spec: str, shift: dict | None, roots: list[str], test: list[str]) -> dict:
-    data = PairFolderDataset(roots, pairs=test, crop=None, augment=False, shift=shift, seed=12345)
+def test_set(shift: dict | None, roots: list[str], test: list[str]) -> PairFolderDataset:
+    return PairFolderDataset(roots, pairs=test, crop=None, augment=False, shift=shift, seed=12345)
+
+
+def score(spec: str, data: PairFolderDataset) -> dict:
     det = load_detector(spec, data.channels)
     acc, _ = evaluate_loader(det.model, DataLoader(data, batch_size=1), det.normalization, torch.device("cpu"),
                              det.threshold)
@@ -46,6 +49,36 @@ def epochs_done(run: Path) -> int:
     """Epochs a run folder holds (0 when it holds none), so an interrupted table resumes its runs."""
     history = run / "metrics.json"
     return len(json.loads(history.read_text())) if (run / "last.safetensors").exists() and history.exists() else 0
+
+
+def trained_run(recipe_path: str, seed: int, out: Path, results: dict):
+    """The recipe at `seed`, its run folder under `out` (trained, or resumed when interrupted) and the
+    minutes training took (kept from `results` when the run was already complete)."""
+    r = load_recipe(recipe_path, [f"seed={seed}"])
+    run = out / f"{r.name}_s{seed}"
+    minutes = results.get(run.name, {}).get("train_minutes")
+    done = epochs_done(run)
+    if done < sum(ph.epochs for ph in r.phase_plan()):
+        t0 = time.time()
+        train(r, run, quiet=True, resume=done > 0)
+        minutes = round((time.time() - t0) / 60, 2)
+    return r, run, minutes
+
+
+def load_results(out: Path) -> tuple[Path, dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    return path, (json.loads(path.read_text()) if path.exists() else {})
+
+
+def write_table(out: Path, results: dict, shown: tuple[str, ...]) -> None:
+    """<out>/table.md, one row per model over its seeds; also printed."""
+    groups: dict[str, list[dict]] = {}
+    for entry in results.values():
+        groups.setdefault(entry["model"], []).append(entry)
+    text = table(groups, shown)
+    (out / "table.md").write_text(text)
+    print(text)
 
 
 def table(groups: dict[str, list[dict]], shown: tuple[str, ...] = SHOWN) -> str:
@@ -75,23 +108,16 @@ def main() -> None:
     ap.add_argument("--test", nargs="+", default=TEST, help="held-out test pairs (root/name)")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results["cva"] = {**score("cva", None, args.roots, args.test), "model": "cva"}
-    results["cva (shifted test)"] = {**score("cva", SHIFT, args.roots, args.test), "model": "cva (shifted test)"}
+    res_path, results = load_results(out)
+    plain, shifted = test_set(None, args.roots, args.test), test_set(SHIFT, args.roots, args.test)
+    results["cva"] = {**score("cva", plain), "model": "cva"}
+    results["cva (shifted test)"] = {**score("cva", shifted), "model": "cva (shifted test)"}
     for path in args.recipes:
         for seed in args.seeds:
-            r = load_recipe(path, [f"seed={seed}"])
-            run = out / f"{r.name}_s{seed}"
-            minutes = results.get(run.name, {}).get("train_minutes")
-            if epochs_done(run) < r.schedule.epochs:  # new, or interrupted: resume
-                t0 = time.time()
-                train(r, run, quiet=True, resume=epochs_done(run) > 0)
-                minutes = round((time.time() - t0) / 60, 2)
+            r, run, minutes = trained_run(path, seed, out, results)
             shift = r.data.train.get("shift")
-            scores = score(str(run / "best.safetensors"), shift, args.roots, args.test)
-            last = score(str(run / "last.safetensors"), shift, args.roots, args.test)
+            data = plain if shift is None else shifted if shift == SHIFT else test_set(shift, args.roots, args.test)
+            scores, last = score(str(run / "best.safetensors"), data), score(str(run / "last.safetensors"), data)
             best_epoch = load_checkpoint(run / "best.safetensors")[1]["epoch"]
             entry = {**scores, "model": r.name, "seed": seed, "epochs": r.schedule.epochs, "best_epoch": best_epoch,
                      "f1_last": last["f1"], "auroc_last": last["auroc"]}
@@ -100,12 +126,7 @@ def main() -> None:
             results[run.name] = entry
             res_path.write_text(json.dumps(results, indent=1))
             print(run.name, {k: round(entry[k], 4) for k in SHOWN}, flush=True)
-    groups: dict[str, list[dict]] = {}
-    for entry in results.values():
-        groups.setdefault(entry["model"], []).append(entry)
-    text = table(groups)
-    (out / "table.md").write_text(text)
-    print(text)
+    write_table(out, results, SHOWN)
 
 
 if __name__ == "__main__":
