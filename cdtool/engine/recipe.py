@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,40 +34,41 @@ def _check_args(builder, args: dict, where: str) -> None:
             raise ValueError(f"{where} has no argument {key!r}; allowed: {', '.join(params) or 'none'}")
 
 
-class ModelConfig(_Strict):
+class _Registered(_Strict):
+    """A registry name and its builder's keyword arguments, both checked against the registry, so an error
+    names the unknown entry or argument and lists what is allowed."""
+
+    kind: ClassVar[str]
+    names: ClassVar[Callable[[], list[str]]]
+    entry: ClassVar[Callable[[str], Any]]
+    name: str
+    args: dict[str, Any]
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in cls.names():
+            raise ValueError(f"unknown {cls.kind} {v!r}; allowed: {', '.join(cls.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _args(self) -> "_Registered":
+        _check_args(self.entry(self.name).builder, self.args, f"{self.kind} {self.name!r}")
+        return self
+
+
+class ModelConfig(_Registered):
+    kind, names, entry = "model", staticmethod(model_names), staticmethod(model_entry)
     name: str = Field(description="Registered model name (see `cdtool models`).")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model builder.")
     init: str | None = Field(None, description="Local weights file (safetensors, or a weights-only torch file) to "
                              "initialise from before training, matching parameters by name, e.g. a backbone.")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in model_names():
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(model_names())}")
-        return v
 
-    @model_validator(mode="after")
-    def _args(self) -> "ModelConfig":
-        _check_args(model_entry(self.name).builder, self.args, f"model {self.name!r}")
-        return self
-
-
-class LossConfig(_Strict):
+class LossConfig(_Registered):
+    kind, names, entry = "loss", staticmethod(loss_names), staticmethod(loss_entry)
     name: str = Field(description="Registered loss name: " + ", ".join(loss_names()) + ".")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the loss.")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in loss_names():
-            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(loss_names())}")
-        return v
-
-    @model_validator(mode="after")
-    def _args(self) -> "LossConfig":
-        _check_args(loss_entry(self.name).builder, self.args, f"loss {self.name!r}")
-        return self
 
 
 class DataConfig(_Strict):
