@@ -78,9 +78,6 @@ class Task:
                              "labelled patches train with task 'patch'")
         return batch["mask"], batch["valid"].float() if "valid" in batch else None
 
-    def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        return self.model(before, after)
-
     def validate(self, loader, normalization: dict, device: torch.device, amp: bool) -> BinaryMetrics:
         """Metrics at threshold 0.5 plus the score histograms the threshold is tuned on."""
         acc, _ = evaluate_loader(self.model, loader, normalization, device, 0.5, amp)
