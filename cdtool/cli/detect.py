@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cdtool.cli.options import Device, OutDir, Overwrite, Quiet, friendly_errors, out_console, parse_int_list, show_progress
+from cdtool.cli.options import (Device, OutDir, Overwrite, Quiet, friendly_errors, out_console, parse_int_list,
+                                report_to_stderr, show_progress)
 from cdtool.inference.detect import DetectOptions, detect as run_detect
 
 
@@ -23,7 +24,7 @@ def _threshold(text: str | None) -> float | str | None:
 def detect(
     before: Annotated[Path, typer.Argument(help="Earlier image: GeoTIFF/any GDAL raster, PNG/JPG, or a folder of band files.")],
     after: Annotated[Path, typer.Argument(help="Later image, same place.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the trained default for the band layout, else 'cva'.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
     overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo).")] = 64,
@@ -31,6 +32,8 @@ def detect(
     align: Annotated[bool, typer.Option("--align", help="Warp AFTER onto BEFORE's grid and process the common extent.")] = False,
     bands: Annotated[Optional[str], typer.Option(help="1-based bands to compare in both images, e.g. 1,2,3.")] = None,
     wrap: Annotated[bool, typer.Option("--wrap", help="360° panorama: pad circularly left/right so the seam is not an edge.")] = False,
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the inputs (needed for PNG/JPG; overrides the raster's).")] = None,
+    native_scale: Annotated[bool, typer.Option("--native-scale", help="Run the model on the input's pixels, never resampled to its training GSD.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per model call.")] = 8,
     blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
     min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels.")] = 1,
@@ -44,7 +47,8 @@ def detect(
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=_threshold(threshold), align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, polygons=not no_polygons,
-                         progress=show_progress(quiet))
+                         progress=show_progress(quiet), gsd=gsd, native_scale=native_scale)
+    report_to_stderr(quiet)
     result = run_detect(before, after, out, opts)
     if not quiet:
         out_console.print(

@@ -32,6 +32,15 @@ def models(
         trainable = any(p.requires_grad for p in create_model(name).parameters())
         t.add_row(name, e.output, "yes" if trainable else "no", e.paper, e.summary)
     out_console.print(t)
+    from cdtool.inference.detector import LABEL_FREE_DEFAULT, shipped_detectors
+
+    dt = Table("default", "model", "bands", "GSD usable", "change", "data",
+               title="shipped defaults (`cdtool info FILE` for the full card); otherwise label-free: "
+                     + ", ".join(f"{k} {v}" for k, v in LABEL_FREE_DEFAULT.items()))
+    for path, det in shipped_detectors():
+        card = dict(det.card.describe())
+        dt.add_row(path.name, det.name, card["bands"], card["GSD usable"], card["change learned"], card["data"])
+    out_console.print(dt)
     lt = Table("loss", "reads", "summary", title="losses")
     for name in loss_names():
         e = loss_entry(name)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cdtool.errors import CdtoolError
 
@@ -48,6 +50,21 @@ def friendly_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+class _ConsoleHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "yellow" if record.levelno >= logging.WARNING else "cyan"
+        err_console.print(f"[{style}]{escape(record.getMessage())}[/]", markup=True)
+
+
+def report_to_stderr(quiet: bool) -> None:
+    """Show the library's one-line reports (which model and why; domain warnings) on stderr; --quiet keeps
+    the warnings only."""
+    logger = logging.getLogger("cdtool")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _ConsoleHandler)] + [_ConsoleHandler()]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
 
 
 def show_progress(quiet: bool) -> bool:

@@ -2,7 +2,7 @@
 
 Models are run on whole pairs the way detection runs them: the normalisation recorded with the model,
 reflection-free replicate padding to the model's size multiple, scores in [0, 1], and the threshold of
-the checkpoint (a number, or "otsu" per image for the classical detector).
+the checkpoint (a number, or a per-image method such as "otsu" for the label-free detectors).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cdtool.errors import InputError
+from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.metrics import BinaryMetrics
 
 HIST_BINS = 1024
@@ -54,26 +55,13 @@ def predict_padded(model: nn.Module, before: torch.Tensor, after: torch.Tensor, 
     return y[..., :h, :w].float().clamp(0.0, 1.0)
 
 
-def otsu(hist: np.ndarray) -> float:
-    """Otsu's threshold (between-class variance maximum) of a histogram of scores in [0, 1]."""
-    bins = len(hist)
-    p = hist / max(hist.sum(), 1e-12)
-    centres = (np.arange(bins) + 0.5) / bins
-    w0 = np.cumsum(p)
-    mu = np.cumsum(p * centres)
-    w1 = 1.0 - w0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
-    var = np.nan_to_num(var)
-    return float((np.argmax(var) + 1) / bins)
-
-
 def threshold_scores(scores: np.ndarray, threshold: float | str, valid: np.ndarray | None = None) -> np.ndarray:
-    if threshold == "otsu":
-        s = scores if valid is None else scores[valid]
-        hist = np.bincount(np.minimum((np.clip(s, 0, 1) * HIST_BINS).astype(np.int64), HIST_BINS - 1),
-                           minlength=HIST_BINS)
-        threshold = otsu(hist.astype(np.float64))
+    """`scores >= threshold`, where a method name (threshold.METHODS: "otsu", "kmeans", "gmm") picks the
+    threshold from the histogram of this map's valid scores, as detection does per image."""
+    if isinstance(threshold, str):
+        hist = ScoreHistogram(HIST_BINS)
+        hist.add(scores if valid is None else scores[valid])
+        threshold = hist.pick(threshold)
     return scores >= float(threshold)
 
 
@@ -88,15 +76,25 @@ def evaluate_loader(model: nn.Module, loader, normalization: dict, device: torch
     for batch in loader:
         before, after = normalize_batch(batch["image"].to(device), normalization,
                                         batch.get("mean"), batch.get("std"))
-        scores = predict_padded(model, before, after, amp).cpu().numpy()[:, 0]
         truth = batch["mask"].numpy()[:, 0] > 0.5
         valid = batch["valid"].numpy()[:, 0] if "valid" in batch else np.ones_like(truth)
+        if getattr(model, "needs_fit", False):  # label-free models fitted per pair, as detect does
+            scores = np.concatenate([_fit_predict(model, before[i:i + 1], after[i:i + 1], valid[i], amp)
+                                     for i in range(len(before))])
+        else:
+            scores = predict_padded(model, before, after, amp).cpu().numpy()[:, 0]
         for s, t, v in zip(scores, truth, valid):
             pred = threshold_scores(s, threshold, v)
             one = BinaryMetrics(bins=HIST_BINS).update(pred, t, v, s)
             acc.update(pred, t, v, s)
             per_sample.append(one.compute())
     return acc, per_sample
+
+
+def _fit_predict(model: nn.Module, before: torch.Tensor, after: torch.Tensor, valid: np.ndarray,
+                 amp: bool) -> np.ndarray:
+    model.fit([(before[0], after[0], torch.from_numpy(np.asarray(valid, bool)).to(before.device))])
+    return predict_padded(model, before, after, amp).cpu().numpy()[:, 0]
 
 
 @torch.no_grad()
@@ -137,9 +135,9 @@ def evaluate_chips(spec: str, roots: list[str], split: str | None = "test", thre
     model = det.model.to(dev)
     if "label" in first:
         acc = evaluate_labels(model, DataLoader(data, batch_size=64), det.normalization, dev,
-                              0.5 if thr == "otsu" else float(thr))
-        if thr == "otsu":
-            acc = acc.at_threshold(otsu(acc.pos_hist + acc.neg_hist))
+                              0.5 if thr in METHODS else float(thr))
+        if thr in METHODS:
+            acc = acc.at_threshold(ScoreHistogram.from_counts(acc.pos_hist + acc.neg_hist).pick(thr))
     elif "mask" in first:
         acc, _ = evaluate_loader(model, DataLoader(data, batch_size=1), det.normalization, dev, thr)
     else:

@@ -9,6 +9,7 @@ gathered in the first pass) to write the mask and the polygons.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -21,9 +22,11 @@ import numpy as np
 from rasterio.enums import Resampling
 from tqdm import tqdm
 
+from cdtool.domain import InputDomain
 from cdtool.errors import InputError
-from cdtool.inference.detector import Detector, load_detector, pick_device
-from cdtool.inference.predictor import Predictor
+from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
+from cdtool.inference.predictor import Predictor, fit_to_pair
+from cdtool.inference.rescale import Rescaled
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import ScoreHistogram
 from cdtool.io.outputs import OutputSet
@@ -33,6 +36,8 @@ from cdtool.io.vectors import Polygonizer
 from cdtool.io.writers import BLOCK, GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWriter, read_bands, tif_to_png
 from cdtool.normalization import Normalizer
 from cdtool.windows import Tile, grid
+
+log = logging.getLogger("cdtool")
 
 
 @dataclass
@@ -51,6 +56,8 @@ class DetectOptions:
     min_pixels: int = 1
     polygons: bool = True
     progress: bool = False
+    gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
+    native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
 
 
 @dataclass
@@ -92,16 +99,24 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.gsd is not None and not opts.gsd > 0:
+        raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
     device = pick_device(opts.device)
     from rasterio import Env
 
     with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap) as pair:
-        detector = (opts.model if isinstance(opts.model, Detector)
-                    else load_detector(opts.model, band_count=pair.info.count))
+        choice = choose_detector(opts.model, input_domain(pair, opts.gsd), opts.native_scale)
+        trained_on = choice.detector.card.band_count
+        if trained_on is not None and trained_on != pair.info.count:
+            raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
+                             f"trained on {trained_on}; pick bands with --bands or use a label-free model")
+        log.info(choice.reason)
+        for warning in choice.warnings:
+            log.warning(f"warning: {warning}")
         with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons), opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
-                result = _run(pair, detector, device, opts, outs, scratch)
+                result = _run(pair, choice, device, opts, outs, scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             result.seconds = time.perf_counter() - start
@@ -110,21 +125,38 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     return result
 
 
-def _run(pair: RasterPair, detector, device, opts: DetectOptions, outs: OutputSet, scratch: Path) -> DetectResult:
+def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
+    info = pair.info
+    source = "--gsd" if gsd is not None else ("transform" if info.gsd is not None else "unknown")
+    return InputDomain(info.count, info.band_names, info.colors, info.dtype,
+                       gsd if gsd is not None else info.gsd, source)
+
+
+def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: OutputSet, scratch: Path) -> DetectResult:
     info = pair.info
     height, width = pair.shape
+    detector = choice.detector
     normalizer = Normalizer(detector.normalization, pair)
+    if getattr(detector.model, "needs_fit", False):
+        fit_to_pair(detector.model, pair, normalizer)
+    # windows keep the model's size: a model run at 3x the input's resolution gets windows a third as large
+    tile, overlap = opts.tile, opts.overlap
+    if choice.scale != 1.0:
+        detector = Detector(detector.name, Rescaled(detector.model, choice.scale), detector.normalization,
+                            detector.threshold, detector.bands, detector.meta, detector.card)
+        tile = max(32, round(opts.tile / choice.scale))
+        overlap = round(opts.overlap / choice.scale)
     predictor = Predictor(detector, normalizer, device)
     halo = detector.halo
-    overlap = max(opts.overlap, 2 * halo)
-    if overlap >= opts.tile:
+    overlap = max(overlap, 2 * halo)
+    if overlap >= tile:
         raise InputError(f"--overlap ({overlap}, at least twice the model's halo of {halo}) must be smaller "
-                         f"than --tile ({opts.tile})")
+                         f"than --tile ({tile})")
     pad = min(overlap, width) if opts.wrap else 0
-    rows = grid(height, width + 2 * pad, opts.tile, opts.tile - overlap, col_begin=-pad)
+    rows = grid(height, width + 2 * pad, tile, tile - overlap, col_begin=-pad)
     tile_h = rows[0][0].height
     if halo and tile_h < height and tile_h <= 2 * halo:
-        raise InputError(f"--tile {opts.tile} is too small for model {detector.name} (halo {halo})")
+        raise InputError(f"--tile {tile} is too small for model {detector.name} (halo {halo})")
     stitcher = Stitcher(height, width, tile_h, halo=halo, blend=opts.blend, wrap_pad=pad)
 
     georef = info.georeferenced
@@ -194,8 +226,9 @@ def _run(pair: RasterPair, detector, device, opts: DetectOptions, outs: OutputSe
     if polys is not None:
         write_text(outs.path("changes.qml"), polygons_qml())
     return DetectResult({}, detector.name, threshold, height, width, valid_pixels, changed, regions, 0.0,
-                        {"tile": opts.tile, "overlap": overlap, "halo": halo, "device": str(device),
-                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names})
+                        {"tile": tile, "overlap": overlap, "halo": halo, "device": str(device),
+                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
+                         "gsd": input_domain(pair, opts.gsd).gsd, "model_choice": choice.record()})
 
 
 def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:

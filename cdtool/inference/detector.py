@@ -9,16 +9,18 @@ from pathlib import Path
 
 import torch
 
+from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
 from cdtool.engine.checkpoint import load_checkpoint
 from cdtool.errors import InputError
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
 from cdtool.normalization import check as check_normalization
 
-# Trained defaults ship as cdtool/weights/default_<N>band.safetensors, one per band layout (e.g. 3 for
-# RGB aerial photos, 13 for Sentinel-2); an input with no matching default falls back to FALLBACK_MODEL.
-DEFAULT_WEIGHTS = "default_{count}band.safetensors"
-FALLBACK_MODEL = "cva"
+# Trained defaults ship as cdtool/weights/default_*.safetensors, each with a card stating its domain; an
+# input that no card covers falls back to the label-free method that scored best on held-out sources
+# (benchmarks/domain_table.py; README "Default model"), by band layout.
+SHIPPED_WEIGHTS = "default_*.safetensors"
+LABEL_FREE_DEFAULT = {"rgb": "cva", "multispectral": "cva"}
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Detector:
     threshold: float | str  # a probability, or "otsu" to pick one per image
     bands: list[str] | None = None  # band names the model was trained on, if recorded
     meta: dict = field(default_factory=dict)
+    card: ModelCard = field(default_factory=ModelCard)
 
     @property
     def halo(self) -> int:
@@ -39,19 +42,63 @@ class Detector:
         return int(getattr(self.model, "size_multiple", 1))
 
 
-def default_weights(band_count: int | None) -> Path | None:
-    if band_count is None:
-        return None
-    path = Path(str(resources.files("cdtool") / "weights" / DEFAULT_WEIGHTS.format(count=band_count)))
-    return path if path.is_file() else None
+@dataclass
+class Choice:
+    """The detector a run uses, at which scale, and the one line that says why."""
+
+    detector: Detector
+    reason: str
+    warnings: list[str]
+    scale: float = 1.0  # windows are enlarged by this factor to reach the model's GSD
+
+    def record(self) -> dict:
+        return {"model": self.detector.name, "reason": self.reason, "warnings": self.warnings,
+                "scale": self.scale, "card": self.detector.card.to_meta()}
 
 
-def load_detector(spec: str | None = None, band_count: int | None = None) -> Detector:
-    """`spec` is a registry name, a checkpoint path, or None for the default: the trained weights shipped
-    for inputs of `band_count` bands when present, else change vector analysis."""
+def shipped_weights() -> list[Path]:
+    return sorted(Path(str(resources.files("cdtool") / "weights")).glob(SHIPPED_WEIGHTS))
+
+
+def shipped_detectors() -> list[tuple[Path, Detector]]:
+    return [(p, _from_checkpoint(p)) for p in shipped_weights()]
+
+
+def choose_detector(spec: str | Detector | None, domain: InputDomain, native_scale: bool = False) -> Choice:
+    """The detector for an input: the one named, else the shipped model whose card covers the input, else the
+    best label-free method; with the scale factor that brings windows to the model's GSD."""
+    gsd_text = ("GSD unknown (no georeference; pass --gsd)" if domain.gsd is None
+                else f"GSD {domain.gsd:.3g} m ({'from --gsd' if domain.gsd_source == '--gsd' else 'from the raster'})")
+    if spec is not None:
+        det = spec if isinstance(spec, Detector) else load_detector(spec)
+        off = mismatches(det.card, domain)
+        warns = [f"model {det.name} is outside its training domain: {'; '.join(off)}"] if off else []
+        reason = f"{det.name}: named with --model; input {domain.band_count} bands, {gsd_text}"
+        return Choice(det, reason, warns, 1.0 if native_scale else scale_factor(det.card, domain.gsd))
+    rejected = []
+    for path, det in shipped_detectors():
+        off = mismatches(det.card, domain)
+        if not off:
+            scale = 1.0 if native_scale else scale_factor(det.card, domain.gsd)
+            how = "" if scale == 1.0 else f", windows resampled {scale:.3g}x to its training GSD"
+            reason = (f"{path.stem} ({det.name}, {det.card.change}): its domain covers this input "
+                      f"({domain.band_count} bands {domain.layout or ''}, {gsd_text}{how})")
+            return Choice(det, reason, [], scale)
+        rejected.append(f"{path.stem}: {'; '.join(off)}")
+    kind = "rgb" if domain.layout == "rgb" else "multispectral"
+    name = LABEL_FREE_DEFAULT[kind]
+    why = "; ".join(rejected) if rejected else "no trained model is shipped"
+    reason = f"{name} (label-free): no trained model covers this input ({why})"
+    return Choice(_from_registry(name), reason, [], 1.0)
+
+
+def load_detector(spec: str | None, band_count: int | None = None) -> Detector:
+    """`spec` is a registry name or a checkpoint path; None picks the default for `band_count` bands of
+    unknown GSD and band names (evaluation on arrays; `detect` knows more and calls choose_detector)."""
     if spec is None:
-        shipped = default_weights(band_count)
-        return _from_checkpoint(shipped) if shipped else _from_registry(FALLBACK_MODEL)
+        domain = InputDomain(band_count or 3, [f"band {i + 1}" for i in range(band_count or 3)],
+                             [], "float32", None, "unknown")
+        return choose_detector(None, domain).detector
     path = Path(spec)
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
@@ -67,7 +114,7 @@ def _from_registry(name: str) -> Detector:
         raise InputError(f"model {name!r} must be trained first: pass a checkpoint from `cdtool train` "
                          "(the classical detector 'cva' needs none)")
     return Detector(entry.name, model.eval(), dict(getattr(model, "default_normalization", {"mode": "per-image"})),
-                    getattr(model, "default_threshold", "otsu"))
+                    getattr(model, "default_threshold", "otsu"), card=ModelCard(data="none: label-free"))
 
 
 def _from_checkpoint(path: Path) -> Detector:
@@ -85,7 +132,8 @@ def _from_checkpoint(path: Path) -> Detector:
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
     threshold = meta.get("threshold", 0.5)
-    return Detector(name, model.eval(), normalization, threshold, meta.get("bands"), meta)
+    card = ModelCard.from_meta(meta, band_count=args.get("in_channels", 3) if isinstance(args, dict) else None)
+    return Detector(name, model.eval(), normalization, threshold, meta.get("bands"), meta, card)
 
 
 def pick_device(device: str | None) -> torch.device:

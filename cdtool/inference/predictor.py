@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from cdtool.inference.detector import Detector
-from cdtool.normalization import Normalizer
+from cdtool.normalization import Normalizer, sample_tiles
+
+
+def fit_to_pair(model, pair, normalizer: Normalizer) -> None:
+    """Give a label-free model its per-pair statistics from normalised windows spread over the pair (the
+    windows the normaliser samples), so every tile is then scored with the same statistics."""
+    tiles = []
+    for tile in sample_tiles(*pair.shape):
+        data, valid = pair.read(tile)
+        z = torch.from_numpy(normalizer(data))
+        tiles.append((z[0], z[1], torch.from_numpy(valid)))
+    model.fit(tiles)
 
 
 class Predictor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,31 @@ def _crs_name(crs: CRS | None) -> str:
     return f"EPSG:{epsg}" if epsg else crs.to_string()[:40]
 
 
+def ground_sampling_distance(crs: CRS | None, transform: Affine, height: int, width: int) -> float | None:
+    """Metres per pixel: the geometric mean of pixel width and height, in the CRS's linear unit converted
+    to metres, or measured on the ellipsoid at the raster's centre for geographic CRSs."""
+    if crs is None:
+        return None
+    if crs.is_geographic:
+        from pyproj import Geod
+
+        geod = Geod(ellps="WGS84")
+        x, y = transform * (width / 2, height / 2)
+        x1, y1 = transform * (width / 2 + 1, height / 2)
+        x2, y2 = transform * (width / 2, height / 2 + 1)
+        dx = geod.inv(x, y, x1, y1)[2]
+        dy = geod.inv(x, y, x2, y2)[2]
+    else:
+        try:
+            unit = float(crs.linear_units_factor[1])
+        except Exception:  # a CRS without a known linear unit
+            return None
+        dx = math.hypot(transform.a, transform.d) * unit
+        dy = math.hypot(transform.b, transform.e) * unit
+    gsd = math.sqrt(abs(dx * dy))
+    return gsd if math.isfinite(gsd) and gsd > 0 else None
+
+
 @dataclass
 class PairInfo:
     """What the writers need to know of the processing grid."""
@@ -84,6 +109,9 @@ class PairInfo:
     transform: Affine
     georeferenced: bool
     band_names: list[str]
+    colors: list[str] = field(default_factory=list)  # colour interpretation per band: red, green, gray, ...
+    dtype: str = "float32"
+    gsd: float | None = None  # metres per pixel (geodesic for geographic CRSs); None when not georeferenced
 
 
 class RasterPair:
@@ -130,8 +158,10 @@ class RasterPair:
         self.before, self.after = b, a
         transform = b.window_transform(Window(self.origin[1], self.origin[0], width, height))
         names = [b.descriptions[i - 1] or f"band {i}" for i in self.bands_before]
+        colors = [b.colorinterp[i - 1].name for i in self.bands_before]
+        gsd = ground_sampling_distance(b.crs, transform, height, width) if georef else None
         self.info = PairInfo(height, width, len(self.bands_before), b.crs if georef else None, transform,
-                             georef, names)
+                             georef, names, colors, b.dtypes[self.bands_before[0] - 1], gsd)
         self.profile = b.profile
 
     def _common_window(self, b, a) -> Window:

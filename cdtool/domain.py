@@ -1,0 +1,134 @@
+"""What a model was trained on (its card) and whether an input lies inside that domain.
+
+A trained model is only as good as the data it saw: a checkpoint carries a `ModelCard` (band layout,
+value range, ground sampling distance, kind of change, data and recipe), `InputDomain` describes the
+pair a user brings (bands, dtype, GSD from the raster transform or `--gsd`), and `mismatches` names
+every way the two differ, so detection can pick a model whose domain covers the input, resample windows
+to the model's GSD, or warn in one line when a model the user named is out of its depth.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from cdtool.errors import InputError
+
+RGB = ("red", "green", "blue")
+# Names that identify a band as something other than visible red, green or blue.
+_NOT_RGB = re.compile(r"(nir|swir|infrared|thermal|red.?edge)", re.I)
+_S2_BAND = re.compile(r"(?<![A-Za-z0-9])B(0[1-9]|1[0-2]|8A|[1-9])(?![A-Za-z0-9])", re.I)
+_WAVELENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*(micrometers|micrometres|um|µm|nm)", re.I)
+# How far windows may be resampled to reach a model's GSD before the input counts as outside its domain.
+MAX_RESAMPLE = 4.0
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The domain of a model's training data. None means "any" (label-free methods) or "not recorded"."""
+
+    layout: str | None = None  # "rgb", "sentinel2", or None for any band layout
+    band_count: int | None = None
+    band_names: list[str] | None = None
+    value_range: str = "any (each date is standardised per band)"
+    gsd_m: tuple[float, float] | None = None  # effective GSDs seen in training (after scale augmentation)
+    usable_gsd_m: tuple[float, float] | None = None  # input GSDs where it beat the label-free methods
+    change: str = "any"
+    data: str = ""
+    recipe: str = ""
+    scores: dict = field(default_factory=dict)  # held-out scores, for `cdtool info`
+
+    @classmethod
+    def from_meta(cls, meta: dict, band_count: int | None = None) -> "ModelCard":
+        """Read the card of a checkpoint's metadata; checkpoints from before cards know their band count."""
+        raw = meta.get("card")
+        if raw is None:
+            return cls(band_count=band_count, value_range="not recorded", change="not recorded")
+        if not isinstance(raw, dict):
+            raise InputError("checkpoint card is not a mapping")
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        for key in ("gsd_m", "usable_gsd_m"):
+            if known.get(key) is not None:
+                lo, hi = (float(v) for v in known[key])
+                if not 0 < lo <= hi:
+                    raise InputError(f"checkpoint card: {key} must be 0 < low <= high, got {known[key]}")
+                known[key] = (lo, hi)
+        return cls(**known)
+
+    def to_meta(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(field, text) rows for `cdtool info` and `cdtool models`."""
+        rng = lambda r: "any" if r is None else f"{r[0]:g}-{r[1]:g} m"  # noqa: E731
+        bands = "any" if self.band_count is None else f"{self.band_count}"
+        if self.layout:
+            bands += f" ({self.layout}{': ' + ', '.join(self.band_names) if self.band_names else ''})"
+        return [("bands", bands), ("values", self.value_range), ("GSD trained", rng(self.gsd_m)),
+                ("GSD usable", rng(self.usable_gsd_m)), ("change learned", self.change),
+                ("data", self.data or "-"), ("recipe", self.recipe or "-")]
+
+
+@dataclass(frozen=True)
+class InputDomain:
+    """The pair a user brings, as far as its files tell."""
+
+    band_count: int
+    band_names: list[str]
+    colors: list[str]
+    dtype: str
+    gsd: float | None
+    gsd_source: str  # "transform", "--gsd" or "unknown"
+
+    @property
+    def layout(self) -> str | None:
+        """'rgb' when the bands are (or may be taken as) red, green, blue; 'sentinel2' for 13 S2 bands."""
+        names = " ".join(self.band_names)
+        if self.band_count == 13 and len(set(m.upper() for m in _S2_BAND.findall(names))) == 13:
+            return "sentinel2"
+        if self.band_count == 3:
+            if [c.lower() for c in self.colors] == list(RGB):
+                return "rgb"
+            if all(_visible(n) for n in self.band_names):
+                return "rgb"  # three bands with no colour interpretation and no telling names: assumed RGB
+        return None
+
+
+def _visible(name: str) -> bool:
+    """False when a band's name says it is not visible light: NIR/SWIR words, a wavelength beyond 0.7 µm,
+    or a Sentinel-2 band other than B02-B04."""
+    if _NOT_RGB.search(name):
+        return False
+    w = _WAVELENGTH.search(name)
+    if w:
+        um = float(w.group(1)) / (1000.0 if w.group(2).lower() == "nm" else 1.0)
+        return 0.38 <= um <= 0.72
+    s2 = _S2_BAND.search(name)
+    return s2 is None or s2.group(1).lstrip("0") in ("2", "3", "4")
+
+
+def mismatches(card: ModelCard, domain: InputDomain) -> list[str]:
+    """Every way the input lies outside the card's domain, as short phrases (empty: inside)."""
+    out = []
+    if card.band_count is not None and card.band_count != domain.band_count:
+        out.append(f"input has {domain.band_count} bands, the model was trained on {card.band_count}")
+    elif card.layout is not None and domain.layout != card.layout:
+        out.append(f"input bands are not {card.layout} ({', '.join(domain.band_names[:4])})")
+    if card.usable_gsd_m is not None and domain.gsd is not None:
+        lo, hi = card.usable_gsd_m
+        if not lo <= domain.gsd <= hi:
+            out.append(f"input GSD {domain.gsd:.3g} m lies outside the model's {lo:g}-{hi:g} m")
+    return out
+
+
+def scale_factor(card: ModelCard, gsd: float | None) -> float:
+    """How much to enlarge windows so the input reaches the GSDs the model was trained on: 1 when the input's
+    GSD is unknown or already inside the trained range, else input GSD / nearest trained GSD, at most
+    MAX_RESAMPLE either way."""
+    if card.gsd_m is None or gsd is None:
+        return 1.0
+    lo, hi = card.gsd_m
+    target = min(max(gsd, lo), hi)
+    factor = gsd / target
+    return float(min(max(factor, 1 / MAX_RESAMPLE), MAX_RESAMPLE)) if abs(math.log(factor)) > 0.05 else 1.0

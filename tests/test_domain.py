@@ -1,0 +1,159 @@
+"""Models know their domain: GSD from rasters, band layouts, cards, the default chosen by domain, and
+scale-aware inference that keeps maps consistent across GSDs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
+from cdtool.engine.checkpoint import load_checkpoint, save_checkpoint
+from cdtool.errors import InputError
+from cdtool.inference import detector as detector_module
+from cdtool.inference.detect import DetectOptions, detect
+from cdtool.inference.rescale import Rescaled
+from cdtool.io.pair import ground_sampling_distance, open_pair
+from cdtool.models.registry import create_model
+
+
+def rgb_domain(gsd=None, names=("band 1", "band 2", "band 3"), colors=("red", "green", "blue")):
+    return InputDomain(3, list(names), list(colors), "uint8", gsd, "transform" if gsd else "unknown")
+
+
+def test_gsd_from_projected_and_geographic_transforms():
+    assert ground_sampling_distance(rasterio.crs.CRS.from_epsg(32632), Affine(2, 0, 0, 0, -2, 0), 10, 10) == 2
+    # 1e-4 degrees at the equator is about 11.1 m east-west and 11.06 m north-south
+    g = ground_sampling_distance(rasterio.crs.CRS.from_epsg(4326), Affine(1e-4, 0, 0, 0, -1e-4, 0.0005), 10, 10)
+    assert 11.0 < g < 11.2
+    assert ground_sampling_distance(None, Affine.identity(), 10, 10) is None
+
+
+def test_gsd_of_real_rasters(shared_data):
+    with open_pair(shared_data / "oscd/rennes/imgs_1", shared_data / "oscd/rennes/imgs_2") as pair:
+        assert 9 < pair.info.gsd < 12  # 10 m Sentinel-2 bands, EPSG:4326, measured on the ellipsoid
+    png = sorted((shared_data / "levir/A").glob("*.png"))[0]
+    with open_pair(png, png) as pair:
+        assert pair.info.gsd is None and pair.info.colors == ["red", "green", "blue"]
+
+
+@pytest.mark.parametrize("names,colors,layout", [
+    (["x_B04", "x_B03", "x_B02"], ["undefined"] * 3, "rgb"),
+    (["x_B08", "x_B04", "x_B03"], ["undefined"] * 3, None),
+    (["TM (0.660 Micrometers)", "TM (0.569 Micrometers)", "TM (0.485 Micrometers)"], ["undefined"] * 3, "rgb"),
+    (["TM (0.840 Micrometers)", "TM (0.660 Micrometers)", "TM (0.569 Micrometers)"], ["undefined"] * 3, None),
+    (["nir", "red", "green"], ["gray"] * 3, None),
+    (["band 1", "band 2", "band 3"], ["red", "green", "blue"], "rgb"),
+])
+def test_band_layout_from_names(names, colors, layout):
+    assert rgb_domain(names=names, colors=colors).layout == layout
+
+
+def test_mismatches_and_scale_factor():
+    card = ModelCard(layout="rgb", band_count=3, gsd_m=(0.5, 2.0), usable_gsd_m=(0.3, 4.0))
+    assert mismatches(card, rgb_domain(1.0)) == []
+    assert mismatches(card, rgb_domain(None)) == []  # unknown GSD: the caller says so, nothing to compare
+    assert "GSD 10 m" in mismatches(card, rgb_domain(10.0))[0]
+    assert "13 bands" in mismatches(card, InputDomain(13, ["b"] * 13, [], "uint16", 10.0, "transform"))[0]
+    assert scale_factor(card, 1.0) == 1.0
+    assert scale_factor(card, 0.25) == pytest.approx(0.5)  # shrink 0.25 m windows to 0.5 m
+    assert scale_factor(card, 3.0) == pytest.approx(1.5)  # enlarge 3 m windows to 2 m
+    assert scale_factor(card, 100.0) == 4.0  # never more than MAX_RESAMPLE
+    assert scale_factor(ModelCard(), 3.0) == 1.0
+
+
+def test_card_is_checked_when_read():
+    with pytest.raises(InputError, match="gsd_m"):
+        ModelCard.from_meta({"card": {"gsd_m": [2.0, 1.0]}})
+    assert ModelCard.from_meta({}, band_count=3).value_range == "not recorded"
+
+
+def test_rescaled_model_returns_the_input_grid():
+    model = create_model("siam_diff_unet").eval()
+    for factor in (0.5, 1.7, 3.0):
+        wrapped = Rescaled(model, factor).eval()
+        x = torch.randn(1, 3, 45, 61)
+        with torch.no_grad():
+            assert wrapped(x, x + 0.5).shape == (1, 1, 45, 61)
+    with pytest.raises(ValueError):
+        Rescaled(create_model("cva"), 0.0)
+
+
+def _card_checkpoint(path, gsd_m, usable=None):
+    """The shipped default's weights under a card of our choosing."""
+    states, meta = load_checkpoint(detector_module.shipped_weights()[0])
+    meta = dict(meta, card=dict(meta.get("card", {}), gsd_m=list(gsd_m), usable_gsd_m=usable))
+    return save_checkpoint(path, states, meta)
+
+
+def _downsample_png(src, dst, factor: int):
+    with rasterio.open(src) as ds:
+        a = ds.read(out_shape=(ds.count, ds.height // factor, ds.width // factor),
+                    resampling=rasterio.enums.Resampling.average)
+    with rasterio.open(dst, "w", driver="PNG", width=a.shape[2], height=a.shape[1], count=3, dtype="uint8") as out:
+        out.write(a)
+    return dst
+
+
+def _scores(folder):
+    with rasterio.open(folder / "change_prob.png") as ds:
+        return ds.read(1).astype(np.float32) / 255
+
+
+def test_maps_agree_across_gsds(shared_data, tmp_path):
+    """One LEVIR pair at 0.5 m, 1 m and 2 m: the model (card: trained at 0.5 m) sees 0.5 m windows each time,
+    so the coarser maps match the 0.5 m map averaged onto their grids."""
+    ckpt = _card_checkpoint(tmp_path / "m.safetensors", (0.5, 0.5))
+    name = "test_2_0000_0000.png"
+    a, b = shared_data / "levir/A" / name, shared_data / "levir/B" / name
+    opts = dict(model=str(ckpt), polygons=False, tile=128, overlap=48)
+    detect(a, b, tmp_path / "fine", DetectOptions(gsd=0.5, **opts))
+    fine = _scores(tmp_path / "fine")
+    for k in (2, 4):
+        a2, b2 = _downsample_png(a, tmp_path / f"a{k}.png", k), _downsample_png(b, tmp_path / f"b{k}.png", k)
+        r = detect(a2, b2, tmp_path / f"coarse{k}", DetectOptions(gsd=0.5 * k, **opts))
+        assert r.extra["model_choice"]["scale"] == k
+        n = 256 // k
+        expected = fine.reshape(n, k, n, k).mean(axis=(1, 3))
+        corr = float(np.corrcoef(expected.ravel(), _scores(tmp_path / f"coarse{k}").ravel())[0, 1])
+        assert corr > 0.75, (k, corr)
+
+
+def test_rescaled_detection_streams_like_one_window(shared_data, tmp_path):
+    """Small tiles at 2x resampling stitch to the map of one big window."""
+    ckpt = _card_checkpoint(tmp_path / "m.safetensors", (0.5, 0.5))
+    name = "test_2_0000_0000.png"
+    a, b = shared_data / "levir/A" / name, shared_data / "levir/B" / name
+    detect(a, b, tmp_path / "big", DetectOptions(model=str(ckpt), gsd=1.0, tile=1024, polygons=False))
+    detect(a, b, tmp_path / "small", DetectOptions(model=str(ckpt), gsd=1.0, tile=128, overlap=64, polygons=False))
+    diff = np.abs(_scores(tmp_path / "big") - _scores(tmp_path / "small"))
+    assert np.percentile(diff, 99) < 0.05 and diff.mean() < 0.01
+
+
+def test_default_follows_the_domain(tmp_path, make_tif, monkeypatch):
+    """A card that covers 0.3-4 m takes an RGB input at 1 m; at 30 m or with 5 bands the label-free default
+    runs, and detect.json says which and why; a model named out of its domain runs with a warning."""
+    ckpt = _card_checkpoint(tmp_path / "default_test.safetensors", (0.5, 2.0), usable=[0.3, 4.0])
+    monkeypatch.setattr(detector_module, "shipped_weights", lambda: [ckpt])
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (3, 96, 96)).astype(np.uint8)
+    trained = load_checkpoint(ckpt)[1]["model"]["name"]
+    for gsd, expect in ((1.0, trained), (30.0, detector_module.LABEL_FREE_DEFAULT["rgb"])):
+        t = Affine(gsd, 0, 600000, 0, -gsd, 5000000)
+        a, b = make_tif(f"a{gsd}.tif", img, transform=t), make_tif(f"b{gsd}.tif", img[::-1].copy(), transform=t)
+        r = detect(a, b, tmp_path / f"out{gsd}", DetectOptions(polygons=False))
+        record = json.loads((tmp_path / f"out{gsd}" / "detect.json").read_text())["model_choice"]
+        assert r.model == expect and record["model"] == expect and record["reason"]
+    five = rng.integers(0, 255, (5, 64, 64)).astype(np.uint8)
+    r = detect(make_tif("a5.tif", five), make_tif("b5.tif", five), tmp_path / "five", DetectOptions(polygons=False))
+    assert r.model == detector_module.LABEL_FREE_DEFAULT["multispectral"]
+    t = Affine(30.0, 0, 600000, 0, -30.0, 5000000)
+    r = detect(make_tif("a30.tif", img, transform=t), make_tif("b30.tif", img, transform=t), tmp_path / "named",
+               DetectOptions(model=str(ckpt), polygons=False))
+    assert "outside its training domain" in r.extra["model_choice"]["warnings"][0]
+    with pytest.raises(InputError, match="trained on 3"):
+        detect(make_tif("a5b.tif", five), make_tif("b5b.tif", five), tmp_path / "bad", DetectOptions(model=str(ckpt)))
