@@ -19,12 +19,14 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-mode, before, after, out, model = sys.argv[1:6]
+mode, before, after, out, model, gsd = sys.argv[1:7]
 t = time.perf_counter()
-if mode == "cdtool":
+if mode in ("cdtool", "native"):
     from cdtool.inference.detect import DetectOptions, detect
-    r = detect(before, after, out, DetectOptions(model=None if model == "default" else model, overwrite=True))
-    extra = {"threshold": r.threshold, "regions": r.regions}
+    r = detect(before, after, out, DetectOptions(model=None if model == "default" else model, overwrite=True,
+                                                 gsd=float(gsd) if gsd != "none" else None,
+                                                 native_scale=mode == "native"))
+    extra = {"threshold": r.threshold, "regions": r.regions, "scale": r.extra["model_choice"]["scale"]}
 else:
     import numpy as np, rasterio
     from cdtool.inference.threshold import ScoreHistogram
@@ -44,9 +46,10 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 """
 
 
-def measure(mode: str, before: Path, after: Path, out: Path, model: str = "cva") -> dict:
+def measure(mode: str, before: Path, after: Path, out: Path, model: str = "cva", gsd: float | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(before), str(after), str(out), model],
+    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(before), str(after), str(out), model,
+                           "none" if gsd is None else str(gsd)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1]}
@@ -60,6 +63,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--model", default="cva", help="model cdtool runs: cva (what the reference computes), "
                         "'default' (the shipped default for 3 bands) or a checkpoint")
+    parser.add_argument("--gsd", type=float, default=None, help="metres per pixel to declare (the generated pairs "
+                        "say 10 m); with a trained model whose card is finer or coarser, windows are resampled")
+    parser.add_argument("--native", action="store_true", help="also time the same run with --native-scale")
     args = parser.parse_args()
     from cdtool.sample_pair import write_pair
 
@@ -74,16 +80,20 @@ def main() -> None:
             before, after, _ = write_pair(folder, size=size, bands=3, seed=0)
         gen = time.perf_counter() - t
         row = {"size": size, "megapixels": size * size / 1e6, "generate_s": round(gen, 1),
-               "cdtool": measure("cdtool", before, after, work / f"out{size}", args.model)}
+               "cdtool": measure("cdtool", before, after, work / f"out{size}", args.model, args.gsd)}
+        if args.native:
+            row["native"] = measure("native", before, after, work / f"nat{size}", args.model, args.gsd)
         if size <= args.reference_max:
             row["reference"] = measure("reference", before, after, work / f"ref{size}")
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\nsize      cdtool s   cdtool MiB   reference s   reference MiB")
+    nan = float("nan")
+    print("\nsize      cdtool s   cdtool MiB   scale   native s   native MiB   reference s   reference MiB")
     for r in rows:
-        ref = r.get("reference", {})
-        print(f"{r['size']:>6}² {r['cdtool'].get('seconds', float('nan')):>9.1f} {r['cdtool'].get('peak_mib', float('nan')):>11.0f}"
-              f" {ref.get('seconds', float('nan')):>13.1f} {ref.get('peak_mib', float('nan')):>14.0f}")
+        ref, nat, cd = r.get("reference", {}), r.get("native", {}), r["cdtool"]
+        print(f"{r['size']:>6}² {cd.get('seconds', nan):>9.1f} {cd.get('peak_mib', nan):>11.0f} {cd.get('scale', nan):>7.2f}"
+              f" {nat.get('seconds', nan):>10.1f} {nat.get('peak_mib', nan):>12.0f}"
+              f" {ref.get('seconds', nan):>13.1f} {ref.get('peak_mib', nan):>14.0f}")
 
 
 if __name__ == "__main__":

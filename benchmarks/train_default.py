@@ -112,7 +112,7 @@ def sample_batch(sources: dict[str, list[Pair]], batch: int, crop: int, g: torch
     """(x (B, 2, C, crop, crop), mask, known); sources are drawn equally often, pairs within a source too."""
     names = list(sources)
     xs, ms, ks = [], [], []
-    rnd = lambda: float(torch.rand(1, generator=g))  # noqa: E731
+    rnd = lambda: float(torch.rand(1, generator=g, device=g.device))  # noqa: E731
     for _ in range(batch):
         pairs = sources[names[int(rnd() * len(names))]]
         p = pairs[int(rnd() * len(pairs))]

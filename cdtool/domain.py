@@ -48,6 +48,7 @@ class ModelCard:
         if not isinstance(raw, dict):
             raise InputError("checkpoint card is not a mapping")
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        known.setdefault("band_count", band_count)
         for key in ("gsd_m", "usable_gsd_m"):
             if known.get(key) is not None:
                 lo, hi = (float(v) for v in known[key])

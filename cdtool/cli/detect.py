@@ -6,19 +6,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from cdtool.cli.options import (Device, OutDir, Overwrite, Quiet, friendly_errors, out_console, parse_int_list,
-                                report_to_stderr, show_progress)
+from cdtool.cli.options import (Device, OutDir, Overwrite, Quiet, err_console, friendly_errors, out_console,
+                                parse_int_list, parse_threshold, show_progress)
 from cdtool.inference.detect import DetectOptions, detect as run_detect
-
-
-def _threshold(text: str | None) -> float | str | None:
-    if text is None or text == "otsu":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise typer.BadParameter(f"expected a number in [0, 1] or 'otsu', got {text!r}", param_hint="--threshold") from None
 
 
 def detect(
@@ -28,7 +20,7 @@ def detect(
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
     overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo).")] = 64,
-    threshold: Annotated[Optional[str], typer.Option(help="Mask threshold in [0, 1], or 'otsu'. Default: the model's.")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Mask threshold in [0, 1], or otsu, kmeans, gmm (per image). Default: the model's.")] = None,
     align: Annotated[bool, typer.Option("--align", help="Warp AFTER onto BEFORE's grid and process the common extent.")] = False,
     bands: Annotated[Optional[str], typer.Option(help="1-based bands to compare in both images, e.g. 1,2,3.")] = None,
     wrap: Annotated[bool, typer.Option("--wrap", help="360° panorama: pad circularly left/right so the seam is not an edge.")] = False,
@@ -44,13 +36,16 @@ def detect(
 ) -> None:
     """Detect changes between BEFORE and AFTER; write change_prob, change_mask (GeoTIFF, or PNG for
     non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
-    opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=_threshold(threshold), align=align,
+    opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=parse_threshold(threshold), align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, polygons=not no_polygons,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale)
-    report_to_stderr(quiet)
     result = run_detect(before, after, out, opts)
+    choice = result.extra["model_choice"]
+    for warning in choice["warnings"]:  # shown even with --quiet
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     if not quiet:
+        out_console.print(f"model {escape(choice['reason'])}")
         out_console.print(
             f"{result.model}: {result.width}x{result.height} px, threshold {result.threshold:.3f}, "
             f"{result.changed_share:.2%} changed, {result.regions} regions, {result.seconds:.1f} s")

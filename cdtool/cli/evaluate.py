@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cdtool.cli.options import Device, friendly_errors, out_console
+from cdtool.cli.options import Device, friendly_errors, out_console, parse_threshold
 from cdtool.errors import InputError
 from cdtool.metrics import NAMES
 
@@ -28,7 +28,7 @@ def evaluate(
     pairs: Annotated[Optional[str], typer.Option("--pairs", help="Comma-separated pair names or roots to score "
                                                  "(e.g. levir/test_2_0000_0000,dsifn).")] = None,
     exclude: Annotated[Optional[str], typer.Option("--exclude", help="Comma-separated pairs to leave out.")] = None,
-    threshold: Annotated[Optional[str], typer.Option("--threshold", help="Score threshold or 'otsu' (default: the "
+    threshold: Annotated[Optional[str], typer.Option("--threshold", help="Score threshold, or otsu, kmeans, gmm (default: the "
                                                      "model's; 0.5 for score files).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON here.")] = None,
     device: Device = None,
@@ -36,12 +36,7 @@ def evaluate(
     """Precision, recall, F1, IoU of change, mIoU, accuracy, Cohen's kappa and AUROC (for scores)."""
     from cdtool.engine import evaluate as ev
 
-    thr: float | str | None = None
-    if threshold is not None:
-        try:
-            thr = threshold if threshold == "otsu" else float(threshold)
-        except ValueError:
-            raise typer.BadParameter("a number in [0, 1] or 'otsu'", param_hint="--threshold") from None
+    thr = parse_threshold(threshold)
     if model is not None:
         if pred is not None or not data:
             raise InputError("use either PRED TRUTH, or --model with --data")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from cdtool.errors import CdtoolError
 
@@ -34,6 +32,19 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
         raise typer.BadParameter(f"expected integers like 1,2,3, got {text!r}", param_hint=what) from None
 
 
+def parse_threshold(text: str | None) -> float | str | None:
+    """A number in [0, 1] or a per-image method name (otsu, kmeans, gmm); None keeps the model's own."""
+    from cdtool.inference.threshold import METHODS
+
+    if text is None or text in METHODS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number in [0, 1] or one of {', '.join(METHODS)}, got {text!r}",
+                                 param_hint="--threshold") from None
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """Turn library errors into one line on stderr and their exit code (1 failed, 2 bad input);
     an interrupt exits 130 after the library has removed its partial outputs."""
@@ -50,21 +61,6 @@ def friendly_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-class _ConsoleHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        style = "yellow" if record.levelno >= logging.WARNING else "cyan"
-        err_console.print(f"[{style}]{escape(record.getMessage())}[/]", markup=True)
-
-
-def report_to_stderr(quiet: bool) -> None:
-    """Show the library's one-line reports (which model and why; domain warnings) on stderr; --quiet keeps
-    the warnings only."""
-    logger = logging.getLogger("cdtool")
-    logger.handlers = [h for h in logger.handlers if not isinstance(h, _ConsoleHandler)] + [_ConsoleHandler()]
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
 
 
 def show_progress(quiet: bool) -> bool:

@@ -9,7 +9,6 @@ gathered in the first pass) to write the mask and the polygons.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -28,7 +27,7 @@ from cdtool.inference.detector import Choice, Detector, choose_detector, pick_de
 from cdtool.inference.predictor import Predictor, fit_to_pair
 from cdtool.inference.rescale import Rescaled
 from cdtool.inference.stitcher import BLENDS, Stitcher
-from cdtool.inference.threshold import ScoreHistogram
+from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, write_text
@@ -37,15 +36,13 @@ from cdtool.io.writers import BLOCK, GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWri
 from cdtool.normalization import Normalizer
 from cdtool.windows import Tile, grid
 
-log = logging.getLogger("cdtool")
-
 
 @dataclass
 class DetectOptions:
     model: str | Detector | None = None  # registry name, checkpoint, a ready Detector; None: the default
     tile: int = 512
     overlap: int = 64
-    threshold: float | str | None = None  # None: the model's own; "otsu": per image
+    threshold: float | str | None = None  # None: the model's own; "otsu", "kmeans" or "gmm": per image
     align: bool = False
     bands: list[int] | None = None
     device: str | None = None
@@ -110,9 +107,6 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
                              f"trained on {trained_on}; pick bands with --bands or use a label-free model")
-        log.info(choice.reason)
-        for warning in choice.warnings:
-            log.warning(f"warning: {warning}")
         with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons), opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
@@ -198,9 +192,9 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
                          "(all nodata, masked or NaN)")
 
     threshold = opts.threshold if opts.threshold is not None else detector.threshold
-    threshold = hist.otsu() if threshold == "otsu" else float(threshold)
+    threshold = hist.pick(threshold) if threshold in METHODS else float(threshold)
     if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"--threshold must lie in [0, 1] or be 'otsu', got {threshold}")
+        raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
 
     mask = BandWriter(mask_path, height, width, "uint8", MASK_NODATA, info.crs, info.transform, "change mask")
     polys = (Polygonizer(outs.path("changes.gpkg"), info.crs, info.transform, opts.min_pixels)

@@ -29,21 +29,11 @@ import torch.nn.functional as F
 
 from cdtool.errors import InputError
 from cdtool.models.base import ChangeModel
+from cdtool.models.classical import noise_floor
 from cdtool.models.registry import register_model
 
 Tiles = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 MAX_SAMPLES = 1 << 18  # fit samples kept (every k-th): bounds memory and time on large fit sets
-
-
-def noise_floor(before: torch.Tensor, after: torch.Tensor, min_change: float) -> torch.Tensor:
-    """(B, 1, H, W) factor in [0, 1]: a smooth step of the RMS band difference r, 0 for r <= min_change/2,
-    1/2 at r = min_change, 1 for r >= 1.5 * min_change. Multiplying a score in [0, 1] by it keeps every
-    pixel that changed by less than min_change (in per-band scene stds) below 0.5."""
-    if min_change <= 0:
-        return torch.ones_like(before[:, :1])
-    r = (after - before).pow(2).mean(dim=1, keepdim=True).sqrt()
-    t = (r / min_change - 0.5).clamp(0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 def thin(x: torch.Tensor, n: int = MAX_SAMPLES) -> torch.Tensor:
@@ -90,9 +80,10 @@ class PCAKMeans(ChangeModel):
     def _estimate(self, tiles: Tiles) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.block
         diffs, valids = [], []
-        for before, after, valid in tiles:
-            diffs.append((after - before).abs().detach().to("cpu", torch.float64)[None])
+        for before, after, valid in tiles:  # invalid pixels zeroed: nodata never reaches the statistics
+            d = (after - before).abs().detach().to("cpu", torch.float64)
             valids.append(valid.detach().to("cpu", torch.float64)[None, None])
+            diffs.append(torch.where(valids[-1][0] > 0, d, 0.0)[None])
         c = diffs[0].shape[1]
         # PCA on non-overlapping h x h blocks wholly valid (Celik's sampling); every pixel if there are too few
         blocks = [F.unfold(d, h, stride=h)[0][:, F.unfold(v, h, stride=h)[0].min(0).values == 1].T
@@ -106,7 +97,7 @@ class PCAKMeans(ChangeModel):
         mean = x.mean(0)
         vals, vecs = torch.linalg.eigh(torch.cov(x.T, correction=0))
         vals, vecs = vals.flip(0).clamp_min(0), vecs.flip(1)
-        s = self.components or _enough(vals)
+        s = min(self.components or _enough(vals), len(vals))
         v = vecs[:, :s]  # (C*h*h, S)
         kernels, bias = v.T.reshape(s, c, h, h), -(v.T @ mean)
         # k-means on the projections of pixels whose whole neighbourhood is valid
@@ -149,15 +140,16 @@ def _two_means(x: torch.Tensor, iters: int = 100) -> torch.Tensor:
     """Lloyd's k-means with k = 2 on (N, S) samples, started deterministically from the samples with the
     smallest and largest first component. Returns the (2, S) centroids."""
     c = torch.stack([x[x[:, 0].argmin()], x[x[:, 0].argmax()]])
-    labels = None
+    total, labels = x.sum(0), None
     for _ in range(iters):
-        new = torch.cdist(x, c).argmin(1)
+        new = x @ (c[1] - c[0]) > 0.5 * (c[1] @ c[1] - c[0] @ c[0])  # nearer to c[1]: the bisecting plane
         if labels is not None and torch.equal(new, labels):
             break
         labels = new
-        for k in range(2):
-            if (labels == k).any():
-                c[k] = x[labels == k].mean(0)
+        n1 = int(labels.sum())
+        s1 = labels.to(x.dtype) @ x
+        if 0 < n1 < len(x):
+            c = torch.stack([(total - s1) / (len(x) - n1), s1 / n1])
     return c
 
 
