@@ -67,7 +67,7 @@ class ModelCard:
         if self.layout:
             bands += f" ({self.layout}{': ' + ', '.join(self.band_names) if self.band_names else ''})"
         return [("bands", bands), ("values", self.value_range), ("GSD trained", rng(self.gsd_m)),
-                ("GSD usable", rng(self.usable_gsd_m)), ("change learned", self.change),
+                ("default for GSD", "never" if self.usable_gsd_m is None else rng(self.usable_gsd_m)), ("change learned", self.change),
                 ("data", self.data or "-"), ("recipe", self.recipe or "-")]
 
 

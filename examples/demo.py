@@ -77,10 +77,11 @@ def main() -> int:
     if (SHARED / "oscd" / "rennes").is_dir():
         city = SHARED / "oscd" / "rennes"
         truth = np.array(Image.open(city / "cm" / "cm.png").convert("L")) > 0
-        jobs.append(("oscd_rennes", city / "imgs_1", city / "imgs_2", truth))
-        name = "test_2_0000_0000.png"  # held out from the default model's training (weights/PROVENANCE.md)
+        jobs.append(("oscd_rennes", city / "imgs_1", city / "imgs_2", truth, None))
+        name = "test_2_0000_0000.png"  # a 0.5 m PNG pair: no georeference, so its GSD is given
         truth = np.array(Image.open(SHARED / "levir" / "label" / name).convert("L")) > 0
-        jobs.append(("levir_" + Path(name).stem, SHARED / "levir" / "A" / name, SHARED / "levir" / "B" / name, truth))
+        jobs.append(("levir_" + Path(name).stem, SHARED / "levir" / "A" / name, SHARED / "levir" / "B" / name,
+                     truth, 0.5))
     else:
         print(f"{SHARED} not found: using a generated pair instead")
         before, after, truth_tif = write_pair(args.out / "generated_input", size=1024, seed=7)
@@ -88,16 +89,20 @@ def main() -> int:
 
         with rasterio.open(truth_tif) as ds:
             truth = ds.read(1) == 1
-        jobs.append(("generated", before, after, truth))
+        jobs.append(("generated", before, after, truth, None))
 
-    for name, before, after, truth in jobs:
+    for name, before, after, truth, gsd in jobs:
         out = args.out / name
-        res = detect(before, after, out, DetectOptions(model=args.model, overwrite=True, progress=sys.stderr.isatty()))
+        opts = DetectOptions(model=args.model, overwrite=True, progress=sys.stderr.isatty(), gsd=gsd)
+        res = detect(before, after, out, opts)
         pv = preview(out, truth)
         print(f"{name}: model {res.model}, {res.width}x{res.height} px, threshold {res.threshold:.3f}, "
               f"{res.changed_share:.1%} flagged, {res.regions} regions, F1 vs truth {f1(out, truth):.3f}, "
               f"{res.seconds:.1f} s")
+        print(f"  why this model: {res.extra['model_choice']['reason']}")
         print(f"  outputs in {out}/ (open change_prob.tif / changes.gpkg in QGIS; preview: {pv})")
+        same = detect(before, before, args.out / f"{name}_same", opts)
+        print(f"  the same image as both dates: {same.changed_share:.2%} flagged")
     return 0
 
 

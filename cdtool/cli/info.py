@@ -35,7 +35,7 @@ def info(
     for key, value in det.card.describe():
         t.add_row(key, value)
     for source, scores in det.card.scores.items():
-        t.add_row(f"held out: {source}", ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+        t.add_row(f"scored on {source}", ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in scores.items()))
     out_console.print(t)
 

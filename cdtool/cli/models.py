@@ -34,12 +34,13 @@ def models(
     out_console.print(t)
     from cdtool.inference.detector import LABEL_FREE_DEFAULT, shipped_detectors
 
-    dt = Table("default", "model", "bands", "GSD usable", "change", "data",
-               title="shipped defaults (`cdtool info FILE` for the full card); otherwise label-free: "
-                     + ", ".join(f"{k} {v}" for k, v in LABEL_FREE_DEFAULT.items()))
+    dt = Table("shipped (--model NAME)", "model", "bands", "GSD trained", "default for GSD", "change",
+               title="shipped weights (`cdtool info NAME` for the full card); the default elsewhere: "
+                     + ", ".join(f"{v} for {k} inputs" for k, v in LABEL_FREE_DEFAULT.items()))
     for path, det in shipped_detectors():
         card = dict(det.card.describe())
-        dt.add_row(path.name, det.name, card["bands"], card["GSD usable"], card["change learned"], card["data"])
+        dt.add_row(path.stem, det.name, card["bands"], card["GSD trained"],
+                   card["default for GSD"], card["change learned"])
     out_console.print(dt)
     lt = Table("loss", "reads", "summary", title="losses")
     for name in loss_names():

@@ -147,7 +147,11 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
         raise InputError(f"--overlap ({overlap}, at least twice the model's halo of {halo}) must be smaller "
                          f"than --tile ({tile})")
     pad = min(overlap, width) if opts.wrap else 0
-    rows = grid(height, width + 2 * pad, tile, tile - overlap, col_begin=-pad)
+    # tiles start on the model's pooling grid (in its own pixels), so every tile sees the features the whole
+    # image would give it: U-Nets are translation-equivariant only by multiples of their downsampling
+    align = max(1, round(choice.detector.size_multiple / choice.scale))
+    step = max(align, (tile - overlap) // align * align)
+    rows = grid(height, width + 2 * pad, tile, step, col_begin=-pad)
     tile_h = rows[0][0].height
     if halo and tile_h < height and tile_h <= 2 * halo:
         raise InputError(f"--tile {tile} is too small for model {detector.name} (halo {halo})")

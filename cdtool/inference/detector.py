@@ -16,10 +16,11 @@ from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
 from cdtool.normalization import check as check_normalization
 
-# Trained defaults ship as cdtool/weights/default_*.safetensors, each with a card stating its domain; an
-# input that no card covers falls back to the label-free method that scored best on held-out sources
-# (benchmarks/domain_table.py; README "Default model"), by band layout.
-SHIPPED_WEIGHTS = "default_*.safetensors"
+# Trained models ship as cdtool/weights/<name>.safetensors, each with a card stating its domain; `--model
+# <name>` loads one. One becomes the default only where its card names `usable_gsd_m`, the GSDs at which it
+# beat the label-free methods on sources left out of its training (benchmarks/domain_table.py); elsewhere
+# the default is the label-free method that scored best there, by band layout (README "Default model").
+SHIPPED_WEIGHTS = "*.safetensors"
 LABEL_FREE_DEFAULT = {"rgb": "cva", "multispectral": "cva"}
 
 
@@ -77,7 +78,9 @@ def choose_detector(spec: str | Detector | None, domain: InputDomain, native_sca
         return Choice(det, reason, warns, 1.0 if native_scale else scale_factor(det.card, domain.gsd))
     rejected = []
     for path, det in shipped_detectors():
-        off = mismatches(det.card, domain)
+        if det.card.usable_gsd_m is None:
+            continue  # shipped for --model, never the default: it did not beat the label-free methods
+        off = mismatches(det.card, domain) + (["GSD unknown"] if domain.gsd is None else [])
         if not off:
             scale = 1.0 if native_scale else scale_factor(det.card, domain.gsd)
             how = "" if scale == 1.0 else f", windows resampled {scale:.3g}x to its training GSD"
@@ -87,8 +90,11 @@ def choose_detector(spec: str | Detector | None, domain: InputDomain, native_sca
         rejected.append(f"{path.stem}: {'; '.join(off)}")
     kind = "rgb" if domain.layout == "rgb" else "multispectral"
     name = LABEL_FREE_DEFAULT[kind]
-    why = "; ".join(rejected) if rejected else "no trained model is shipped"
-    reason = f"{name} (label-free): no trained model covers this input ({why})"
+    if rejected:
+        why = f"no trained model covers this input ({'; '.join(rejected)})"
+    else:
+        why = f"the best F1 on held-out {kind} sources, where no shipped trained model beat it"
+    reason = f"{name} (label-free): {why}; input {domain.band_count} bands, {gsd_text}"
     return Choice(_from_registry(name), reason, [], 1.0)
 
 
@@ -99,6 +105,9 @@ def load_detector(spec: str | None, band_count: int | None = None) -> Detector:
         domain = InputDomain(band_count or 3, [f"band {i + 1}" for i in range(band_count or 3)],
                              [], "float32", None, "unknown")
         return choose_detector(None, domain).detector
+    shipped = {p.stem: p for p in shipped_weights()}
+    if spec in shipped and not Path(spec).exists():
+        return _from_checkpoint(shipped[spec])
     path = Path(spec)
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
