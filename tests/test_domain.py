@@ -26,7 +26,11 @@ def rgb_domain(gsd=None, names=("band 1", "band 2", "band 3"), colors=("red", "g
 
 
 def test_gsd_from_projected_and_geographic_transforms():
-    assert ground_sampling_distance(rasterio.crs.CRS.from_epsg(32632), Affine(2, 0, 0, 0, -2, 0), 10, 10) == 2
+    utm = ground_sampling_distance(rasterio.crs.CRS.from_epsg(32632), Affine(2, 0, 500000, 0, -2, 5000000), 10, 10)
+    assert utm == pytest.approx(2, rel=1e-3)  # UTM's scale factor 0.9996 on the central meridian
+    # Web Mercator's "metres" stretch with latitude: at 60 degrees N a 2-unit pixel is 1 m on the ground
+    merc = ground_sampling_distance(rasterio.crs.CRS.from_epsg(3857), Affine(2, 0, 0, 0, -2, 8399737.89), 10, 10)
+    assert merc == pytest.approx(1.0, rel=1e-2)
     # 1e-4 degrees at the equator is about 11.1 m east-west and 11.06 m north-south
     g = ground_sampling_distance(rasterio.crs.CRS.from_epsg(4326), Affine(1e-4, 0, 0, 0, -1e-4, 0.0005), 10, 10)
     assert 11.0 < g < 11.2

@@ -74,26 +74,29 @@ def _crs_name(crs: CRS | None) -> str:
 
 
 def ground_sampling_distance(crs: CRS | None, transform: Affine, height: int, width: int) -> float | None:
-    """Metres per pixel: the geometric mean of pixel width and height, in the CRS's linear unit converted
-    to metres, or measured on the ellipsoid at the raster's centre for geographic CRSs."""
+    """Metres on the ground per pixel at the raster's centre: the geometric mean of a pixel's width and
+    height measured on the WGS84 ellipsoid, so geographic CRSs and Web Mercator (whose "metres" stretch with
+    latitude) give true distances; the CRS's linear unit when the centre cannot be put on the ellipsoid."""
     if crs is None:
         return None
-    if crs.is_geographic:
-        from pyproj import Geod
+    x, y = transform * (width / 2, height / 2)
+    x1, y1 = transform * (width / 2 + 1, height / 2)
+    x2, y2 = transform * (width / 2, height / 2 + 1)
+    try:
+        from pyproj import Geod, Transformer
 
+        to_lonlat = Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
+        (lon, lon1, lon2), (lat, lat1, lat2) = to_lonlat.transform([x, x1, x2], [y, y1, y2])
         geod = Geod(ellps="WGS84")
-        x, y = transform * (width / 2, height / 2)
-        x1, y1 = transform * (width / 2 + 1, height / 2)
-        x2, y2 = transform * (width / 2, height / 2 + 1)
-        dx = geod.inv(x, y, x1, y1)[2]
-        dy = geod.inv(x, y, x2, y2)[2]
-    else:
+        dx, dy = geod.inv(lon, lat, lon1, lat1)[2], geod.inv(lon, lat, lon2, lat2)[2]
+    except Exception:  # a CRS pyproj cannot place on the ellipsoid (local engineering CRSs)
+        if crs.is_geographic:
+            return None
         try:
             unit = float(crs.linear_units_factor[1])
-        except Exception:  # a CRS without a known linear unit
+        except Exception:
             return None
-        dx = math.hypot(transform.a, transform.d) * unit
-        dy = math.hypot(transform.b, transform.e) * unit
+        dx, dy = math.hypot(transform.a, transform.d) * unit, math.hypot(transform.b, transform.e) * unit
     gsd = math.sqrt(abs(dx * dy))
     return gsd if math.isfinite(gsd) and gsd > 0 else None
 
