@@ -161,3 +161,13 @@ def test_default_follows_the_domain(tmp_path, make_tif, monkeypatch):
     assert "outside its training domain" in r.extra["model_choice"]["warnings"][0]
     with pytest.raises(InputError, match="trained on 3"):
         detect(make_tif("a5b.tif", five), make_tif("b5b.tif", five), tmp_path / "bad", DetectOptions(model=str(ckpt)))
+
+
+@pytest.mark.parametrize("args,message", [({"width": 200000}, "do not fit"), ({"width": -3}, "do not fit"),
+                                          ("x", "not a mapping"), ({"nope": 1}, "do not fit")])
+def test_checkpoint_metadata_is_checked_before_the_model_is_built(tmp_path, args, message):
+    """A card or arguments asking for a huge model fail on the meta device, before any allocation."""
+    states, meta = load_checkpoint(detector_module.shipped_weights()[0])
+    path = save_checkpoint(tmp_path / "bad.safetensors", states, dict(meta, model={"name": "siam_diff_unet", "args": args}))
+    with pytest.raises(InputError, match=message):
+        detector_module.load_detector(str(path))

@@ -131,18 +131,37 @@ def _from_checkpoint(path: Path) -> Detector:
     try:
         name, args = meta["model"]["name"], meta["model"].get("args", {})
         normalization = check_normalization(meta["normalization"])
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: checkpoint metadata lacks model name or normalisation") from None
+    if not isinstance(args, dict):
+        raise InputError(f"{path}: checkpoint model arguments are not a mapping")
+    threshold = meta.get("threshold", 0.5)
+    if not (threshold in ("otsu", "kmeans", "gmm") or isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+        raise InputError(f"{path}: checkpoint threshold must be a number in [0, 1] or a method name, got {threshold!r}")
+    card = ModelCard.from_meta(meta, band_count=args.get("in_channels", 3))
+    _check_shapes(path, name, args, states.get("model", {}))
     model = create_model(name, **args)
-    if "model" not in states and len(model.state_dict()):
-        raise InputError(f"{path}: checkpoint holds no 'model' weights")
     try:
         model.load_state_dict(states.get("model", {}))
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
-    threshold = meta.get("threshold", 0.5)
-    card = ModelCard.from_meta(meta, band_count=args.get("in_channels", 3) if isinstance(args, dict) else None)
     return Detector(name, model.eval(), normalization, threshold, meta.get("bands"), meta, card)
+
+
+def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:
+    """Build the model on the meta device (no memory) and compare its tensors with the file's, so metadata
+    that asks for a huge model fails here instead of allocating it."""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in create_model(name, **args).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: model arguments do not fit {name!r} ({str(exc).splitlines()[0]})") from None
+    if expected and not weights:
+        raise InputError(f"{path}: checkpoint holds no 'model' weights")
+    for key, shape in expected.items():
+        got = tuple(weights[key].shape) if key in weights else None
+        if got != shape:
+            raise InputError(f"{path}: weights do not fit model {name!r} ({key}: file {got}, model {shape})")
 
 
 def pick_device(device: str | None) -> torch.device:
