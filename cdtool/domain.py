@@ -62,7 +62,8 @@ class ModelCard:
 
     def describe(self) -> list[tuple[str, str]]:
         """(field, text) rows for `cdtool info` and `cdtool models`."""
-        rng = lambda r: "any" if r is None else f"{r[0]:g}-{r[1]:g} m"  # noqa: E731
+        missing = "any" if self.band_count is None else "not recorded"  # label-free models take any input
+        rng = lambda r: missing if r is None else f"{r[0]:g}-{r[1]:g} m"  # noqa: E731
         bands = "any" if self.band_count is None else f"{self.band_count}"
         if self.layout:
             bands += f" ({self.layout}{': ' + ', '.join(self.band_names) if self.band_names else ''})"

@@ -365,7 +365,21 @@ def _meta(recipe: Recipe, row: dict, phase: str, epoch: int, threshold: float, t
             "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not
                         (isinstance(v, float) and math.isnan(v))},
             "train_pairs": list(getattr(train_set, "names", [])), "val_pairs": list(getattr(val_set, "names", [])),
-            "recipe": recipe.model_dump(mode="json")}
+            "recipe": recipe.model_dump(mode="json"), "card": _card(recipe, train_set, row)}
+
+
+def _card(recipe: Recipe, train_set, row: dict) -> dict:
+    """The domain a trained model can vouch for: its band count and data. The GSD and the kind of change are
+    not known to the engine (PNG crops carry no georeference), so they stay unrecorded and such a model is
+    never picked as a default; `cdtool info` shows what is known."""
+    channels = getattr(train_set, "channels", None) or recipe.model.args.get("in_channels")
+    data = recipe.data.model_dump(mode="json") if hasattr(recipe.data, "model_dump") else {}
+    roots = (data.get("args") or {}).get("roots") or (data.get("args") or {}).get("root") or []
+    return {"band_count": channels, "value_range": "any (normalisation: " + recipe.normalization.get("mode", "?") + ")",
+            "change": "not recorded", "data": ", ".join(map(str, roots if isinstance(roots, list) else [roots]))
+            + f" ({len(getattr(train_set, 'names', []))} training pairs)", "recipe": recipe.name,
+            "scores": {"validation": {k: row[k] for k in ("val_f1", "val_iou", "val_auroc")
+                                      if isinstance(row.get(k), float) and not math.isnan(row[k])}}}
 
 
 def _save_state(path: Path, optims, scheds, scaler, epoch: int, phase: str, best: float, best_epoch: int,
