@@ -15,9 +15,10 @@ from qgis.PyQt.QtGui import QColor  # noqa: E402
 out, png = sys.argv[1], sys.argv[2]
 app = QgsApplication([], False)
 app.initQgis()
+ext = "tif" if os.path.exists(os.path.join(out, "change_prob.tif")) else "png"  # PNG for non-georeferenced pairs
 layers = {
-    "prob": QgsRasterLayer(os.path.join(out, "change_prob.tif"), "change score"),
-    "mask": QgsRasterLayer(os.path.join(out, "change_mask.tif"), "change mask"),
+    "prob": QgsRasterLayer(os.path.join(out, f"change_prob.{ext}"), "change score"),
+    "mask": QgsRasterLayer(os.path.join(out, f"change_mask.{ext}"), "change mask"),
     "polys": QgsVectorLayer(os.path.join(out, "changes.gpkg") + "|layername=changes", "changes", "ogr"),
 }
 styles = {"prob": "change_prob.qml", "mask": "change_mask.qml", "polys": "changes.qml"}
@@ -31,7 +32,7 @@ for key, layer in layers.items():
                     renderer=layer.renderer().type())
         if key == "polys":
             info["features"] = layer.featureCount()
-        else:
+        elif ext == "tif":
             info["overviews"] = layer.dataProvider().hasPyramids()
     report[key] = info
 
@@ -46,13 +47,18 @@ job.start()
 job.waitForFinished()
 image = job.renderedImage()
 image.save(png, "PNG")
-reds = 0
-for y in range(0, image.height(), 4):
-    for x in range(0, image.width(), 4):
+reds = yellows = whites = 0
+for y in range(0, image.height(), 2):
+    for x in range(0, image.width(), 2):
         c = QColor(image.pixel(x, y))
-        if c.red() > 180 and c.green() < 80 and c.blue() < 80:
-            reds += 1
-report["render"] = {"width": image.width(), "height": image.height(), "red_samples": reds}
+        if c.red() > 180 and c.green() < 140 and c.blue() < 140:
+            reds += 1  # the score's upper ramp, or the semi-transparent red mask
+        elif c.red() > 200 and c.green() > 200 and c.blue() < 90:
+            yellows += 1  # polygon outlines
+        elif c.red() > 245 and c.green() > 245 and c.blue() > 245:
+            whites += 1  # the background left visible: low scores are transparent
+report["render"] = {"width": image.width(), "height": image.height(), "red_samples": reds,
+                    "yellow_samples": yellows, "background_share": whites / ((image.width() // 2) * (image.height() // 2))}
 print(json.dumps(report), flush=True)
 # PyQGIS may crash while tearing down layers at interpreter exit; the report is out, so leave at once.
 os._exit(0)

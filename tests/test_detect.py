@@ -66,10 +66,20 @@ def test_outputs_on_generated_pair(small_pair, tmp_path):
     assert len(polys) == res.regions > 0
     assert polys.geometry.is_valid.all() and polys.crs == gpd.read_file(res.outputs["changes.gpkg"]).crs
     assert (polys["mean_prob"] >= res.threshold).all() and (polys["max_prob"] <= 1).all()
-    assert np.isclose(polys["pixels"].sum(), (mask == 1).sum())
+    # the default minimum mapping unit (4 px and 20 m² = 80 px at 0.5 m) drops specks from the polygons only
+    assert (polys["pixels"] >= 80).all() and polys["pixels"].sum() <= (mask == 1).sum()
     assert np.allclose(polys["area"], polys["pixels"] * 0.25)  # 0.5 m pixels
+    assert sorted(polys["rank"]) == list(range(1, len(polys) + 1))
+    assert (polys.sort_values("rank")["area_m2"].diff().dropna() <= 0).all()  # rank 1 = largest
     summary = json.loads(res.outputs["detect.json"].read_text())
     assert summary["threshold"] == pytest.approx(res.threshold) and summary["model"] == "cva"
+    assert summary["summary"]["changed_area_m2"] == pytest.approx((mask == 1).sum() * 0.25, rel=0.01)  # UTM scale
+    largest = summary["summary"]["largest_regions"]
+    assert largest[0]["area_m2"] == pytest.approx(polys["area_m2"].max(), abs=0.01)
+    every = detect(before, after, tmp_path / "all", DetectOptions(model="cva", tile=128, overlap=32, min_area=0,
+                                                                   min_pixels=1))
+    every_polys = gpd.read_file(every.outputs["changes.gpkg"])
+    assert every_polys["pixels"].sum() == (mask == 1).sum()  # with no minimum, polygons cover the mask
 
 
 @pytest.mark.parametrize("model", ["cva", "tiny"])

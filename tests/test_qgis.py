@@ -58,3 +58,37 @@ def test_outputs_open_styled_and_render_in_qgis(shared_data, tmp_path):
     assert report["mask"]["renderer"] == "paletted"
     assert report["polys"]["features"] > 0
     assert report["render"]["red_samples"] > 0 and png.stat().st_size > 1000
+
+
+@pytest.mark.qgis
+def test_png_pair_polygons_land_on_their_changes_in_qgis(shared_data, tmp_path):
+    """A PNG pair (no georeference): QGIS puts the PNGs (with their world files) and the polygons in the same
+    place, each polygon over changed mask pixels, and the styles leave the background readable."""
+    if not _has_pyqgis():
+        pytest.skip("PyQGIS not installed (apt-get install qgis python3-qgis)")
+    import geopandas as gpd
+    import numpy as np
+
+    name = "test_2_0000_0000.png"
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["detect", str(shared_data / "levir/A" / name), str(shared_data / "levir/B" / name),
+                                 "-o", str(out), "--gsd", "0.5", "-q"])
+    assert r.exit_code == 0, r.output
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": ""}
+    png = tmp_path / "map.png"
+    proc = subprocess.run([QGIS_PYTHON, str(Path(__file__).with_name("qgis_check.py")), str(out), str(png)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("prob", "mask", "polys"):
+        assert report[key]["valid"] and report[key]["style_loaded"], (key, report[key])
+    assert report["prob"]["extent"] == pytest.approx([0, -256, 256, 0])  # x = column, y = -row
+    assert report["mask"]["extent"] == pytest.approx([0, -256, 256, 0])
+    x0, y0, x1, y1 = report["polys"]["extent"]
+    assert 0 <= x0 < x1 <= 256 and -256 <= y0 < y1 <= 0  # polygons inside the image, not mirrored beside it
+    assert report["render"]["yellow_samples"] > 0 and report["render"]["background_share"] > 0.2
+    with rasterio.open(out / "change_mask.png") as ds:
+        mask = ds.read(1) == 255
+    polys = gpd.read_file(out / "changes.gpkg")
+    for point in polys.geometry.representative_point():
+        assert mask[int(-point.y), int(point.x)]  # every polygon sits over changed pixels

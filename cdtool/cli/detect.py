@@ -13,6 +13,18 @@ from cdtool.cli.options import (Device, OutDir, Overwrite, Quiet, err_console, f
 from cdtool.inference.detect import DetectOptions, detect as run_detect
 
 
+def area_text(summary: dict) -> str:
+    """' (12.3 ha of 175 ha; largest 0.8 ha)' when the pixel size is known, else ''."""
+    if not summary.get("changed_area_m2"):
+        return ""
+    ha = lambda m2: f"{m2 / 1e4:.3g} ha" if m2 < 1e8 else f"{m2 / 1e6:,.0f} km²"  # noqa: E731
+    text = f" ({ha(summary['changed_area_m2'])} of {ha(summary['valid_area_m2'])}"
+    largest = summary.get("largest_regions") or []
+    if largest and largest[0].get("area_m2"):
+        text += f"; largest region {ha(largest[0]['area_m2'])}"
+    return text + ")"
+
+
 def detect(
     before: Annotated[Path, typer.Argument(help="Earlier image: GeoTIFF/any GDAL raster, PNG/JPG, or a folder of band files.")],
     after: Annotated[Path, typer.Argument(help="Later image, same place.")],
@@ -28,7 +40,8 @@ def detect(
     native_scale: Annotated[bool, typer.Option("--native-scale", help="Run the model on the input's pixels, never resampled to its training GSD.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per model call.")] = 8,
     blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
-    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels.")] = 1,
+    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4).")] = 1,
+    min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
     device: Device = None,
     overwrite: Overwrite = False,
@@ -38,7 +51,7 @@ def detect(
     non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=parse_threshold(threshold), align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
-                         wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, polygons=not no_polygons,
+                         wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]
@@ -48,7 +61,8 @@ def detect(
         out_console.print(f"model {escape(choice['reason'])}")
         out_console.print(
             f"{result.model}: {result.width}x{result.height} px, threshold {result.threshold:.3f}, "
-            f"{result.changed_share:.2%} changed, {result.regions} regions, {result.seconds:.1f} s")
+            f"{result.changed_share:.2%} changed{area_text(result.extra['summary'])}, {result.regions} regions, "
+            f"{result.seconds:.1f} s")
         for path in result.outputs.values():
             out_console.print(f"  {path}")
 

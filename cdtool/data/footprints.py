@@ -187,7 +187,7 @@ def write_classification(path: Path, groups: list[dict], before_gdf, after_gdf, 
     buildings = gpd.GeoDataFrame(rows, geometry=geoms, crs=crs)
     tmp = path.with_name(path.stem + ".tmp.gpkg")
     tmp.unlink(missing_ok=True)
-    changes.to_file(tmp, layer="changes", driver="GPKG")
+    changes.to_file(tmp, layer="changes", driver="GPKG", VERSION="1.2")  # see io/vectors.py
     buildings.to_file(tmp, layer="buildings", driver="GPKG", mode="a")
     _embed_style(tmp, ["changes", "buildings"], qml_style())
     os.replace(tmp, path)

@@ -216,7 +216,7 @@ def write_index(path: Path, rows: Iterable[dict], crs: Any) -> None:
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # pixel-space footprints legitimately have no CRS
-        gdf.to_file(tmp, layer="samples", driver="GPKG")
+        gdf.to_file(tmp, layer="samples", driver="GPKG", VERSION="1.2")  # see io/vectors.py
     os.replace(tmp, path)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from affine import Affine
 from rasterio.enums import Resampling
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
-from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, write_text
+from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
 from cdtool.io.vectors import Polygonizer
 from cdtool.io.writers import BLOCK, GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWriter, read_bands, tif_to_png
 from cdtool.normalization import Normalizer
@@ -51,6 +52,7 @@ class DetectOptions:
     wrap: bool = False
     overwrite: bool = False
     min_pixels: int = 1
+    min_area: float | None = None  # square metres; None: DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
     polygons: bool = True
     progress: bool = False
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
@@ -75,9 +77,19 @@ class DetectResult:
         return self.changed_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
 
+# The default minimum mapping unit of the polygons (the mask keeps every pixel): 4 pixels, and 20 m² where
+# the pixel size is known, so 0.5 m imagery drops sub-car specks and 30 m imagery single pixels.
+DEFAULT_MIN_PIXELS = 4
+DEFAULT_MIN_AREA_M2 = 20.0
+# Where GIS software puts a raster without georeference: column c, row r at x = c, y = -r (QGIS, GDAL's
+# default for such files). Polygons and the PNGs' world files use it, so they land on each other.
+PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+
+
 def output_names(georeferenced: bool, polygons: bool) -> list[str]:
     rasters = (["change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml"] if georeferenced
-               else ["change_prob.png", "change_mask.png"])
+               else ["change_prob.png", "change_prob.pgw", "change_prob.qml",
+                     "change_mask.png", "change_mask.pgw", "change_mask.qml"])
     return rasters + (["changes.gpkg", "changes.qml"] if polygons else []) + ["detect.json"]
 
 
@@ -201,8 +213,19 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
         raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
 
     mask = BandWriter(mask_path, height, width, "uint8", MASK_NODATA, info.crs, info.transform, "change mask")
-    polys = (Polygonizer(outs.path("changes.gpkg"), info.crs, info.transform, opts.min_pixels)
-             if opts.polygons else None)
+    gsd = opts.gsd if opts.gsd is not None else info.gsd
+    pixel_map_area = abs(info.transform.determinant)
+    ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
+    min_area = opts.min_area if opts.min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
+    if min_area < 0:
+        raise InputError(f"--min-area must be zero or a positive area in square metres, got {min_area}")
+    if min_area and not gsd:
+        raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
+    min_pixels = max(opts.min_pixels, DEFAULT_MIN_PIXELS if opts.min_area is None else 1)
+    if min_area and not georef:  # PNG pairs: square metres become pixels through --gsd
+        min_pixels, min_area = max(min_pixels, int(np.ceil(min_area / (gsd * gsd)))), 0.0
+    polys = (Polygonizer(outs.path("changes.gpkg"), info.crs, info.transform if georef else PIXEL_GRID,
+                         min_pixels, min_area, ground_scale=ground_scale) if opts.polygons else None)
     changed = 0
     for row, score in tqdm(read_bands(prob_path), total=-(-height // BLOCK), desc="mask", unit="band",
                            disable=not opts.progress, leave=False):
@@ -214,6 +237,11 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
             polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
     mask.close(Resampling.nearest)
     regions = polys.close() if polys is not None else 0
+    pixel_m2 = gsd * gsd if gsd else None
+    summary = {"changed_area_m2": changed * pixel_m2 if pixel_m2 else None,
+               "valid_area_m2": valid_pixels * pixel_m2 if pixel_m2 else None,
+               "min_area_m2": min_area or None, "min_pixels": min_pixels,
+               "largest_regions": polys.largest_regions() if polys is not None else []}
 
     if georef:
         write_text(outs.path("change_prob.qml"), heatmap_qml(threshold))
@@ -221,12 +249,16 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
     else:
         tif_to_png(prob_path, outs.path("change_prob.png"), "prob")
         tif_to_png(mask_path, outs.path("change_mask.png"), "mask")
+        for name in ("change_prob", "change_mask"):
+            write_text(outs.path(f"{name}.pgw"), world_file(PIXEL_GRID))
+        write_text(outs.path("change_prob.qml"), heatmap_qml(threshold, scale=255, alpha_band=2))
+        write_text(outs.path("change_mask.qml"), mask_qml(changed_value=255, alpha_band=2))
     if polys is not None:
         write_text(outs.path("changes.qml"), polygons_qml())
     return DetectResult({}, detector.name, threshold, height, width, valid_pixels, changed, regions, 0.0,
                         {"tile": tile, "overlap": overlap, "halo": halo, "device": str(device),
                          "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
-                         "gsd": input_domain(pair, opts.gsd).gsd, "model_choice": choice.record()})
+                         "gsd": gsd, "summary": summary, "model_choice": choice.record()})
 
 
 def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:

@@ -1,30 +1,44 @@
-"""QGIS layer styles (.qml) written beside the outputs, so each layer opens in QGIS already legible:
-scores as a colour ramp, the mask in red over transparent, change polygons as red outlines."""
+"""QGIS layer styles (.qml) written beside the outputs, so each layer opens in QGIS already legible over any
+basemap: scores as a ramp that is transparent below half the threshold (no haze over unchanged ground),
+the mask as a semi-transparent red, change polygons as yellow lines on a dark casing (visible over natural
+and false-colour imagery alike). PNG outputs (grey + alpha, scores x 255) get the same styles, scaled."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-_RAMP = [(0.0, "#2c7bb6", 0), (0.25, "#abd9e9", 120), (0.5, "#ffffbf", 200), (0.75, "#fdae61", 230),
-         (1.0, "#d7191c", 255)]
+from affine import Affine
 
 
-def heatmap_qml(threshold: float | None = None) -> str:
-    items = "\n".join(
-        f'            <item alpha="{a}" value="{v}" label="{v:g}" color="{c}"/>' for v, c, a in _RAMP)
+def _ramp(threshold: float | None) -> list[tuple[float, str, int]]:
+    t = min(max(0.5 if threshold is None else float(threshold), 0.02), 0.98)
+    return [(0.0, "#ffffb2", 0), (t / 2, "#ffffb2", 0), (t, "#fecc5c", 170), ((t + 1) / 2, "#fd8d3c", 210),
+            (1.0, "#e31a1c", 240)]
+
+
+def world_file(t: Affine) -> str:
+    """An ESRI world file (.pgw for a PNG): pixel size, rotation, and the centre of the top-left pixel."""
+    x, y = t * (0.5, 0.5)
+    return "\n".join(f"{v:.12g}" for v in (t.a, t.d, t.b, t.e, x, y)) + "\n"
+
+
+def heatmap_qml(threshold: float | None = None, scale: float = 1.0, alpha_band: int = -1) -> str:
+    """Scores in [0, 1] (times `scale`: 255 for the 8-bit PNG); `alpha_band` marks nodata in PNGs."""
+    items = "\n".join(f'            <item alpha="{a}" value="{v * scale:g}" label="{v:.2f}" color="{c}"/>'
+                      for v, c, a in _ramp(threshold))
     title = f"change score (mask at {threshold:.3f})" if threshold is not None else "change score"
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22" styleCategories="Symbology">
   <pipe>
-    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1"
-                    classificationMin="0" classificationMax="1" nodataColor="">
+    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="{alpha_band}"
+                    classificationMin="0" classificationMax="{scale:g}" nodataColor="">
       <rasterTransparency/>
       <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent><statAccuracy>Estimated</statAccuracy>
         <cumulativeCutLower>0.02</cumulativeCutLower><cumulativeCutUpper>0.98</cumulativeCutUpper>
         <stdDevFactor>2</stdDevFactor></minMaxOrigin>
       <rastershader>
         <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0"
-                         minimumValue="0" maximumValue="1" labelPrecision="2">
+                         minimumValue="0" maximumValue="{scale:g}" labelPrecision="2">
 {items}
         </colorrampshader>
       </rastershader>
@@ -39,15 +53,16 @@ def heatmap_qml(threshold: float | None = None) -> str:
 """
 
 
-def mask_qml() -> str:
-    return """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+def mask_qml(changed_value: int = 1, alpha_band: int = -1) -> str:
+    """Changed pixels in semi-transparent red (the basemap and the score stay readable), the rest clear."""
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22" styleCategories="Symbology">
   <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="{alpha_band}" nodataColor="">
       <rasterTransparency/>
       <colorPalette>
         <paletteEntry value="0" alpha="0" label="unchanged" color="#000000"/>
-        <paletteEntry value="1" alpha="255" label="changed" color="#e31a1c"/>
+        <paletteEntry value="{changed_value}" alpha="110" label="changed" color="#e31a1c"/>
       </colorPalette>
     </rasterrenderer>
     <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
@@ -67,12 +82,22 @@ def polygons_qml() -> str:
       <symbol type="fill" name="0" alpha="1" clip_to_extent="1" force_rhr="0">
         <layer class="SimpleFill" enabled="1" locked="0" pass="0">
           <Option type="Map">
-            <Option type="QString" name="color" value="227,26,28,60"/>
-            <Option type="QString" name="outline_color" value="227,26,28,255"/>
+            <Option type="QString" name="color" value="0,0,0,0"/>
+            <Option type="QString" name="outline_color" value="20,20,20,220"/>
             <Option type="QString" name="outline_style" value="solid"/>
-            <Option type="QString" name="outline_width" value="0.6"/>
+            <Option type="QString" name="outline_width" value="1.1"/>
             <Option type="QString" name="outline_width_unit" value="MM"/>
-            <Option type="QString" name="style" value="solid"/>
+            <Option type="QString" name="style" value="no"/>
+          </Option>
+        </layer>
+        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
+          <Option type="Map">
+            <Option type="QString" name="color" value="0,0,0,0"/>
+            <Option type="QString" name="outline_color" value="255,237,0,255"/>
+            <Option type="QString" name="outline_style" value="solid"/>
+            <Option type="QString" name="outline_width" value="0.5"/>
+            <Option type="QString" name="outline_width_unit" value="MM"/>
+            <Option type="QString" name="style" value="no"/>
           </Option>
         </layer>
       </symbol>

@@ -2,11 +2,15 @@
 
 Each band is labelled into 4-connected regions and polygonised; regions touching the band's last row are
 kept open and merged with the regions they touch in the next band (a small union-find), then written
-with their pixel count, area and mean/max score once complete.
+with their pixel count, area and mean/max score once complete. Regions under the minimum mapping unit
+(pixels, and square metres where the grid is georeferenced) are dropped; when all are written, each gets
+its `rank` by area (1 = largest), so an analyst sorts or filters the largest changes first.
 """
 
 from __future__ import annotations
 
+import heapq
+import sqlite3
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,27 @@ FLUSH_EVERY = 5000
 # QGIS 3.22 on GDAL 3.6) warn that 1.4 files are "only partially supported".
 
 
+def _envelope(blob: bytes | None) -> tuple[bool, tuple[float, ...] | None]:
+    """(empty, (minx, maxx, miny, maxy) or None) from a GeoPackage geometry blob's header."""
+    import struct
+
+    if blob is None or len(blob) < 8:
+        return True, None
+    flags = blob[3]
+    empty = bool(flags & 0x10)
+    if not (flags >> 1) & 0x07:
+        return empty, None
+    return empty, struct.unpack(("<" if flags & 1 else ">") + "4d", blob[8:40])
+
+
+def _register_gpkg_functions(db: sqlite3.Connection) -> None:
+    """The SpatiaLite functions GDAL's R-tree triggers call on every UPDATE of a GeoPackage table; plain
+    sqlite3 lacks them. Read from each geometry's header, as GDAL itself does."""
+    db.create_function("ST_IsEmpty", 1, lambda g: int(_envelope(g)[0]), deterministic=True)
+    for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+        db.create_function(name, 1, lambda g, i=i: (_envelope(g)[1] or (None,) * 4)[i], deterministic=True)
+
+
 @dataclass
 class Region:
     geoms: list = field(default_factory=list)
@@ -43,8 +68,16 @@ class Region:
 
 
 class Polygonizer:
-    def __init__(self, path: Path, crs: CRS | None, transform: Affine, min_pixels: int = 1):
+    def __init__(self, path: Path, crs: CRS | None, transform: Affine, min_pixels: int = 1,
+                 min_area_m2: float = 0.0, keep_largest: int = 5, ground_scale: float | None = None):
         self.path, self.crs, self.transform, self.min_pixels = path, crs, transform, max(1, min_pixels)
+        self.min_area_m2, self.keep_largest = float(min_area_m2), keep_largest
+        # ground m² per map unit² at the scene centre, for projected CRSs whose units are not ground metres
+        # (Web Mercator stretches with latitude); used where it differs from the unit's own factor by > 1 %
+        self.ground_scale = ground_scale
+        self.areas: list[tuple[float, int]] = []  # (area, id) of every written polygon, for the ranks
+        self.largest: list[tuple[float, int, dict]] = []  # heap of the largest regions' summaries
+        self.total_area_m2 = 0.0
         self.open_labels: np.ndarray | None = None  # labels of the previous band's last row
         self.open_ids: dict[int, int] = {}  # previous band label -> region id
         self.regions: dict[int, Region] = {}
@@ -122,9 +155,23 @@ class Polygonizer:
         if self.geod is not None:
             area_m2 = abs(self.geod.geometry_area_perimeter(geom)[0])
         elif self.crs is not None:
-            area_m2 = area * ProjCRS.from_user_input(self.crs.to_wkt()).axis_info[0].unit_conversion_factor ** 2
+            unit = ProjCRS.from_user_input(self.crs.to_wkt()).axis_info[0].unit_conversion_factor ** 2
+            scale = self.ground_scale if self.ground_scale and abs(self.ground_scale / unit - 1) > 0.01 else unit
+            area_m2 = area * scale
         else:
             area_m2 = float("nan")
+        if area_m2 < self.min_area_m2:  # NaN (no georeference) compares False: only pixels count then
+            return
+        fid = self.count + len(self.rows) + 1
+        size = area if np.isnan(area_m2) else area_m2
+        self.areas.append((size, fid))
+        self.total_area_m2 += 0.0 if np.isnan(area_m2) else area_m2
+        c = geom.representative_point()
+        summary = {"id": fid, "area_m2": None if np.isnan(area_m2) else round(area_m2, 2), "pixels": reg.pixels,
+                   "x": round(c.x, 6), "y": round(c.y, 6), "max_prob": round(reg.score_max, 4)}
+        heapq.heappush(self.largest, (size, fid, summary))
+        if len(self.largest) > self.keep_largest:
+            heapq.heappop(self.largest)
         self.rows.append({"geometry": geom, "pixels": reg.pixels, "area": area, "area_m2": area_m2,
                           "mean_prob": reg.score_sum / reg.pixels, "max_prob": reg.score_max})
         if len(self.rows) >= FLUSH_EVERY:
@@ -139,6 +186,7 @@ class Polygonizer:
         data = {"id": np.arange(self.count + 1, self.count + len(self.rows) + 1, dtype=np.int64)}
         data.update({c: np.array([r[c] for r in self.rows], dtype=np.int64 if c == "pixels" else np.float64)
                      for c in columns})
+        data["rank"] = np.zeros(len(self.rows), np.int64)  # filled in by close()
         crs = self.crs.to_wkt() if self.crs else None
         gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([r["geometry"] for r in self.rows], crs=crs), crs=crs)
         with warnings.catch_warnings():  # pixel-space polygons of non-georeferenced pairs have no CRS
@@ -151,8 +199,18 @@ class Polygonizer:
         self.written = True
 
     def close(self) -> int:
-        """Emit what is still open and write the rest; returns the number of polygons."""
+        """Emit what is still open, write the rest and rank the polygons by area; returns their number."""
         for rid in list(self.regions):
             self._emit(rid)
         self._write()
+        if self.areas:
+            order = sorted(self.areas, key=lambda a: (-a[0], a[1]))
+            with sqlite3.connect(self.path) as db:  # a GeoPackage is SQLite: set the ranks in place
+                _register_gpkg_functions(db)
+                db.executemany(f'UPDATE "{LAYER}" SET rank = ? WHERE id = ?',
+                               [(rank, fid) for rank, (_, fid) in enumerate(order, start=1)])
         return self.count
+
+    def largest_regions(self) -> list[dict]:
+        """Summaries of the largest regions written (id, area, pixels, a point inside, max score)."""
+        return [s for _, _, s in sorted(self.largest, key=lambda t: (-t[0], t[1]))]
