@@ -17,35 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def preview(out: Path, truth: np.ndarray | None = None) -> Path:
-    """A PNG a person can look at without QGIS: score map, mask, and the truth when known."""
-    import matplotlib
+def preview(out: Path, before: Path, after: Path, threshold: float, truth: np.ndarray) -> Path:
+    """detect's preview.png again, with the ground truth as a fifth panel."""
+    from cdtool.io.pair import open_pair
+    from cdtool.io.preview import write_preview
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import rasterio
-
-    prob_file = next(p for p in (out / "change_prob.tif", out / "change_prob.png") if p.exists())
-    mask_file = next(p for p in (out / "change_mask.tif", out / "change_mask.png") if p.exists())
-    with rasterio.open(prob_file) as ds:
-        prob = ds.read(1).astype(float)
-        prob = np.where(prob < 0, np.nan, prob) if ds.count == 1 else np.where(ds.read(2) == 0, np.nan, prob / 255)
-    with rasterio.open(mask_file) as ds:
-        mask = ds.read(1)
-        mask = np.where(mask == 255, np.nan, mask) if ds.count == 1 else np.where(ds.read(2) == 0, np.nan, mask / 255)
-    panels = [("change score", prob, "magma"), ("change mask", mask, "Reds")]
-    if truth is not None:
-        panels.append(("ground truth", truth.astype(float), "Reds"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5))
-    for ax, (title, img, cmap) in zip(axes, panels):
-        ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    fig.tight_layout()
-    path = out / "preview.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    prob = next(p for p in (out / "change_prob.tif", out / "change_prob.png") if p.exists())
+    mask = next(p for p in (out / "change_mask.tif", out / "change_mask.png") if p.exists())
+    with open_pair(before, after) as pair:
+        return write_preview(out / "preview.png", pair, prob, mask, threshold, truth)
 
 
 def f1(out: Path, truth: np.ndarray) -> float:
@@ -95,12 +75,12 @@ def main() -> int:
         out = args.out / name
         opts = DetectOptions(model=args.model, overwrite=True, progress=sys.stderr.isatty(), gsd=gsd)
         res = detect(before, after, out, opts)
-        pv = preview(out, truth)
+        pv = preview(out, before, after, res.threshold, truth)
         print(f"{name}: model {res.model}, {res.width}x{res.height} px, threshold {res.threshold:.3f}, "
               f"{res.changed_share:.1%} flagged, {res.regions} regions, F1 vs truth {f1(out, truth):.3f}, "
               f"{res.seconds:.1f} s")
         print(f"  why this model: {res.extra['model_choice']['reason']}")
-        print(f"  outputs in {out}/ (open change_prob.tif / changes.gpkg in QGIS; preview: {pv})")
+        print(f"  outputs in {out}/ (drag the change_prob, change_mask and changes.gpkg files into QGIS; preview: {pv})")
         same = detect(before, before, args.out / f"{name}_same", opts)
         print(f"  the same image as both dates: {same.changed_share:.2%} flagged")
     return 0

@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from cdtool.cli.options import (Device, OutDir, Overwrite, Quiet, err_console, friendly_errors, out_console,
                                 parse_int_list, parse_threshold, show_progress)
-from cdtool.inference.detect import DetectOptions, detect as run_detect
 
 
 def area_text(summary: dict) -> str:
@@ -43,15 +42,19 @@ def detect(
     min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4).")] = 1,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
+    no_preview: Annotated[bool, typer.Option("--no-preview", help="Skip preview.png.")] = False,
     device: Device = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Detect changes between BEFORE and AFTER; write change_prob, change_mask (GeoTIFF, or PNG for
     non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
+    from cdtool.inference.detect import DetectOptions, detect as run_detect
+
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=parse_threshold(threshold), align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
+                         preview=not no_preview,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cdtool.cli.options import Overwrite, friendly_errors, out_console
-from cdtool.io.stack import write_stack
 
 
 def stack(
@@ -18,6 +17,8 @@ def stack(
     overwrite: Overwrite = False,
 ) -> None:
     """Stack single-band rasters onto the finest grid as a VRT that QGIS and cdtool open directly."""
+    from cdtool.io.stack import write_stack
+
     path = write_stack(out, sources, overwrite=overwrite, resampling=resampling)
     out_console.print(f"wrote {path}")
 

@@ -10,8 +10,6 @@ import typer
 from cdtool.cli.options import OutDir, Overwrite, Quiet, Seed, friendly_errors, out_console, parse_int_list, \
     show_progress
 from cdtool.data.splits import parse_fractions
-from cdtool.data.sources import collect_pairs
-from cdtool.data.tiling import TileOptions, make_tiles
 
 
 def tile(
@@ -33,6 +31,9 @@ def tile(
     quiet: Quiet = False,
 ) -> None:
     """Cut pairs into chips for training; re-running resumes or does nothing when complete."""
+    from cdtool.data.sources import collect_pairs
+    from cdtool.data.tiling import TileOptions, make_tiles
+
     pairs = collect_pairs(before, after, mask)
     opts = TileOptions(size=size, stride=stride or size, max_nodata=max_nodata, split_by=split_by, block=block,
                        fractions=parse_fractions(split), seed=seed,

@@ -31,6 +31,7 @@ from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
+from cdtool.io.preview import write_preview
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
 from cdtool.io.vectors import Polygonizer
 from cdtool.io.writers import BLOCK, GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWriter, read_bands, tif_to_png
@@ -54,6 +55,7 @@ class DetectOptions:
     min_pixels: int = 1
     min_area: float | None = None  # square metres; None: DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
     polygons: bool = True
+    preview: bool = True  # preview.png: before, after, score and mask side by side
     progress: bool = False
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
     native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
@@ -86,11 +88,12 @@ DEFAULT_MIN_AREA_M2 = 20.0
 PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
 
-def output_names(georeferenced: bool, polygons: bool) -> list[str]:
+def output_names(georeferenced: bool, polygons: bool, preview: bool = True) -> list[str]:
     rasters = (["change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml"] if georeferenced
                else ["change_prob.png", "change_prob.pgw", "change_prob.qml",
                      "change_mask.png", "change_mask.pgw", "change_mask.qml"])
-    return rasters + (["changes.gpkg", "changes.qml"] if polygons else []) + ["detect.json"]
+    return (rasters + (["changes.gpkg", "changes.qml"] if polygons else []) + (["preview.png"] if preview else [])
+            + ["detect.json"])
 
 
 def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
@@ -119,7 +122,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
                              f"trained on {trained_on}; pick bands with --bands or use a label-free model")
-        with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons), opts.overwrite) as outs:
+        with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons, opts.preview), opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
                 result = _run(pair, choice, device, opts, outs, scratch)
@@ -255,6 +258,8 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
         write_text(outs.path("change_mask.qml"), mask_qml(changed_value=255, alpha_band=2))
     if polys is not None:
         write_text(outs.path("changes.qml"), polygons_qml())
+    if opts.preview:
+        write_preview(outs.path("preview.png"), pair, prob_path, mask_path, threshold)
     return DetectResult({}, detector.name, threshold, height, width, valid_pixels, changed, regions, 0.0,
                         {"tile": tile, "overlap": overlap, "halo": halo, "device": str(device),
                          "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
