@@ -56,6 +56,11 @@ def test_outputs_on_generated_pair(small_pair, tmp_path):
         assert p.nodata == PROB_NODATA and m.nodata == MASK_NODATA
         assert p.overviews(1) and m.overviews(1)
         assert p.profile["compress"].lower() == "deflate"
+        for ds in (p, m):  # Cloud-optimised, and self-describing without detect.json
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            assert ds.tags()["model"] == "cva" and float(ds.tags()["threshold"]) == pytest.approx(res.threshold, abs=1e-5)
+        assert 0 <= float(p.tags(1)["STATISTICS_MINIMUM"]) <= float(p.tags(1)["STATISTICS_MAXIMUM"]) <= 1
+        assert m.colormap(1)[1][:3] == (227, 26, 28) and m.colormap(1)[0][:3] == (255, 255, 255)
         mask = m.read(1)
     assert set(np.unique(mask)) <= {0, 1}
     gt = rasterio.open(truth).read(1) == 1

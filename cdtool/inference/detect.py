@@ -22,6 +22,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from tqdm import tqdm
 
+from cdtool import __version__
 from cdtool.domain import InputDomain
 from cdtool.errors import InputError
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
@@ -34,7 +35,8 @@ from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import write_preview
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
 from cdtool.io.vectors import Polygonizer
-from cdtool.io.writers import BLOCK, GDAL_ENV, MASK_NODATA, PROB_NODATA, BandWriter, read_bands, tif_to_png
+from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, read_bands,
+                               tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
 from cdtool.windows import Tile, grid
 
@@ -173,8 +175,8 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
     stitcher = Stitcher(height, width, tile_h, halo=halo, blend=opts.blend, wrap_pad=pad)
 
     georef = info.georeferenced
-    prob_path = outs.path("change_prob.tif") if georef else scratch / "change_prob.tif"
-    mask_path = outs.path("change_mask.tif") if georef else scratch / "change_mask.tif"
+    # staged in the scratch folder, then copied as Cloud-optimised GeoTIFFs (or PNGs) into the outputs
+    prob_path, mask_path = scratch / "change_prob.tif", scratch / "change_mask.tif"
     prob = BandWriter(prob_path, height, width, "float32", PROB_NODATA, info.crs, info.transform, "change score")
     hist = ScoreHistogram()
     valid_pixels = 0
@@ -205,7 +207,7 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
                 emit(stitcher.flush(rows[row_index + 1][0].row))
         emit(stitcher.finish())
     bar.close()
-    prob.close(Resampling.average)
+    prob.close()
     if valid_pixels == 0:
         raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
                          "(all nodata, masked or NaN)")
@@ -238,7 +240,7 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
         mask.write(np.where(valid, hit, MASK_NODATA).astype(np.uint8))
         if polys is not None:
             polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
-    mask.close(Resampling.nearest)
+    mask.close()
     regions = polys.close() if polys is not None else 0
     pixel_m2 = gsd * gsd if gsd else None
     summary = {"changed_area_m2": changed * pixel_m2 if pixel_m2 else None,
@@ -247,6 +249,12 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
                "largest_regions": polys.largest_regions() if polys is not None else []}
 
     if georef:
+        tags = {"model": detector.name, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
+                "after": str(pair.after_path), "software": f"cdtool {__version__}"}
+        write_cog(prob_path, outs.path("change_prob.tif"), Resampling.average, tags, hist.statistics())
+        write_cog(mask_path, outs.path("change_mask.tif"), Resampling.nearest, tags,
+                  {"STATISTICS_MINIMUM": 0, "STATISTICS_MAXIMUM": 1,
+                   "STATISTICS_MEAN": changed / valid_pixels}, MASK_COLORS)
         write_text(outs.path("change_prob.qml"), heatmap_qml(threshold))
         write_text(outs.path("change_mask.qml"), mask_qml())
     else:

@@ -21,6 +21,8 @@ class ScoreHistogram:
     def __init__(self, bins: int = 1024):
         self.edges = np.linspace(0.0, 1.0, bins + 1)
         self.counts = np.zeros(bins, np.int64)
+        self._moments = np.zeros(2)  # sum and sum of squares of the exact scores added
+        self._range = (np.inf, -np.inf)
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> "ScoreHistogram":
@@ -31,6 +33,19 @@ class ScoreHistogram:
 
     def add(self, scores: np.ndarray) -> None:
         self.counts += np.histogram(np.clip(scores, 0.0, 1.0), bins=self.edges)[0]
+        if scores.size:
+            s = scores.astype(np.float64)
+            self._moments += (s.sum(), (s * s).sum())
+            self._range = (min(self._range[0], float(s.min())), max(self._range[1], float(s.max())))
+
+    def statistics(self) -> dict:
+        """GDAL's band statistics of the scores added (exact, not binned), for embedding in the GeoTIFF."""
+        n = self.total
+        if not n or not np.isfinite(self._range[0]):
+            return {}
+        mean = self._moments[0] / n
+        return {"STATISTICS_MINIMUM": self._range[0], "STATISTICS_MAXIMUM": self._range[1],
+                "STATISTICS_MEAN": mean, "STATISTICS_STDDEV": float(np.sqrt(max(self._moments[1] / n - mean ** 2, 0)))}
 
     @property
     def total(self) -> int:

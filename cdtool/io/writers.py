@@ -17,6 +17,9 @@ from rasterio.windows import Window
 BLOCK = 256
 PROB_NODATA = -1.0
 MASK_NODATA = 255
+# the mask's colour table, for GIS software without cdtool's .qml: changes red on white (TIFF palettes carry no
+# alpha; the .qml makes unchanged pixels transparent, and 255 is nodata either way)
+MASK_COLORS = {0: (255, 255, 255, 255), 1: (227, 26, 28, 255), MASK_NODATA: (0, 0, 0, 0)}
 GDAL_ENV = {"GDAL_CACHEMAX": 128, "COMPRESS_OVERVIEW": "DEFLATE", "GDAL_TIFF_OVR_BLOCKSIZE": BLOCK}
 
 
@@ -74,6 +77,25 @@ def build_overviews(path: Path, resampling: Resampling) -> None:
         if factors:
             ds.build_overviews(factors, resampling)
             ds.update_tags(ns="rio_overview", resampling=resampling.name)
+
+
+def write_cog(src: Path, dst: Path, overview_resampling: Resampling, tags: dict | None = None,
+              statistics: dict | None = None, colormap: dict | None = None) -> None:
+    """Copy a finished single-band GeoTIFF into a Cloud-optimised GeoTIFF (GDAL's COG driver: tiled, deflate,
+    internal overviews first), with metadata tags, band statistics and an optional colour table. GDAL copies
+    block by block, so memory stays bounded."""
+    with rasterio.open(src, "r+") as ds:
+        if tags:
+            ds.update_tags(**{k: str(v) for k, v in tags.items()})
+        if statistics:
+            ds.update_tags(1, **{k: f"{v:.8g}" for k, v in statistics.items()})
+        if colormap:
+            ds.write_colormap(1, colormap)
+        floating = ds.dtypes[0].startswith("float")
+    rio_copy(src, dst, driver="COG", COMPRESS="DEFLATE", PREDICTOR="FLOATING_POINT" if floating else "STANDARD",
+             BLOCKSIZE=BLOCK, OVERVIEW_RESAMPLING=overview_resampling.name.upper(), BIGTIFF="IF_SAFER")
+    for side in dst.parent.glob(dst.name + ".aux.xml"):
+        side.unlink()
 
 
 def read_bands(path: Path, rows: int = BLOCK):
