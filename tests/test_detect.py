@@ -157,3 +157,17 @@ def test_checkpoint_carries_model_normalisation_and_threshold(small_pair, tmp_pa
 def test_untrained_model_name_is_refused():
     with pytest.raises(InputError, match="unknown model"):
         load_detector("no-such-model")
+
+
+def test_polygons_as_geojson(small_pair, tmp_path):
+    import geopandas as gpd
+
+    before, after, _ = small_pair
+    gp = detect(before, after, tmp_path / "g", DetectOptions(model="cva", polygons=True))
+    gj = detect(before, after, tmp_path / "j", DetectOptions(model="cva", vector_format="geojson"))
+    assert "changes.geojson" in {p.name for p in gj.outputs.values()} and not (tmp_path / "j" / "changes.gpkg").exists()
+    a, b = gpd.read_file(gp.outputs["changes.gpkg"]), gpd.read_file(gj.outputs["changes.geojson"])
+    assert len(a) == len(b) == gj.regions > 0
+    assert b.crs.to_epsg() == 4326 and b.total_bounds[0] > -180 and b.total_bounds[3] < 90  # RFC 7946
+    with pytest.raises(InputError, match="--format"):
+        detect(before, after, tmp_path / "x", DetectOptions(vector_format="shp"))

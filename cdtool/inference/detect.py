@@ -34,7 +34,7 @@ from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import write_preview
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
-from cdtool.io.vectors import Polygonizer
+from cdtool.io.vectors import Polygonizer, to_geojson
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, read_bands,
                                tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
@@ -58,6 +58,7 @@ class DetectOptions:
     min_area: float | None = None  # square metres; None: DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
     polygons: bool = True
     preview: bool = True  # preview.png: before, after, score and mask side by side
+    vector_format: str = "gpkg"  # changes.gpkg, or changes.geojson (RFC 7946, WGS84, for georeferenced pairs)
     progress: bool = False
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
     native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
@@ -90,12 +91,15 @@ DEFAULT_MIN_AREA_M2 = 20.0
 PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
 
-def output_names(georeferenced: bool, polygons: bool, preview: bool = True) -> list[str]:
+VECTOR_FORMATS = ("gpkg", "geojson")
+
+
+def output_names(georeferenced: bool, polygons: bool, preview: bool = True, vector_format: str = "gpkg") -> list[str]:
     rasters = (["change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml"] if georeferenced
                else ["change_prob.png", "change_prob.pgw", "change_prob.qml",
                      "change_mask.png", "change_mask.pgw", "change_mask.qml"])
-    return (rasters + (["changes.gpkg", "changes.qml"] if polygons else []) + (["preview.png"] if preview else [])
-            + ["detect.json"])
+    vectors = [f"changes.{vector_format}", "changes.qml"] if polygons else []
+    return rasters + vectors + (["preview.png"] if preview else []) + ["detect.json"]
 
 
 def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
@@ -113,6 +117,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.vector_format not in VECTOR_FORMATS:
+        raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
     if opts.gsd is not None and not opts.gsd > 0:
         raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
     device = pick_device(opts.device)
@@ -124,7 +130,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
                              f"trained on {trained_on}; pick bands with --bands or use a label-free model")
-        with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons, opts.preview), opts.overwrite) as outs:
+        with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format), opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
                 result = _run(pair, choice, device, opts, outs, scratch)
@@ -229,7 +235,9 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
     min_pixels = max(opts.min_pixels, DEFAULT_MIN_PIXELS if opts.min_area is None else 1)
     if min_area and not georef:  # PNG pairs: square metres become pixels through --gsd
         min_pixels, min_area = max(min_pixels, int(np.ceil(min_area / (gsd * gsd)))), 0.0
-    polys = (Polygonizer(outs.path("changes.gpkg"), info.crs, info.transform if georef else PIXEL_GRID,
+    gpkg_path = (outs.path("changes.gpkg") if opts.polygons and opts.vector_format == "gpkg"
+                 else scratch / "changes.gpkg")
+    polys = (Polygonizer(gpkg_path, info.crs, info.transform if georef else PIXEL_GRID,
                          min_pixels, min_area, ground_scale=ground_scale) if opts.polygons else None)
     changed = 0
     for row, score in tqdm(read_bands(prob_path), total=-(-height // BLOCK), desc="mask", unit="band",
@@ -242,6 +250,8 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
             polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
     mask.close()
     regions = polys.close() if polys is not None else 0
+    if polys is not None and opts.vector_format == "geojson":
+        to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
     pixel_m2 = gsd * gsd if gsd else None
     summary = {"changed_area_m2": changed * pixel_m2 if pixel_m2 else None,
                "valid_area_m2": valid_pixels * pixel_m2 if pixel_m2 else None,

@@ -214,3 +214,13 @@ class Polygonizer:
     def largest_regions(self) -> list[dict]:
         """Summaries of the largest regions written (id, area, pixels, a point inside, max score)."""
         return [s for _, _, s in sorted(self.largest, key=lambda t: (-t[0], t[1]))]
+
+
+def to_geojson(gpkg: Path, dst: Path, georeferenced: bool) -> None:
+    """The polygons as GeoJSON: RFC 7946 (WGS84 longitude/latitude) when georeferenced, pixel coordinates
+    (x = column, y = -row) otherwise."""
+    df = pyogrio.read_dataframe(gpkg, layer=LAYER)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        pyogrio.write_dataframe(df, dst, driver="GeoJSON", layer=LAYER,
+                                layer_options={"RFC7946": "YES"} if georeferenced and df.crs else None)
