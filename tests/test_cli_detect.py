@@ -188,3 +188,23 @@ def test_stack_command_builds_a_vrt(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     with rasterio.open(tmp_path / "s.vrt") as ds:
         assert ds.count == 13 and ds.descriptions[8].endswith("B8A")
+
+
+def test_gdal_dataset_names_and_subdatasets(shared_data, tmp_path):
+    """Inputs GDAL accepts that are not plain paths: a NetCDF with subdatasets is refused with their names,
+    one subdataset and a file inside a zip (/vsizip/) are read."""
+    import zipfile
+
+    nc = shared_data / "planet_2date" / "PLANET_SCOPE_3D.nc"
+    r = runner.invoke(app, ["detect", str(nc), str(nc), "-o", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "subdatasets" in r.output and f"netcdf:{nc}:blue" in r.output
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    r = runner.invoke(app, ["detect", f"netcdf:{nc}:blue", f"netcdf:{nc}:green", "-o", str(tmp_path / "b"), "-q"])
+    assert r.exit_code == 0, r.output
+    tif = shared_data / "rasterio" / "RGB.byte.tif"
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        z.write(tif, "RGB.byte.tif")
+    r = runner.invoke(app, ["detect", f"/vsizip/{tmp_path}/z.zip/RGB.byte.tif", str(tif), "-o", str(tmp_path / "c"), "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["detect", "NETCDF:missing.nc:x", str(tif), "-o", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "missing.nc" in r.output and "Traceback" not in r.output

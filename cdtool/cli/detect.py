@@ -25,8 +25,8 @@ def area_text(summary: dict) -> str:
 
 
 def detect(
-    before: Annotated[Path, typer.Argument(help="Earlier image: GeoTIFF/any GDAL raster, PNG/JPG, or a folder of band files.")],
-    after: Annotated[Path, typer.Argument(help="Later image, same place.")],
+    before: Annotated[str, typer.Argument(help="Earlier image: GeoTIFF or any GDAL raster or dataset name (/vsizip/..., NETCDF:\"f.nc\":var), PNG/JPG, or a folder of band files.")],
+    after: Annotated[str, typer.Argument(help="Later image, same place.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,

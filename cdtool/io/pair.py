@@ -9,6 +9,7 @@ full-size copy is ever made.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +31,32 @@ from cdtool.windows import Tile
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
+# GDAL dataset names that are not plain paths: virtual file systems and driver-prefixed subdatasets
+_GDAL_NAME = re.compile(r"^(/vsi[a-z0-9_]+/|[A-Za-z0-9_]{2,}:)")
+
+
 def open_raster(source: str | Path):
-    """Open a raster file, or a folder of single-band files as one stacked raster."""
+    """Open a raster file, a GDAL dataset name (`/vsizip/...`, `NETCDF:"f.nc":var`), or a folder of
+    single-band files as one stacked raster."""
+    text = str(source)
+    gdal_name = bool(_GDAL_NAME.match(text)) and not Path(text).exists()
     path = Path(source)
-    if not path.exists():
+    if not gdal_name and not path.exists():
         raise InputError(f"{path}: no such file or folder")
     try:
         if path.is_dir():
             return rasterio.open(stack_vrt(band_files(path)))
-        return rasterio.open(path)
+        ds = rasterio.open(text if gdal_name else path)
     except RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read as a raster ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{text}: cannot read as a raster ({str(exc).splitlines()[0]})") from None
+    if ds.count == 0:
+        subs = ds.subdatasets
+        ds.close()
+        if subs:
+            raise InputError(f"{text}: holds {len(subs)} subdatasets and no bands of its own; pass one, e.g. "
+                             f"{subs[0]} ({', '.join(s.rsplit(':', 1)[-1] for s in subs[:8])})")
+        raise InputError(f"{text}: has no raster bands")
+    return ds
 
 
 def data_bands(ds, bands: list[int] | None, name: str) -> list[int]:
@@ -123,6 +139,7 @@ class RasterPair:
     def __init__(self, before: str | Path, after: str | Path, bands: list[int] | None = None,
                  align: bool = False, wrap: bool = False):
         self.before_path, self.after_path = Path(before), Path(after)
+        self.sources = (str(before), str(after))  # as given: GDAL names such as /vsizip//abs/path keep their //
         self.wrap = wrap
         self._open = []
         try:
@@ -132,9 +149,9 @@ class RasterPair:
             raise
 
     def _setup(self, bands, align):
-        b = open_raster(self.before_path)
+        b = open_raster(self.sources[0])
         self._open.append(b)
-        a = open_raster(self.after_path)
+        a = open_raster(self.sources[1])
         self._open.append(a)
         self.bands_before = data_bands(b, bands, str(self.before_path))
         self.bands_after = data_bands(a, bands, str(self.after_path))
