@@ -37,3 +37,20 @@ def test_missing_keys_and_bad_yaml(tmp_path):
         load_recipe(bad)
     with pytest.raises(InputError, match="expected key=value"):
         load_recipe(tiny_recipe(tmp_path), ["optim.lr"])
+
+
+def test_recipe_paths_are_relative_to_the_recipe_file(tmp_path, monkeypatch):
+    """A recipe runs from any folder: its data roots and init weights resolve against the file; --set
+    overrides stay relative to where the command runs."""
+    import yaml
+
+    recipe = tiny_recipe(tmp_path, **{"data.args.roots": ["../data/pairs"], "model.init": "w.safetensors"})
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path.parent)
+    r = load_recipe(folder / "r.yaml")
+    assert r.data.args["roots"] == [str((tmp_path / "data" / "pairs").resolve())]
+    assert r.model.init == str((folder / "w.safetensors").resolve())
+    r = load_recipe(folder / "r.yaml", ["data.args.roots=[elsewhere]"])
+    assert r.data.args["roots"] == ["elsewhere"]

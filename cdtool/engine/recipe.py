@@ -253,7 +253,29 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -
             raise InputError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(tree, dict):
             raise InputError(f"{path}: a recipe is a mapping of keys (name, task, model, loss, data, ...)")
+        tree = resolve_paths(tree, path.resolve().parent)
     return parse_recipe(apply_overrides(tree, overrides or []))
+
+
+def resolve_paths(tree: dict, base: Path) -> dict:
+    """Relative data roots and init weights of a recipe file are relative to that file, so a recipe runs from
+    any folder; the run stores them absolute, so `--resume` does too. Overrides given with --set stay as typed
+    (relative to where the command runs)."""
+    def fix(p):
+        return p if not isinstance(p, str) or Path(p).is_absolute() else str((base / p).resolve())
+
+    tree = dict(tree)
+    data = tree.get("data")
+    if isinstance(data, dict) and isinstance(data.get("args"), dict):
+        args = dict(data["args"])
+        for key in ("roots", "root"):
+            if key in args:
+                args[key] = [fix(p) for p in args[key]] if isinstance(args[key], list) else fix(args[key])
+        tree["data"] = dict(data, args=args)
+    model = tree.get("model")
+    if isinstance(model, dict) and model.get("init"):
+        tree["model"] = dict(model, init=fix(model["init"]))
+    return tree
 
 
 def dump_recipe(recipe: Recipe) -> str:
