@@ -36,6 +36,16 @@ def test_run_folder_contents_and_checkpoint(pairs, tmp_path):
     assert det.threshold == meta["threshold"]
     with pytest.raises(InputError, match="--resume"):
         train(load_recipe(tiny_recipe(pairs)), run, quiet=True)
+    # evaluation without --pairs scores only what the model neither trained nor validated on
+    from cdtool.engine.evaluate import evaluate_model, seen_pairs
+
+    seen = seen_pairs(str(run / "best.safetensors"), [str(pairs)])
+    assert set(seen) == set(meta["train_pairs"]) | {"pairs/p3"}
+    with pytest.raises(InputError, match="every pair"):  # this tiny set was all used in training
+        evaluate_model(str(run / "best.safetensors"), [str(pairs)])
+    _, rows = evaluate_model(str(run / "best.safetensors"), [str(pairs)], pairs=["pairs/p3"])
+    assert [r["name"] for r in rows] == ["pairs/p3"]
+    assert det.card.band_count == 3 and det.card.recipe == "tiny" and det.card.usable_gsd_m is None
 
 
 def test_seeded_runs_repeat_and_resume_continues_exactly(pairs, tmp_path):

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cdtool.cli.options import Device, friendly_errors, out_console, parse_threshold
+from cdtool.cli.options import Device, err_console, friendly_errors, out_console, parse_threshold
 from cdtool.errors import InputError
 from cdtool.metrics import NAMES
 
@@ -44,6 +44,10 @@ def evaluate(
         if all((d / "dataset.json").is_file() for d in data):
             total, rows = ev.evaluate_chips(model, roots, None if split == "all" else split, thr, device)
         else:
+            seen = ev.seen_pairs(model, roots) if pairs is None and exclude is None else []
+            if seen:
+                err_console.print(f"scoring held-out pairs only: {len(seen)} pair(s) the model was trained or "
+                                  "validated on are left out (name them with --pairs to score them too)")
             total, rows = ev.evaluate_model(model, roots, _names(pairs), _names(exclude), thr, device)
     else:
         if pred is None or truth is None:

@@ -208,6 +208,19 @@ def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5) -> tup
     return acc.compute(), rows
 
 
+def seen_pairs(spec: str, roots: list[str]) -> list[str]:
+    """The pairs of `roots` a checkpoint was trained or validated on (recorded in its metadata)."""
+    from cdtool.data.pair_folder import PairFolderDataset
+    from cdtool.inference.detector import load_detector
+
+    meta = load_detector(spec).meta
+    recorded = set(meta.get("train_pairs", [])) | set(meta.get("val_pairs", []))
+    if not recorded:
+        return []
+    present = set(PairFolderDataset(roots, crop=None, augment=False).names)
+    return sorted(recorded & present)
+
+
 def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
                    threshold: float | str | None = None, device: str | None = None,
                    shift: dict | None = None) -> tuple[dict, list[dict]]:
@@ -218,6 +231,11 @@ def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, 
     from cdtool.data.pair_folder import PairFolderDataset
     from cdtool.inference.detector import load_detector, pick_device
 
+    if pairs is None and exclude is None and spec is not None:
+        exclude = seen_pairs(spec, roots) or None  # score held-out pairs unless told otherwise
+        if exclude and len(exclude) == len(PairFolderDataset(roots, crop=None, augment=False).names):
+            raise InputError(f"{', '.join(roots)}: the model was trained or validated on every pair here; "
+                             "name pairs with --pairs to score them anyway")
     data = PairFolderDataset(roots, pairs=pairs, exclude=exclude, crop=None, augment=False, shift=shift)
     det = load_detector(spec, data.channels)
     thr = det.threshold if threshold is None else threshold
