@@ -16,10 +16,13 @@ needs = lambda name: pytest.mark.skipif(not (SHARED / name).is_dir(), reason=f".
 
 @needs("levir")
 def test_pcd_with_max_positives(tmp_path):
-    r = runner.invoke(app, ["patches", "-p", "pcd", str(SHARED / "levir"), "--stride", "28", "--max-positives", "10",
+    r = runner.invoke(app, ["patches", "-p", "pcd", str(SHARED / "levir"), "--stride", "14", "--max-positives", "3",
                             "--out", str(tmp_path / "p")])
     assert r.exit_code == 0, r.output
-    assert "positives 10 kept of" in r.output and "labels {'0':" in r.output
+    assert "train: label 0:" in r.output and "label 1: 3" in r.output.split("train:")[1].splitlines()[0]
+    r = runner.invoke(app, ["patches", "-p", "pcd", str(SHARED / "levir"), "--stride", "28", "--max-positives", "500",
+                            "--out", str(tmp_path / "q")])
+    assert r.exit_code == 0 and "train split holds only" in r.output
 
 
 @needs("footprints_neudorf")

@@ -43,9 +43,11 @@ def test_pcd_labels_are_pure_centres_of_the_mask(tmp_path):
 @needs("levir")
 def test_pcd_max_positives_is_seeded(tmp_path):
     pairs = collect_pairs(SHARED / "levir", require_mask=True)
-    a = make_pcd(pairs, tmp_path / "a", PcdOptions(stride=28, max_positives=5, seed=3))
-    b = make_pcd(pairs, tmp_path / "b", PcdOptions(stride=28, max_positives=5, seed=3))
-    assert a["labels"]["1"] == 5 and a["positives_found"] > 5
+    a = make_pcd(pairs, tmp_path / "a", PcdOptions(stride=14, max_positives=2, seed=3))
+    b = make_pcd(pairs, tmp_path / "b", PcdOptions(stride=14, max_positives=2, seed=3))
+    # the rare-event setting: that many positives to train on, every positive of val and test kept
+    assert a["labels_by_split"]["train"]["1"] == 2 and a["train_positives_found"] > 2
+    assert a["labels"]["1"] == a["positives_found"] - a["train_positives_found"] + 2
     ia, ib = (ChipDataset(tmp_path / d).index for d in "ab")
     assert list(ia["sample"]) == list(ib["sample"])
 

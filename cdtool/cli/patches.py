@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cdtool.cli.options import OutDir, Overwrite, Quiet, Seed, friendly_errors, out_console, parse_int_list, \
-    show_progress
+from cdtool.cli.options import (OutDir, Overwrite, Quiet, Seed, err_console, friendly_errors, out_console,
+                                parse_int_list, show_progress)
 from cdtool.data.splits import parse_fractions
 from cdtool.errors import InputError
 
@@ -73,6 +73,10 @@ def patches(
                           max_negatives=_count(max_negatives, "--max-negatives"),
                           bands=tuple(parse_int_list(bands, "--bands") or ()) or None)
         s = make_pcd(pair_list, out, opts, **kw)
+        asked, found = opts.max_positives, s.get("train_positives_found")
+        if asked is not None and found is not None and asked > found:
+            err_console.print(f"[yellow]warning:[/] --max-positives {asked}, but the train split holds only {found} "
+                              "positive pairs; all are kept", markup=True)
         detail = (f"positives {s['positives']} kept of {s['positives_found']}, negatives {s['negatives']} "
                   f"of {s['negatives_found']}")
     elif protocol == "footprints":
@@ -109,6 +113,12 @@ def patches(
         out_console.print(f"{out}: {s['samples']} {protocol} samples ({state}); train {s['splits']['train']}, "
                           f"val {s['splits']['val']}, test {s['splits']['test']}"
                           + (f"; labels {labels}" if labels else "") + f"; {detail}")
+    for split, counts in (s.get("labels_by_split") or {}).items():
+        if not quiet:
+            out_console.print(f"  {split}: " + ", ".join(f"label {k}: {n}" for k, n in counts.items()))
+        if s["splits"].get(split) and not counts.get("1"):  # shown even with --quiet
+            err_console.print(f"[yellow]warning:[/] the {split} split has no positive (changed) samples: "
+                              "a threshold tuned or a score measured on it means nothing", markup=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -72,6 +72,24 @@ def _candidates(pair: PairSource, height: int, width: int, opts: PcdOptions, ori
     return out
 
 
+def _splits(pairs, metas, by: str, opts):
+    """The split each candidate (pair index, row, col, label) will be written to, known before any pixel is
+    read, so positives can be chosen per split; None where a tile straddles two blocks' splits."""
+    cache: dict[int, object] = {}
+
+    def of(f) -> str | None:
+        k, r, c, _ = f
+        pair = pairs[k]
+        if by == "name":
+            return name_split(pair.name)
+        if by == "pair":
+            return split_of(pair.name, opts.seed, opts.fractions)
+        splitter = cache.setdefault(k, BlockSplitter(pair.name, 4 * opts.patch, opts.seed, opts.fractions))
+        return splitter(Tile(r, c, opts.patch, opts.patch), metas[k][1] if opts.wrap else None)
+
+    return of
+
+
 def make_pcd(pairs: list[PairSource], out: Path, opts: PcdOptions, *, overwrite: bool = False,
              progress: bool = False) -> dict:
     """Cut PCD patch pairs from every pair into `out`; returns counts per class."""
@@ -86,16 +104,20 @@ def make_pcd(pairs: list[PairSource], out: Path, opts: PcdOptions, *, overwrite:
     found = []
     for k, (pair, (h, w, *_)) in enumerate(zip(pairs, metas)):
         found += [(k, r, c, lab) for r, c, lab in _candidates(pair, h, w, opts, (0, 0))]
+    by = "name" if all(name_split(p.name) for p in pairs) else ("pair" if len(pairs) > 1 else "block")
+    split_of_candidate = _splits(pairs, metas, by, opts)
     pos = [f for f in found if f[3] == 1]
     neg = [f for f in found if f[3] == 0]
     rng = np.random.default_rng(opts.seed)
-    keep_pos = pos if opts.max_positives is None or opts.max_positives >= len(pos) else \
-        [pos[i] for i in sorted(rng.choice(len(pos), opts.max_positives, replace=False))]
+    # --max-positives is the rare-event setting: that many positives to TRAIN on; val and test keep all theirs
+    train_pos = [f for f in pos if split_of_candidate(f) == "train"]
+    other_pos = [f for f in pos if split_of_candidate(f) != "train"]
+    keep_pos = pos if opts.max_positives is None or opts.max_positives >= len(train_pos) else \
+        sorted(other_pos + [train_pos[i] for i in rng.choice(len(train_pos), opts.max_positives, replace=False)])
     keep_neg = neg if opts.max_negatives is None or opts.max_negatives >= len(neg) else \
         [neg[i] for i in sorted(rng.choice(len(neg), opts.max_negatives, replace=False))]
     keep = sorted(keep_pos + keep_neg)
     dtypes = {m[4] for m in metas}
-    by = "name" if all(name_split(p.name) for p in pairs) else ("pair" if len(pairs) > 1 else "block")
     params = {"patch": opts.patch, "centre": opts.centre, "stride": opts.stride, "max_positives": opts.max_positives,
               "max_negatives": opts.max_negatives, "wrap": opts.wrap, "fractions": list(opts.fractions),
               "seed": opts.seed, "bands": bands, "split_by": by,
@@ -103,7 +125,7 @@ def make_pcd(pairs: list[PairSource], out: Path, opts: PcdOptions, *, overwrite:
     store = DatasetWriter(out, "pcd", params, overwrite=overwrite,
                           image_dtype=dtypes.pop() if len(dtypes) == 1 else "float32")
     counts = {"positives_found": len(pos), "negatives_found": len(neg), "positives": len(keep_pos),
-              "negatives": len(keep_neg)}
+              "negatives": len(keep_neg), "train_positives_found": len(train_pos)}
     if store.complete:
         return {**store.summary(), "already_complete": True}
     bar = tqdm(total=len(keep), desc="pcd patches", unit="pair", disable=not progress)

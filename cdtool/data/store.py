@@ -193,6 +193,8 @@ class DatasetWriter:
                                      for a in [p.name.split(".")[-2]]})}
         if labels:
             summary["labels"] = {str(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True))}
+            summary["labels_by_split"] = {s: {str(v): sum(1 for r in rows if r["split"] == s and r.get("label") == v)
+                                              for v in sorted(set(labels))} for s in SPLITS}
         summary.update(extra or {})
         _atomic_json(self.root / "dataset.json", summary)
         self.complete = True
