@@ -94,3 +94,15 @@ def test_loss_that_needs_outputs_the_model_lacks(pairs, tmp_path):
                               "loss": {"name": "contrastive", "args": {}}, "data.train.crop": 32})
     with pytest.raises(InputError, match="needs model outputs"):
         train(load_recipe(r), tmp_path / "run", quiet=True)
+
+
+def test_degenerate_validation_is_named():
+    import numpy as np
+
+    from cdtool.engine.loop import degenerate_validation
+
+    hist = lambda *idx: np.bincount(np.array(idx, int), minlength=10).astype(float)  # noqa: E731
+    assert degenerate_validation(hist(), hist(1, 2, 8), 0.5)[0].startswith("the validation data holds no changed")
+    assert "marks 100%" in degenerate_validation(hist(9, 9), hist(7, 8), 0.5)[0]
+    assert "marks no validation pixel" in degenerate_validation(hist(1, 2), hist(1, 2), 0.5)[0]
+    assert degenerate_validation(hist(8, 9), hist(1, 2, 3), 0.5) == []

@@ -273,6 +273,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
             for k, sch in scheds.items():
                 if sch is not None and k in st["schedulers"]:
                     sch.load_state_dict(st["schedulers"][k])
+        warned: set[str] = set()
         for epoch in range(max(start, ph_first), min(first, end)):
             t0 = time.time()
             row = _train_epoch(task, wrapped, optims, scaler, train_set, recipe, ph, epoch, total_epochs, dd,
@@ -286,6 +287,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
                 if recipe.threshold == "tune":
                     thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
                 row.update({f"val_{k}": v for k, v in acc.at_threshold(float(thr)).compute().items()})
+                for warning in degenerate_validation(acc.pos_hist, acc.neg_hist, float(thr)):
+                    if dd.main and warning not in warned:
+                        warned.add(warning)
+                        _warn(f"epoch {epoch + 1}: {warning}")
             row["threshold"] = float(thr)
             row["seconds"] = round(time.time() - t0, 2)
             history.append(row)
@@ -400,6 +405,30 @@ def _progress(loader, desc: str, quiet: bool):
     from tqdm.auto import tqdm
 
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def degenerate_validation(pos_hist: np.ndarray, neg_hist: np.ndarray, threshold: float) -> list[str]:
+    """What makes a validation score meaningless: no changed pixels to find, or a model that marks (almost)
+    everything or nothing as change at its threshold."""
+    total = pos_hist.sum() + neg_hist.sum()
+    if total == 0:
+        return []
+    out = []
+    if pos_hist.sum() == 0:
+        out.append("the validation data holds no changed pixels: its F1 and a threshold tuned on it mean nothing")
+    k = min(int(threshold * len(pos_hist)), len(pos_hist))
+    flagged = (pos_hist[k:].sum() + neg_hist[k:].sum()) / total
+    if flagged >= 0.99:
+        out.append(f"the model marks {flagged:.0%} of the validation pixels as change (threshold {threshold:.3g})")
+    elif flagged == 0 and pos_hist.sum() > 0:
+        out.append(f"the model marks no validation pixel as change (threshold {threshold:.3g})")
+    return out
+
+
+def _warn(text: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {text}", markup=True)
 
 
 def _report(row: dict) -> None:
