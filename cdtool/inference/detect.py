@@ -25,6 +25,7 @@ from tqdm import tqdm
 from cdtool import __version__
 from cdtool.domain import InputDomain
 from cdtool.errors import InputError
+from cdtool.inference.cleanup import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
 from cdtool.inference.predictor import Predictor, fit_to_pair
 from cdtool.inference.rescale import Rescaled
@@ -56,6 +57,7 @@ class DetectOptions:
     overwrite: bool = False
     min_pixels: int = 1
     min_area: float | None = None  # square metres; None: DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
+    clean: int = 0  # radius in pixels of a morphological opening of the mask (0: none)
     polygons: bool = True
     preview: bool = True  # preview.png: before, after, score and mask side by side
     vector_format: str = "gpkg"  # changes.gpkg, or changes.geojson (RFC 7946, WGS84, for georeferenced pairs)
@@ -117,6 +119,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if not 0 <= opts.clean <= 10:
+        raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
     if opts.vector_format not in VECTOR_FORMATS:
         raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
     if opts.gsd is not None and not opts.gsd > 0:
@@ -240,10 +244,14 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
     polys = (Polygonizer(gpkg_path, info.crs, info.transform if georef else PIXEL_GRID,
                          min_pixels, min_area, ground_scale=ground_scale) if opts.polygons else None)
     changed = 0
-    for row, score in tqdm(read_bands(prob_path), total=-(-height // BLOCK), desc="mask", unit="band",
-                           disable=not opts.progress, leave=False):
-        valid = score != PROB_NODATA
-        hit = valid & (score >= threshold)
+
+    def thresholded():
+        for row, score in tqdm(read_bands(prob_path), total=-(-height // BLOCK), desc="mask", unit="band",
+                               disable=not opts.progress, leave=False):
+            valid = score != PROB_NODATA
+            yield row, valid & (score >= threshold), valid, score
+
+    for row, hit, valid, score in opened_bands(thresholded(), opts.clean):
         changed += int(hit.sum())
         mask.write(np.where(valid, hit, MASK_NODATA).astype(np.uint8))
         if polys is not None:
