@@ -13,6 +13,7 @@ from qgis.PyQt.QtCore import QSize  # noqa: E402
 from qgis.PyQt.QtGui import QColor  # noqa: E402
 
 out, png = sys.argv[1], sys.argv[2]
+basemap = sys.argv[3] if len(sys.argv) > 3 else None  # optional: render over the BEFORE image
 app = QgsApplication([], False)
 app.initQgis()
 ext = "tif" if os.path.exists(os.path.join(out, "change_prob.tif")) else "png"  # PNG for non-georeferenced pairs
@@ -37,7 +38,12 @@ for key, layer in layers.items():
     report[key] = info
 
 settings = QgsMapSettings()
-settings.setLayers([layers["polys"], layers["mask"], layers["prob"]])
+drawn = [layers["polys"], layers["mask"], layers["prob"]]
+if basemap:
+    base = QgsRasterLayer(basemap, "before")
+    report["basemap"] = {"valid": base.isValid()}
+    drawn.append(base)
+settings.setLayers(drawn)
 settings.setDestinationCrs(layers["prob"].crs())
 settings.setExtent(layers["prob"].extent())
 settings.setOutputSize(QSize(600, 600))
