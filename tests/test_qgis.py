@@ -58,6 +58,13 @@ def test_outputs_open_styled_and_render_in_qgis(shared_data, tmp_path):
     assert report["mask"]["renderer"] == "paletted"
     assert report["polys"]["features"] > 0
     assert report["render"]["red_samples"] > 0 and png.stat().st_size > 1000
+    import geopandas as gpd
+
+    with rasterio.open(out / "change_mask.tif") as ds:  # every polygon sits over changed pixels of the mask
+        mask, inverse = ds.read(1) == 1, ~ds.transform
+    for point in gpd.read_file(out / "changes.gpkg").geometry.representative_point():
+        col, row = inverse * (point.x, point.y)
+        assert mask[int(row), int(col)]
 
 
 @pytest.mark.qgis

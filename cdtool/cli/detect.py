@@ -16,7 +16,10 @@ def area_text(summary: dict) -> str:
     """' (12.3 ha of 175 ha; largest 0.8 ha)' when the pixel size is known, else ''."""
     if not summary.get("changed_area_m2"):
         return ""
-    ha = lambda m2: f"{m2 / 1e4:.3g} ha" if m2 < 1e8 else f"{m2 / 1e6:,.0f} km²"  # noqa: E731
+    def ha(m2: float) -> str:
+        h = m2 / 1e4
+        return f"{h:.3g} ha" if h < 100 else (f"{h:,.0f} ha" if h < 10_000 else f"{m2 / 1e6:,.0f} km²")
+
     text = f" ({ha(summary['changed_area_m2'])} of {ha(summary['valid_area_m2'])}"
     largest = summary.get("largest_regions") or []
     if largest and largest[0].get("area_m2"):
