@@ -72,6 +72,9 @@ class Polygonizer:
                  min_area_m2: float = 0.0, keep_largest: int = 5, ground_scale: float | None = None):
         self.path, self.crs, self.transform, self.min_pixels = path, crs, transform, max(1, min_pixels)
         self.min_area_m2, self.keep_largest = float(min_area_m2), keep_largest
+        # fewer pixels than this can never make the minimum (5 % margin on the pixel's ground area)
+        pixel_m2 = abs(transform.determinant) * (ground_scale or self._unit_area(crs))
+        self.skip_below = max(self.min_pixels, int(0.95 * self.min_area_m2 / pixel_m2) if pixel_m2 > 0 else 0)
         # ground m² per map unit² at the scene centre, for projected CRSs whose units are not ground metres
         # (Web Mercator stretches with latitude); used where it differs from the unit's own factor by > 1 %
         self.ground_scale = ground_scale
@@ -88,6 +91,13 @@ class Polygonizer:
         self.geod = self._geod(crs)
 
     @staticmethod
+    def _unit_area(crs: CRS | None) -> float:
+        """m² per squared map unit of a projected CRS; 0 (unknown, so nothing is skipped by area) otherwise."""
+        if crs is None or crs.is_geographic:
+            return 0.0
+        return ProjCRS.from_user_input(crs.to_wkt()).axis_info[0].unit_conversion_factor ** 2
+
+    @staticmethod
     def _geod(crs: CRS | None) -> Geod | None:
         if crs is None:
             return None
@@ -102,18 +112,21 @@ class Polygonizer:
             flat = labels.ravel()
             pixels = np.bincount(flat, minlength=n + 1)[1:]
             sums = np.bincount(flat, weights=score.ravel(), minlength=n + 1)[1:]
-            maxs = np.zeros(n + 1, np.float64)
-            hit = flat > 0
-            np.maximum.at(maxs, flat[hit], score.ravel()[hit])
-            maxs = maxs[1:]
+            maxs = np.asarray(ndimage.maximum(score, labels, np.arange(1, n + 1)), np.float64).reshape(n)
+            # Regions wholly inside the band and under the minimum are never polygonised: on speckled masks
+            # they are most of the regions, and polygonising them was most of the time.
+            open_edge = np.zeros(n + 1, bool)
+            open_edge[labels[0]] = open_edge[labels[-1]] = True
+            keep = (pixels >= self.skip_below) | open_edge[1:]
+            drawn = labels if keep.all() else np.where(np.concatenate([[False], keep])[labels], labels, 0)
             # Polygonise in pixel coordinates (exact integers) so pieces of one region meet exactly
             # across bands; the geotransform is applied once the region is complete.
-            for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
+            for geom, value in shapes(drawn.astype(np.int32), mask=drawn > 0, connectivity=4,
                                       transform=Affine.translation(0, row)):
                 k = int(value) - 1
                 reg = self.regions.setdefault(int(ids[k]), Region())
                 reg.geoms.append(shape(geom))
-            for k in range(n):
+            for k in np.flatnonzero(keep):
                 reg = self.regions.setdefault(int(ids[k]), Region())
                 reg.pixels, reg.score_sum, reg.score_max = int(pixels[k]), float(sums[k]), float(maxs[k])
         alias: dict[int, int] = {}
