@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cdtool.cli.options import Device, err_console, friendly_errors, out_console, parse_threshold
+from cdtool.cli.options import Device, Overwrite, err_console, friendly_errors, out_console, parse_threshold
 from cdtool.errors import InputError
 from cdtool.metrics import NAMES
 
@@ -32,11 +32,17 @@ def evaluate(
                                                      "model's; 0.5 for score files).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON here.")] = None,
     device: Device = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Precision, recall, F1, IoU of change, mIoU, accuracy, Cohen's kappa and AUROC (for scores)."""
     from cdtool.engine import evaluate as ev
 
     thr = parse_threshold(threshold)
+    if json_out is not None:
+        if json_out.exists() and not overwrite:
+            raise InputError(f"{json_out}: already exists (use --overwrite to replace it)")
+        if json_out.is_dir() or not json_out.parent.is_dir():
+            raise InputError(f"{json_out}: cannot write the scores there (a folder, or its folder is missing)")
     if model is not None:
         if pred is not None or not data:
             raise InputError("use either PRED TRUTH, or --model with --data")
@@ -63,7 +69,9 @@ def evaluate(
         table.add_row(str(row["name"]), *(_fmt(row.get(k)) for k in NAMES))
     out_console.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps(_clean({"total": total, "per_pair": rows}), indent=1))
+        tmp = json_out.with_name(f".{json_out.name}.partial")
+        tmp.write_text(json.dumps(_clean({"total": total, "per_pair": rows}), indent=1))
+        tmp.replace(json_out)
 
 
 SHORT = {"precision": "prec", "recall": "rec"}  # headers that fit 80 columns beside long pair names

@@ -39,10 +39,13 @@ def parse_threshold(text: str | None) -> float | str | None:
     if text is None or text in METHODS:
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
         raise typer.BadParameter(f"expected a number in [0, 1] or one of {', '.join(METHODS)}, got {text!r}",
-                                 param_hint="--threshold") from None
+                                 param_hint="--threshold")
+    return value
 
 
 def friendly_errors(fn: Callable) -> Callable:

@@ -167,8 +167,11 @@ def as_prediction(a: np.ndarray, threshold: float | str) -> tuple[np.ndarray, np
     """(mask, scores or None): values in [0, 1] that are not all 0/1 are scores; 0/255 or 0/1 are masks;
     8-bit grey levels (many values up to 255, as `cdtool detect` writes change_prob.png) are scores × 255."""
     v = a[np.isfinite(a)]
-    if v.size and v.max() > 1.0:
-        if v.max() <= 255 and np.unique(v).size > 2:
+    if v.size and (v.max() > 1.0 or v.min() < 0.0):
+        if v.min() < 0.0 or v.max() > 255 or not np.array_equal(v, np.round(v)):
+            raise InputError(f"values from {v.min():g} to {v.max():g} are neither scores in [0, 1], 8-bit grey "
+                             "levels nor a 0/1 or 0/255 mask")
+        if np.unique(v).size > 2:
             a = a / 255.0
             return threshold_scores(np.nan_to_num(a), threshold, np.isfinite(a)), np.nan_to_num(a)
         return np.nan_to_num(a) > 0, None
@@ -202,7 +205,10 @@ def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5) -> tup
         pa = read_map(p)
         if pa.shape != tm.shape:
             raise InputError(f"{p}: is {pa.shape[1]}x{pa.shape[0]} but {t} is {tm.shape[1]}x{tm.shape[0]}")
-        pm, scores = as_prediction(pa, threshold)
+        try:
+            pm, scores = as_prediction(pa, threshold)
+        except InputError as exc:
+            raise InputError(f"{p}: {exc}") from None
         acc.update(pm, tm, tv, scores)
         rows.append({"name": p.name, **BinaryMetrics(bins=HIST_BINS).update(pm, tm, tv, scores).compute()})
     return acc.compute(), rows

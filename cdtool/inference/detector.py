@@ -3,6 +3,7 @@ registry name or a checkpoint file, so the pipeline never cares where a model ca
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -167,6 +168,10 @@ def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda asked for, but no CUDA GPU is available here")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)

@@ -43,6 +43,8 @@ def open_raster(source: str | Path):
     path = Path(source)
     if not gdal_name and not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if not gdal_name and not (path.is_dir() or path.is_file()):
+        raise InputError(f"{path}: not a regular file (a pipe or device cannot be read as a raster)")
     try:
         if path.is_dir():
             return rasterio.open(stack_vrt(band_files(path)))

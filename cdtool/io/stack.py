@@ -36,6 +36,9 @@ _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "In
                "int32": "Int32", "float32": "Float32", "float64": "Float64"}
 
 
+RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
+
+
 def stack_vrt(files: list[Path], resampling: str = "bilinear") -> str:
     """VRT XML stacking the first band of each file onto the grid of the finest file.
 
@@ -48,10 +51,16 @@ def stack_vrt(files: list[Path], resampling: str = "bilinear") -> str:
                               ds.nodata, ds.bounds))
         except RasterioIOError as exc:
             raise InputError(f"{f}: cannot read as a raster ({exc})") from None
+    if resampling not in RESAMPLINGS:
+        raise InputError(f"--resampling must be one of {', '.join(RESAMPLINGS)}, got {resampling!r}")
     crs0 = metas[0][1]
     for path, crs, *_ in metas[1:]:
         if crs != crs0:
             raise InputError(f"{path}: CRS {crs} differs from {metas[0][0]} ({crs0}); bands must share a CRS")
+    b0 = metas[0][7]
+    for path, *_, b in metas[1:]:
+        if b.left >= b0.right or b.right <= b0.left or b.bottom >= b0.top or b.top <= b0.bottom:
+            raise InputError(f"{path}: does not overlap {metas[0][0]}; the bands of one stack must cover one area")
     ref = min(metas, key=lambda m: abs(m[2].a * m[2].e))  # finest pixel
     _, _, t, width, height, *_ = ref
     parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
@@ -89,6 +98,10 @@ def write_stack(out: str | os.PathLike, sources: list[str | os.PathLike], overwr
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: already exists (use --overwrite to replace it)")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give the VRT file to write")
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent}: no such folder to write {out.name} into")
     xml = stack_vrt(files, resampling)
     tmp = out.with_name(f".{out.name}.partial")
     tmp.write_text(xml)

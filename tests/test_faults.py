@@ -1,0 +1,56 @@
+"""Bad options and hostile inputs get one line and exit 2, never a traceback or a silent wrong result."""
+
+import os
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cdtool.cli import app
+from tests.conftest import write_tif
+
+runner = CliRunner()
+
+
+def _fails_cleanly(args, needle, code=2):
+    r = runner.invoke(app, args)
+    assert r.exit_code == code, r.output
+    assert needle in r.output and "Traceback" not in r.output, r.output
+    return r
+
+
+def test_bad_options_are_refused(small_pair, tmp_path):
+    before, after, truth = small_pair
+    _fails_cleanly(["detect", str(before), str(after), "-o", str(tmp_path / "a"), "--threshold", "7"], "--threshold")
+    _fails_cleanly(["detect", str(before), str(after), "-o", str(tmp_path / "b"), "--device", "tpu"], "--device")
+    _fails_cleanly(["evaluate", str(before), str(truth), "--threshold", "-1"], "--threshold")
+    _fails_cleanly(["stack", str(tmp_path / "s.vrt"), str(before), "--resampling", "bogus"], "--resampling")
+    _fails_cleanly(["stack", str(tmp_path / "missing" / "s.vrt"), str(before)], "no such folder")
+
+
+def test_evaluate_refuses_scores_it_cannot_read_and_keeps_an_existing_json(tmp_path):
+    truth = write_tif(tmp_path / "t.tif", (np.arange(64 * 64).reshape(64, 64) % 2).astype(np.uint8))
+    odd = write_tif(tmp_path / "p.tif", np.linspace(-3, 7.5, 64 * 64, dtype=np.float32).reshape(64, 64))
+    _fails_cleanly(["evaluate", str(odd), str(truth)], "neither scores in [0, 1]")
+    (tmp_path / "s.json").write_text("mine")
+    _fails_cleanly(["evaluate", str(truth), str(truth), "--json", str(tmp_path / "s.json")], "already exists")
+    assert (tmp_path / "s.json").read_text() == "mine"
+    r = runner.invoke(app, ["evaluate", str(truth), str(truth), "--json", str(tmp_path / "s.json"), "--overwrite"])
+    assert r.exit_code == 0 and (tmp_path / "s.json").read_text().startswith("{")
+
+
+def test_stack_refuses_bands_that_do_not_overlap(tmp_path):
+    from affine import Affine
+
+    a = write_tif(tmp_path / "a.tif", np.ones((16, 16), np.uint8))
+    b = write_tif(tmp_path / "b.tif", np.ones((16, 16), np.uint8), transform=Affine(10, 0, 900000, 0, -10, 5000000))
+    _fails_cleanly(["stack", str(tmp_path / "s.vrt"), str(a), str(b)], "does not overlap")
+    assert not (tmp_path / "s.vrt").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_named_pipe_input_is_refused_not_waited_on(small_pair, tmp_path):
+    before, _, _ = small_pair
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    _fails_cleanly(["detect", str(before), str(fifo), "-o", str(tmp_path / "o")], "not a regular file")
