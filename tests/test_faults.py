@@ -54,3 +54,24 @@ def test_named_pipe_input_is_refused_not_waited_on(small_pair, tmp_path):
     fifo = tmp_path / "pipe.tif"
     os.mkfifo(fifo)
     _fails_cleanly(["detect", str(before), str(fifo), "-o", str(tmp_path / "o")], "not a regular file")
+
+
+def test_output_folder_is_locked_and_a_killed_runs_leftovers_are_cleaned(small_pair, tmp_path):
+    from cdtool.errors import InputError
+    from cdtool.inference.detect import DetectOptions, detect
+
+    before, after, _ = small_pair
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".cdtool.lock").write_text(f"{os.getpid()}\n")  # a live run holds the folder
+    with pytest.raises(InputError, match="another cdtool run"):
+        detect(before, after, out, DetectOptions(model="cva"))
+    # a killed run: its process is gone, its partial files and work folder are still there
+    (out / ".cdtool.lock").write_text("999999999\n")
+    (out / ".change_prob.partial-deadbeef.tif").write_bytes(b"half")
+    (out / ".cdtool-work-x").mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    detect(before, after, out, DetectOptions(model="cva"))
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden == [] and (out / "notes.txt").read_text() == "the user's own file"
+    _fails_cleanly(["detect", str(before), str(after), "-o", str(out / "notes.txt")], "is a file")

@@ -11,23 +11,74 @@ from pathlib import Path
 from cdtool.errors import InputError
 
 
+LOCK = ".cdtool.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class OutputSet:
+    """Also a lock: one run writes into a folder at a time. A second run is refused in one line; a lock left
+    by a killed run (its process gone) is taken over, and that run's hidden partial files are removed."""
+
     def __init__(self, folder: str | os.PathLike, names: list[str], overwrite: bool = False):
         self.folder = Path(folder)
-        existing = [n for n in names if (self.folder / n).exists()]
-        if existing and not overwrite:
-            raise InputError(f"{self.folder}: already holds {', '.join(existing)} (use --overwrite to replace)")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"{self.folder}: is a file, not an output folder")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / f".cdtool-probe-{uuid.uuid4().hex[:8]}"
-            probe.touch()
-            probe.unlink()
         except OSError as exc:
             raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
+        self.lock = self._acquire(names)
+        try:
+            existing = [n for n in names if (self.folder / n).exists()]
+            if existing and not overwrite:
+                raise InputError(f"{self.folder}: already holds {', '.join(existing)} (use --overwrite to replace)")
+        except BaseException:
+            self.lock.unlink(missing_ok=True)
+            raise
         tag = uuid.uuid4().hex[:8]
         self.names = names
         self.temp = {n: self.folder / f".{Path(n).stem}.partial-{tag}{Path(n).suffix}" for n in names}
         self.done = False
+
+    def _acquire(self, names: list[str]) -> Path:
+        lock = self.folder / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pid = -1
+                if pid > 0 and _alive(pid):
+                    raise InputError(f"{self.folder}: another cdtool run (process {pid}) is writing here; "
+                                     "wait for it or choose another --out") from None
+                lock.unlink(missing_ok=True)
+                self._remove_leftovers(names)
+                continue
+            except OSError as exc:
+                raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return lock
+        raise InputError(f"{self.folder}: could not lock the output folder")
+
+    def _remove_leftovers(self, names: list[str]) -> None:
+        """Hidden partial files and work folders of a run that was killed (their names are cdtool's own)."""
+        for n in names:
+            for p in self.folder.glob(f".{Path(n).stem}.partial-*"):
+                p.unlink(missing_ok=True)
+        for d in self.folder.glob(".cdtool-work-*"):
+            shutil.rmtree(d, ignore_errors=True)
 
     def path(self, name: str) -> Path:
         """Temporary path to write `name` to; becomes the final name on commit."""
@@ -64,3 +115,4 @@ class OutputSet:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.done:
             self.abort()
+        self.lock.unlink(missing_ok=True)
