@@ -44,7 +44,7 @@ def test_pcd_labels_are_pure_centres_of_the_mask(tmp_path):
 def test_pcd_max_positives_is_seeded(tmp_path):
     pairs = collect_pairs(SHARED / "levir", require_mask=True)
     a = make_pcd(pairs, tmp_path / "a", PcdOptions(stride=14, max_positives=2, seed=3))
-    b = make_pcd(pairs, tmp_path / "b", PcdOptions(stride=14, max_positives=2, seed=3))
+    make_pcd(pairs, tmp_path / "b", PcdOptions(stride=14, max_positives=2, seed=3))
     # the rare-event setting: that many positives to train on, every positive of val and test kept
     assert a["labels_by_split"]["train"]["1"] == 2 and a["train_positives_found"] > 2
     assert a["labels"]["1"] == a["positives_found"] - a["train_positives_found"] + 2

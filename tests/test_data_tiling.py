@@ -12,7 +12,6 @@ import rasterio
 from affine import Affine
 from PIL import Image
 from rasterio.windows import from_bounds
-from shapely import wkt
 
 from cdtool.data.chips import ChipDataset
 from cdtool.data.sources import collect_pairs

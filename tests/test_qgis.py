@@ -74,7 +74,6 @@ def test_png_pair_polygons_land_on_their_changes_in_qgis(shared_data, tmp_path):
     if not _has_pyqgis():
         pytest.skip("PyQGIS not installed (apt-get install qgis python3-qgis)")
     import geopandas as gpd
-    import numpy as np
 
     name = "test_2_0000_0000.png"
     out = tmp_path / "out"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -12,7 +12,6 @@ from abc import abstractmethod
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Sampler
 
 

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from shapely.geometry import Polygon
 from tqdm import tqdm
 

@@ -31,7 +31,7 @@ from cdtool.data.registry import build_dataset
 from cdtool.data.samplers import OverSampler, UnderSampler
 from cdtool.engine import distributed
 from cdtool.engine.checkpoint import load_checkpoint, save_checkpoint
-from cdtool.engine.evaluate import evaluate_loader, normalize_batch
+from cdtool.engine.evaluate import normalize_batch
 from cdtool.engine.recipe import Recipe, dump_recipe
 from cdtool.engine.tasks import TASKS, TrainOutputs
 from cdtool.errors import InputError

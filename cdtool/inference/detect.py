@@ -91,8 +91,6 @@ DEFAULT_MIN_AREA_M2 = 20.0
 # Where GIS software puts a raster without georeference: column c, row r at x = c, y = -r (QGIS, GDAL's
 # default for such files). Polygons and the PNGs' world files use it, so they land on each other.
 PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
-
-
 VECTOR_FORMATS = ("gpkg", "geojson")
 
 
@@ -129,12 +127,14 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     from rasterio import Env
 
     with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap) as pair:
+        mapping_unit(opts, opts.gsd if opts.gsd is not None else pair.info.gsd, pair.info.georeferenced)
         choice = choose_detector(opts.model, input_domain(pair, opts.gsd), opts.native_scale)
         trained_on = choice.detector.card.band_count
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
                              f"trained on {trained_on}; pick bands with --bands or use a label-free model")
-        with OutputSet(out, output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format), opts.overwrite) as outs:
+        names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format)
+        with OutputSet(out, names, opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
                 result = _run(pair, choice, device, opts, outs, scratch)
@@ -144,6 +144,20 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
             _write_summary(outs.path("detect.json"), result, before, after, opts)
             result.outputs = outs.commit()
     return result
+
+
+def mapping_unit(opts: DetectOptions, gsd: float | None, georeferenced: bool) -> tuple[int, float]:
+    """(minimum pixels, minimum m²) of a polygon: the options given, else the defaults; for PNG pairs the
+    area becomes pixels through --gsd. Checked before any work, so a bad value costs nothing."""
+    min_area = opts.min_area if opts.min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
+    if min_area < 0:
+        raise InputError(f"--min-area must be zero or a positive area in square metres, got {min_area}")
+    if min_area and not gsd:
+        raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
+    min_pixels = max(opts.min_pixels, DEFAULT_MIN_PIXELS if opts.min_area is None else 1)
+    if min_area and not georeferenced:
+        min_pixels, min_area = max(min_pixels, int(np.ceil(min_area / (gsd * gsd)))), 0.0
+    return min_pixels, min_area
 
 
 def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
@@ -231,14 +245,7 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
     gsd = opts.gsd if opts.gsd is not None else info.gsd
     pixel_map_area = abs(info.transform.determinant)
     ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
-    min_area = opts.min_area if opts.min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
-    if min_area < 0:
-        raise InputError(f"--min-area must be zero or a positive area in square metres, got {min_area}")
-    if min_area and not gsd:
-        raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
-    min_pixels = max(opts.min_pixels, DEFAULT_MIN_PIXELS if opts.min_area is None else 1)
-    if min_area and not georef:  # PNG pairs: square metres become pixels through --gsd
-        min_pixels, min_area = max(min_pixels, int(np.ceil(min_area / (gsd * gsd)))), 0.0
+    min_pixels, min_area = mapping_unit(opts, gsd, georef)
     gpkg_path = (outs.path("changes.gpkg") if opts.polygons and opts.vector_format == "gpkg"
                  else scratch / "changes.gpkg")
     polys = (Polygonizer(gpkg_path, info.crs, info.transform if georef else PIXEL_GRID,
