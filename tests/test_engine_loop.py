@@ -106,3 +106,17 @@ def test_degenerate_validation_is_named():
     assert "marks 100%" in degenerate_validation(hist(9, 9), hist(7, 8), 0.5)[0]
     assert "marks no validation pixel" in degenerate_validation(hist(1, 2), hist(1, 2), 0.5)[0]
     assert degenerate_validation(hist(8, 9), hist(1, 2, 3), 0.5) == []
+
+
+def test_resume_refuses_a_torn_or_foreign_state(pairs, tmp_path):
+    """A crash between the two saves, or files swapped in from another epoch, is refused in one line."""
+    run = tmp_path / "run"
+    train(load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 3})), run, quiet=True, stop_after=1)
+    old_state = (run / "last.state.pt").read_bytes()
+    train(load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 3})), run, resume=True, quiet=True, stop_after=1)
+    (run / "last.state.pt").write_bytes(old_state)  # the weights of epoch 2 with the state of epoch 1
+    with pytest.raises(InputError, match="torn"):
+        train(load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 3})), run, resume=True, quiet=True)
+    (run / "last.json").unlink()
+    with pytest.raises(InputError, match="did not finish"):
+        train(load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 3})), run, resume=True, quiet=True)

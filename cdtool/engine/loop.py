@@ -241,10 +241,14 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
     history: list[dict] = []
     start, best, best_epoch, best_thr, st = 0, -math.inf, -1, 0.5, None
     if resume:
+        _check_manifest(run_dir)
         states, _ = load_checkpoint(last_path)
         for name, mod in modules.items():
             mod.load_state_dict(states[name])
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        try:
+            st = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a pickle with code in it, or a damaged file: never executed
+            raise InputError(f"{state_path}: not a cdtool run state ({str(exc).splitlines()[0][:120]})") from None
         if amp and st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
         start, best, best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
@@ -307,6 +311,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
                 save_checkpoint(last_path, states, meta)
                 _save_state(state_path, optims, scheds, scaler if amp else None, epoch, ph.name, best, best_epoch,
                             best_thr, history)
+                _write_manifest(run_dir, epoch, ph.name)  # last: a kill before this leaves a detectable tear
                 _history_files(run_dir, history)
                 if not quiet:
                     _report(row)
@@ -385,6 +390,43 @@ def _card(recipe: Recipe, train_set, row: dict) -> dict:
             + f" ({len(getattr(train_set, 'names', []))} training pairs)", "recipe": recipe.name,
             "scores": {"validation": {k: row[k] for k in ("val_f1", "val_iou", "val_auroc")
                                       if isinstance(row.get(k), float) and not math.isnan(row[k])}}}
+
+
+MANIFEST = "last.json"
+RESUME_FILES = ("last.safetensors", STATE_FILE)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_manifest(run_dir: Path, epoch: int, phase: str) -> None:
+    """Checksums of the resume files, written after both: resume trusts the pair only when they match."""
+    manifest = {"epoch": epoch, "phase": phase, "sha256": {n: _sha256(run_dir / n) for n in RESUME_FILES}}
+    tmp = run_dir / f".{MANIFEST}.partial"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(run_dir / MANIFEST)
+
+
+def _check_manifest(run_dir: Path) -> None:
+    """Refuse to resume from a torn pair (a crash or full disk between the two saves, or files from two runs)."""
+    path = run_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        sums = manifest["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{run_dir}: no readable {MANIFEST}: the last save did not finish (or an older cdtool "
+                         "made this run); start a new run") from None
+    for name in RESUME_FILES:
+        if _sha256(run_dir / name) != sums.get(name):
+            raise InputError(f"{run_dir / name}: does not match {MANIFEST} (epoch {manifest.get('epoch', '?')}); "
+                             "the last save was torn, so resuming would diverge: start a new run")
 
 
 def _save_state(path: Path, optims, scheds, scaler, epoch: int, phase: str, best: float, best_epoch: int,
