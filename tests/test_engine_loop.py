@@ -120,3 +120,12 @@ def test_resume_refuses_a_torn_or_foreign_state(pairs, tmp_path):
     (run / "last.json").unlink()
     with pytest.raises(InputError, match="did not finish"):
         train(load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 3})), run, resume=True, quiet=True)
+
+
+def test_a_diverging_loss_is_a_failure_not_bad_input(pairs, tmp_path):
+    from cdtool.errors import CdtoolError
+
+    recipe = load_recipe(tiny_recipe(pairs, **{"loss.args": {"margin": float("nan")}}))
+    with pytest.raises(CdtoolError, match="loss became nan") as info:
+        train(recipe, tmp_path / "run", quiet=True)
+    assert info.value.exit_code == 1  # a failure (1), not bad input (2)

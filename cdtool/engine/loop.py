@@ -34,7 +34,7 @@ from cdtool.engine.checkpoint import load_checkpoint, save_checkpoint
 from cdtool.engine.evaluate import normalize_batch
 from cdtool.engine.recipe import Recipe, dump_recipe
 from cdtool.engine.tasks import TASKS, TrainOutputs
-from cdtool.errors import InputError
+from cdtool.errors import CdtoolError, InputError
 from cdtool.losses.base import create_loss
 from cdtool.metrics import best_threshold
 from cdtool.models.registry import create_model, model_entry
@@ -346,7 +346,8 @@ def _train_epoch(task, wrapped, optims, scaler, train_set, recipe: Recipe, ph, e
             opt = optims[name]
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
-                raise InputError(f"epoch {epoch + 1}: the loss became {float(loss)}; lower optim.lr")
+                raise CdtoolError(f"epoch {epoch + 1}: the loss became {float(loss.detach())} (training failed, the input is "
+                                  "not at fault); lower optim.lr or set schedule.clip_grad")
             scaler.scale(loss).backward()
             if recipe.schedule.clip_grad:
                 scaler.unscale_(opt)
