@@ -75,3 +75,14 @@ def test_output_folder_is_locked_and_a_killed_runs_leftovers_are_cleaned(small_p
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert hidden == [] and (out / "notes.txt").read_text() == "the user's own file"
     _fails_cleanly(["detect", str(before), str(after), "-o", str(out / "notes.txt")], "is a file")
+
+
+def test_tile_overwrite_removes_only_what_cdtool_wrote(small_pair, tmp_path):
+    before, after, truth = small_pair
+    out = tmp_path / "tiles"
+    args = ["tile", str(before), str(after), "--mask", str(truth), "--size", "128", "--out", str(out), "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "my_notes.txt").write_text("keep me")
+    r = runner.invoke(app, args + ["--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (out / "my_notes.txt").read_text() == "keep me" and (out / "dataset.json").exists()

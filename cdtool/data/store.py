@@ -99,6 +99,10 @@ class UnitWriter:
         _atomic_json(self.store.root / "parts" / f"{self.unit}.json", self.rows)
 
 
+# Files a dataset folder gets besides shards/ and parts/ (footprints adds its classification and mask).
+DATASET_FILES = ("dataset.json", "index.gpkg", "footprint_changes.gpkg", "footprint_changes.qml", "change_mask.tif")
+
+
 class DatasetWriter:
     """Creates (or resumes) a dataset folder; see the module docstring for the layout."""
 
@@ -123,11 +127,8 @@ class DatasetWriter:
                                      "pick an empty or new --out folder")
                 for name in ("shards", "parts"):
                     shutil.rmtree(root / name, ignore_errors=True)
-                for p in list(root.iterdir()):
-                    if p.is_file():
-                        p.unlink()
-                    elif p.is_dir() and not any(p.iterdir()):
-                        p.rmdir()
+                for name in DATASET_FILES:  # what cdtool writes here, and nothing else: the user's files stay
+                    (root / name).unlink(missing_ok=True)
             elif not ours:
                 raise InputError(f"{root}: folder is not empty and holds no cdtool dataset; "
                                  "pick another --out or pass --overwrite")
