@@ -86,3 +86,31 @@ def test_tile_overwrite_removes_only_what_cdtool_wrote(small_pair, tmp_path):
     r = runner.invoke(app, args + ["--overwrite"])
     assert r.exit_code == 0, r.output
     assert (out / "my_notes.txt").read_text() == "keep me" and (out / "dataset.json").exists()
+
+
+def _corrupt_tif(path):
+    """A 512x512 tiled GeoTIFF whose lower-left 256x256 block is garbage."""
+    import rasterio
+    from affine import Affine
+
+    a = np.random.default_rng(0).integers(0, 255, (3, 512, 512)).astype(np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=3, dtype="uint8", tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", crs="EPSG:32632",
+                       transform=Affine(10, 0, 6e5, 0, -10, 5e6)) as ds:
+        ds.write(a)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 2000] = b"\x55" * 2000
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_corrupt_block_names_its_window_or_becomes_nodata(tmp_path):
+    import json
+
+    bad = _corrupt_tif(tmp_path / "bad.tif")
+    r = _fails_cleanly(["detect", str(bad), str(bad), "-o", str(tmp_path / "a")], "cannot read rows")
+    assert "--skip-bad-windows" in r.output and not (tmp_path / "a" / "detect.json").exists()
+    r = runner.invoke(app, ["detect", str(bad), str(bad), "-o", str(tmp_path / "b"), "--skip-bad-windows", "-q"])
+    assert r.exit_code == 0 and "unreadable block" in r.output, r.output
+    summary = json.loads((tmp_path / "b" / "detect.json").read_text())
+    assert summary["bad_blocks"] == 1 and summary["valid_pixels"] == 512 * 512 - 256 * 256

@@ -64,6 +64,7 @@ class DetectOptions:
     progress: bool = False
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
     native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
+    skip_bad_windows: bool = False  # unreadable windows (a corrupt tile) become nodata instead of an error
 
 
 @dataclass
@@ -126,7 +127,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     device = pick_device(opts.device)
     from rasterio import Env
 
-    with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap) as pair:
+    with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
+                                    skip_bad_windows=opts.skip_bad_windows) as pair:
         mapping_unit(opts, opts.gsd if opts.gsd is not None else pair.info.gsd, pair.info.georeferenced)
         choice = choose_detector(opts.model, input_domain(pair, opts.gsd), opts.native_scale)
         trained_on = choice.detector.card.band_count
@@ -296,7 +298,8 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
     return DetectResult({}, detector.name, threshold, height, width, valid_pixels, changed, regions, 0.0,
                         {"tile": tile, "overlap": overlap, "halo": halo, "device": str(device),
                          "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
-                         "gsd": gsd, "summary": summary, "model_choice": choice.record()})
+                         "gsd": gsd, "summary": summary, "model_choice": choice.record(),
+                         "bad_blocks": len(pair.bad_blocks)})
 
 
 def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:

@@ -139,8 +139,10 @@ class RasterPair:
     """Two co-registered rasters read window by window. Use `open_pair` to build one."""
 
     def __init__(self, before: str | Path, after: str | Path, bands: list[int] | None = None,
-                 align: bool = False, wrap: bool = False):
+                 align: bool = False, wrap: bool = False, skip_bad_windows: bool = False):
         self.before_path, self.after_path = Path(before), Path(after)
+        self.skip_bad_windows = skip_bad_windows
+        self.bad_blocks: set[tuple[str, int, int]] = set()  # (file, row, col) of blocks read as nodata
         self.sources = (str(before), str(after))  # as given: GDAL names such as /vsizip//abs/path keep their //
         self.wrap = wrap
         self._open = []
@@ -232,14 +234,38 @@ class RasterPair:
     def _read_inside(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         win = Window(col + self.origin[1], row + self.origin[0], width, height)
         stack, valid = [], np.ones((height, width), bool)
-        for ds, bands in ((self.before, self.bands_before), (self.after, self.bands_after)):
-            data = ds.read(bands, window=win, out_dtype="float32")
-            masks = ds.read_masks(bands, window=win)
+        for ds, bands, name in ((self.before, self.bands_before, self.sources[0]),
+                                (self.after, self.bands_after, self.sources[1])):
+            try:
+                data = ds.read(bands, window=win, out_dtype="float32")
+                masks = ds.read_masks(bands, window=win)
+            except RasterioIOError as exc:
+                if not self.skip_bad_windows:
+                    raise InputError(f"{name}: cannot read rows {win.row_off}-{win.row_off + height - 1}, columns "
+                                     f"{win.col_off}-{win.col_off + width - 1} ({str(exc).splitlines()[0]}); "
+                                     "--skip-bad-windows writes nodata there instead") from None
+                data, masks = self._salvage(ds, bands, win)
             valid &= (masks > 0).all(axis=0) & np.isfinite(data).all(axis=0)
             stack.append(data)
         pair = np.stack(stack)
         pair[:, :, ~valid] = 0.0
         return pair, valid
+
+    def _salvage(self, ds, bands: list[int], win: Window, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window that failed block by block; blocks that still fail become nodata and are recorded."""
+        h, w = int(win.height), int(win.width)
+        data = np.zeros((len(bands), h, w), np.float32)
+        masks = np.zeros((len(bands), h, w), np.uint8)
+        for r in range(0, h, block):
+            for c in range(0, w, block):
+                sub = Window(win.col_off + c, win.row_off + r, min(block, w - c), min(block, h - r))
+                sl = (slice(None), slice(r, r + int(sub.height)), slice(c, c + int(sub.width)))
+                try:
+                    data[sl] = ds.read(bands, window=sub, out_dtype="float32")
+                    masks[sl] = ds.read_masks(bands, window=sub)
+                except RasterioIOError:
+                    self.bad_blocks.add((ds.name, int(sub.row_off), int(sub.col_off)))
+        return data, masks
 
     def close(self) -> None:
         for ds in reversed(self._open):
@@ -254,6 +280,6 @@ class RasterPair:
 
 
 def open_pair(before: str | Path, after: str | Path, *, bands: list[int] | None = None, align: bool = False,
-              wrap: bool = False) -> RasterPair:
+              wrap: bool = False, skip_bad_windows: bool = False) -> RasterPair:
     """Open BEFORE and AFTER as one pair, checking they can be compared (see RasterPair)."""
-    return RasterPair(before, after, bands=bands, align=align, wrap=wrap)
+    return RasterPair(before, after, bands=bands, align=align, wrap=wrap, skip_bad_windows=skip_bad_windows)

@@ -47,6 +47,16 @@ def read_image(pair, which: int, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(img, 3, axis=0).transpose(1, 2, 0) if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
+def _image_or_blank(pair, which: int, shape: tuple[int, int]) -> np.ndarray:
+    """The date's panel, or a grey one where the file cannot be read (a corrupt block skipped by detect)."""
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return read_image(pair, which, shape)
+    except RasterioIOError:
+        return np.full((*shape, 3), 0.5, np.float32)
+
+
 def _read_output(path: Path, shape: tuple[int, int], kind: str) -> np.ndarray:
     import rasterio
 
@@ -70,7 +80,7 @@ def write_preview(path: Path, pair, prob: Path, mask: Path, threshold: float,
     h, w = pair.shape
     k = max(1, int(np.ceil(max(h, w) / SIDE)))
     shape = (max(1, h // k), max(1, w // k))
-    panels = [("before", read_image(pair, 0, shape), None), ("after", read_image(pair, 1, shape), None),
+    panels = [("before", _image_or_blank(pair, 0, shape), None), ("after", _image_or_blank(pair, 1, shape), None),
               (f"change score (mask at {threshold:.2f})", _read_output(prob, shape, "prob"), "magma"),
               ("change mask", _read_output(mask, shape, "mask"), "Reds")]
     if truth is not None:
