@@ -11,7 +11,8 @@ Run from the repository root:
         --sources levir dsifn oscd_train oscd_test nanjing [--loso DIR] [--bands rgb|all] \\
         [--json out.json] [--md out.md]
 
-`default` is DetectOptions(model=None), whatever detect picks for the input. `--loso DIR` adds a row
+`default` is DetectOptions(model=None), whatever detect picks for the input; `MODEL@T` runs MODEL with
+threshold T (a number, or otsu, kmeans, gmm). `--loso DIR` adds a row
 "loso:<DIR name>" that scores each source S with DIR/S.safetensors (a model trained without S).
 `--bands rgb` compares the three RGB bands of every source (OSCD B04, B03, B02; Nanjing TM 3, 2, 1);
 `all` every band (OSCD 13, Nanjing 6; LEVIR and DSIFN stay 3). PNG sources get their nominal GSD through
@@ -176,6 +177,7 @@ def evaluate(spec: str, source: str, data: Path = DEFAULT_DATA, bands: str = "rg
 
     cell = Cell(row_label(spec), source)
     todo: list[Pair] = [p for p in pairs(source, data) if only is None or p.name in only]
+    spec, _, threshold = spec.partition("@")  # "cva@gmm": a model with another threshold method or value
     model = model_for(spec, source)
     if model is not None and model.endswith(".safetensors") and not Path(model).is_file():
         cell.error = f"no checkpoint {model}"
@@ -187,7 +189,9 @@ def evaluate(spec: str, source: str, data: Path = DEFAULT_DATA, bands: str = "rg
         work = Path(tmp)
         for pair in todo:
             opts = DetectOptions(model=model, bands=pair.bands(bands), gsd=gsd, polygons=False, progress=False,
-                                 align=pair.source.startswith("oscd"), device=device)
+                                 align=pair.source.startswith("oscd"), device=device, preview=False,
+                                 threshold=(threshold if threshold in ("otsu", "kmeans", "gmm") else float(threshold))
+                                 if threshold else None)
             try:
                 t0 = time.perf_counter()
                 result, out = _detect(pair.before, pair.after, opts, work)

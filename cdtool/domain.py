@@ -51,10 +51,17 @@ class ModelCard:
         known.setdefault("band_count", band_count)
         for key in ("gsd_m", "usable_gsd_m"):
             if known.get(key) is not None:
-                lo, hi = (float(v) for v in known[key])
+                try:
+                    lo, hi = (float(v) for v in known[key])
+                except (TypeError, ValueError):
+                    lo = hi = math.nan
                 if not 0 < lo <= hi:
-                    raise InputError(f"checkpoint card: {key} must be 0 < low <= high, got {known[key]}")
+                    raise InputError(f"checkpoint card: {key} must be [low, high] with 0 < low <= high, "
+                                     f"got {known[key]!r}")
                 known[key] = (lo, hi)
+        if known.get("band_count") is not None and not (isinstance(known["band_count"], int)
+                                                        and 0 < known["band_count"] <= 10_000):
+            raise InputError(f"checkpoint card: band_count must be a positive integer, got {known['band_count']!r}")
         return cls(**known)
 
     def to_meta(self) -> dict:

@@ -139,7 +139,10 @@ def _from_checkpoint(path: Path) -> Detector:
     threshold = meta.get("threshold", 0.5)
     if not (threshold in ("otsu", "kmeans", "gmm") or isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
         raise InputError(f"{path}: checkpoint threshold must be a number in [0, 1] or a method name, got {threshold!r}")
-    card = ModelCard.from_meta(meta, band_count=args.get("in_channels", 3))
+    try:
+        card = ModelCard.from_meta(meta, band_count=args.get("in_channels", 3))
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     _check_shapes(path, name, args, states.get("model", {}))
     model = create_model(name, **args)
     try:
