@@ -46,6 +46,8 @@ def detect(
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="Skip preview.png.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Score tiles on an embedded local Dask cluster of N processes (0: in this process).")] = 0,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Score tiles on an existing Dask cluster, e.g. tcp://10.0.0.5:8786.")] = None,
     skip_bad_windows: Annotated[bool, typer.Option("--skip-bad-windows", help="Write nodata where a window cannot be read (a corrupt tile) instead of failing; the count is reported.")] = False,
     clean: Annotated[int, typer.Option("--clean", help="Open the mask with a (2R+1)² square: removes specks and lines thinner than it (0: off).")] = 0,
     vector_format: Annotated[str, typer.Option("--format", help="Polygons as gpkg (GeoPackage) or geojson (RFC 7946, WGS84).")] = "gpkg",
@@ -61,7 +63,7 @@ def detect(
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
                          preview=not no_preview, vector_format=vector_format, clean=clean,
-                         skip_bad_windows=skip_bad_windows,
+                         skip_bad_windows=skip_bad_windows, workers=workers, scheduler=scheduler,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]

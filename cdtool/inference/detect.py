@@ -12,10 +12,8 @@ import json
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from affine import Affine
@@ -29,6 +27,7 @@ from cdtool.inference.cleanup import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
 from cdtool.inference.predictor import Predictor, fit_to_pair
 from cdtool.inference.rescale import Rescaled
+from cdtool.inference.scaleout import dask_rows, local_rows
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
@@ -39,7 +38,7 @@ from cdtool.io.vectors import Polygonizer, to_geojson
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, read_bands,
                                tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
-from cdtool.windows import Tile, grid
+from cdtool.windows import grid
 
 
 @dataclass
@@ -65,6 +64,8 @@ class DetectOptions:
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
     native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
     skip_bad_windows: bool = False  # unreadable windows (a corrupt tile) become nodata instead of an error
+    workers: int = 0  # > 0: score tiles as Dask tasks on an embedded local cluster of this many processes
+    scheduler: str | None = None  # address of an existing Dask scheduler to score tiles on
 
 
 @dataclass
@@ -103,11 +104,6 @@ def output_names(georeferenced: bool, polygons: bool, preview: bool = True, vect
     return rasters + vectors + (["preview.png"] if preview else []) + ["detect.json"]
 
 
-def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
-    for i in range(0, len(tiles), size):
-        yield tiles[i:i + size]
-
-
 def detect(before: str | Path, after: str | Path, out: str | Path, options: DetectOptions | None = None) -> DetectResult:
     """Compare BEFORE and AFTER and write the change outputs into folder `out`."""
     opts = options or DetectOptions()
@@ -118,6 +114,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.workers < 0:
+        raise InputError(f"--workers must be 0 (in this process) or more, got {opts.workers}")
     if not 0 <= opts.clean <= 10:
         raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
     if opts.vector_format not in VECTOR_FORMATS:
@@ -216,22 +214,15 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
 
     n_tiles = sum(len(r) for r in rows)
     bar = tqdm(total=n_tiles, unit="tile", desc="detect", disable=not opts.progress, leave=False)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdtool-read") as reader:
-        batches = [(i, b) for i, r in enumerate(rows) for b in _batches(r, opts.batch_size)]
-        read = lambda batch: [pair.read(t) for t in batch]  # noqa: E731
-        pending = reader.submit(read, batches[0][1])
-        for k, (row_index, batch) in enumerate(batches):
-            data = pending.result()
-            if k + 1 < len(batches):
-                pending = reader.submit(read, batches[k + 1][1])
-            scores = predictor([d for d, _ in data])
-            for tile, score, (_, valid) in zip(batch, scores, data):
-                stitcher.add(tile, score, valid)
-            bar.update(len(batch))
-            last_of_row = k + 1 == len(batches) or batches[k + 1][0] != row_index
-            if last_of_row and row_index + 1 < len(rows):
-                emit(stitcher.flush(rows[row_index + 1][0].row))
-        emit(stitcher.finish())
+    scored = (dask_rows(pair, predictor, rows, opts.workers, opts.scheduler) if opts.workers or opts.scheduler
+              else local_rows(pair, predictor, rows, opts.batch_size))
+    for row_index, results in scored:
+        for tile, score, valid in results:
+            stitcher.add(tile, score, valid)
+        bar.update(len(results))
+        if row_index + 1 < len(rows):
+            emit(stitcher.flush(rows[row_index + 1][0].row))
+    emit(stitcher.finish())
     bar.close()
     prob.close()
     if valid_pixels == 0:

@@ -28,6 +28,10 @@ class Predictor:
         self.model = detector.model.to(device).eval()
         self.amp = device.type == "cuda"
 
+    def portable(self) -> "Predictor":
+        """A copy that runs on the CPU, to send to worker processes (on the CPU, the same object)."""
+        return self if self.device.type == "cpu" else Predictor(self.detector, self.normalizer, torch.device("cpu"))
+
     @torch.inference_mode()
     def __call__(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
         """stacks: raw (2, C, h, w) arrays (tiles of one grid may differ in size at the edges) ->

@@ -142,6 +142,7 @@ class RasterPair:
                  align: bool = False, wrap: bool = False, skip_bad_windows: bool = False):
         self.before_path, self.after_path = Path(before), Path(after)
         self.skip_bad_windows = skip_bad_windows
+        self.requested_bands, self.align = bands, align  # as asked, so a worker process can open the same pair
         self.bad_blocks: set[tuple[str, int, int]] = set()  # (file, row, col) of blocks read as nodata
         self.sources = (str(before), str(after))  # as given: GDAL names such as /vsizip//abs/path keep their //
         self.wrap = wrap
