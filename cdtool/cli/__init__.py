@@ -34,7 +34,7 @@ def _root(
     """Change detection between two images of the same place taken at two times."""
 
 
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
     _module = importlib.import_module(f"{__name__}.{_mod}")
     if hasattr(_module, "register"):
         _module.register(app)
