@@ -60,8 +60,8 @@ class OutputSet:
                 except (OSError, ValueError, IndexError):
                     pid = -1
                 if pid > 0 and _alive(pid):
-                    raise InputError(f"{self.folder}: another cdtool run (process {pid}) is writing here; "
-                                     "wait for it or choose another --out") from None
+                    raise InputError(f"{self.folder}: another cdtool run (process {pid}) is writing here; wait for "
+                                     f"it or choose another --out (if there is no such run, delete {lock})") from None
                 lock.unlink(missing_ok=True)
                 self._remove_leftovers(names)
                 continue
