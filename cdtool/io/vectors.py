@@ -73,14 +73,14 @@ class Polygonizer:
         self.path, self.crs, self.transform, self.min_pixels = path, crs, transform, max(1, min_pixels)
         self.min_area_m2, self.keep_largest = float(min_area_m2), keep_largest
         # fewer pixels than this can never make the minimum (5 % margin on the pixel's ground area)
-        pixel_m2 = abs(transform.determinant) * (ground_scale or self._unit_area(crs))
+        self.unit_area = self._unit_area(crs)
+        pixel_m2 = abs(transform.determinant) * (ground_scale or self.unit_area)
         self.skip_below = max(self.min_pixels, int(0.95 * self.min_area_m2 / pixel_m2) if pixel_m2 > 0 else 0)
         # ground m² per map unit² at the scene centre, for projected CRSs whose units are not ground metres
         # (Web Mercator stretches with latitude); used where it differs from the unit's own factor by > 1 %
         self.ground_scale = ground_scale
         self.areas: list[tuple[float, int]] = []  # (area, id) of every written polygon, for the ranks
         self.largest: list[tuple[float, int, dict]] = []  # heap of the largest regions' summaries
-        self.total_area_m2 = 0.0
         self.open_labels: np.ndarray | None = None  # labels of the previous band's last row
         self.open_ids: dict[int, int] = {}  # previous band label -> region id
         self.regions: dict[int, Region] = {}
@@ -168,7 +168,7 @@ class Polygonizer:
         if self.geod is not None:
             area_m2 = abs(self.geod.geometry_area_perimeter(geom)[0])
         elif self.crs is not None:
-            unit = ProjCRS.from_user_input(self.crs.to_wkt()).axis_info[0].unit_conversion_factor ** 2
+            unit = self.unit_area
             scale = self.ground_scale if self.ground_scale and abs(self.ground_scale / unit - 1) > 0.01 else unit
             area_m2 = area * scale
         else:
@@ -178,7 +178,6 @@ class Polygonizer:
         fid = self.count + len(self.rows) + 1
         size = area if np.isnan(area_m2) else area_m2
         self.areas.append((size, fid))
-        self.total_area_m2 += 0.0 if np.isnan(area_m2) else area_m2
         c = geom.representative_point()
         summary = {"id": fid, "area_m2": None if np.isnan(area_m2) else round(area_m2, 2), "pixels": reg.pixels,
                    "x": round(c.x, 6), "y": round(c.y, 6), "max_prob": round(reg.score_max, 4)}
