@@ -27,3 +27,46 @@ class ChangeModel(nn.Module):
     def fit(self, tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """Estimate per-pair statistics from normalised (before (C,h,w), after (C,h,w), valid (h,w) bool)
         tiles spread over the pair. Models without per-pair statistics need nothing."""
+
+
+Tiles = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+MAX_FIT_SAMPLES = 1 << 18  # fit samples kept (every k-th): bounds memory and time on large fit sets
+
+
+def thin(x: torch.Tensor, n: int = MAX_FIT_SAMPLES) -> torch.Tensor:
+    """At most about n rows of x, every k-th: deterministic, and spread like the input."""
+    return x[:: -(-len(x) // n)] if len(x) > n else x
+
+
+class PairFittedModel(ChangeModel):
+    """A label-free model whose statistics come from the pair itself (PCA-kmeans, IR-MAD). Subclasses define
+    `_estimate(tiles) -> tuple of tensors` and `_score(before, after, *statistics)`; `fit` keeps the statistics
+    of the pair being detected, and an unfitted model fits each sample of a batch on itself (whole images)."""
+
+    needs_fit = True
+    size_multiple = 1
+    default_normalization = {"mode": "per-image"}
+
+    def __init__(self):
+        super().__init__()
+        self.statistics: tuple[torch.Tensor, ...] | None = None
+
+    def _estimate(self, tiles: Tiles) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _score(self, before: torch.Tensor, after: torch.Tensor, *statistics: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fit(self, tiles: Tiles) -> None:
+        self.statistics = tuple(t.to(torch.float32) for t in self._estimate(tiles))
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(before.device.type, enabled=False):
+            before, after = before.float(), after.float()
+            if self.statistics is not None:
+                return self._score(before, after, *(t.to(before) for t in self.statistics))
+            out = []
+            for b, a in zip(before, after):
+                whole = torch.ones(b.shape[-2:], dtype=torch.bool, device=b.device)
+                out.append(self._score(b[None], a[None], *(t.to(before) for t in self._estimate([(b, a, whole)]))))
+            return torch.cat(out)

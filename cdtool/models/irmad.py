@@ -31,36 +31,22 @@ from __future__ import annotations
 
 import torch
 
-from cdtool.models.base import ChangeModel
+from cdtool.models.base import PairFittedModel, Tiles, thin
 from cdtool.models.classical import noise_floor
-from cdtool.models.pca_kmeans import Tiles, as_fit_tiles, thin
 from cdtool.models.registry import register_model
 
 
-class IRMAD(ChangeModel):
-    needs_fit = True
-    halo = 0
-    size_multiple = 1
+class IRMAD(PairFittedModel):
     default_threshold = 0.99
-    default_normalization = {"mode": "per-image"}
 
     def __init__(self, min_change: float = 0.3, ridge: float = 1e-4, max_iter: int = 30, tol: float = 1e-3):
         super().__init__()
         self.min_change, self.ridge, self.max_iter, self.tol = float(min_change), ridge, max_iter, tol
-        # fitted: date means (2, C), canonical vectors of each date (2, C, C), MAD sigmas (C,)
-        self.register_buffer("means", torch.zeros(0), persistent=False)
-        self.register_buffer("vectors", torch.zeros(0), persistent=False)
-        self.register_buffer("sigma", torch.zeros(0), persistent=False)
-        self.fitted = False
         self.rho: torch.Tensor | None = None  # canonical correlations of the last fit, for inspection
 
-    def fit(self, tiles: Tiles) -> None:
-        """Iterated, reweighted CCA on the valid pixels of normalised (before, after, valid) tiles."""
-        dev = self.means.device
-        self.means, self.vectors, self.sigma = (t.to(dev, torch.float32) for t in self._estimate(tiles))
-        self.fitted = True
-
     def _estimate(self, tiles: Tiles) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Iterated, reweighted CCA on the valid pixels of normalised (before, after, valid) tiles: date means
+        (2, C), canonical vectors of each date (2, C, C), MAD sigmas (C,)."""
         px = [torch.stack([b, a])[:, :, v].detach().to("cpu", torch.float64) for b, a, v in tiles]  # (2, C, n)
         xy = thin(torch.cat(px, dim=2).permute(2, 0, 1))  # (N, 2, C)
         c = xy.shape[-1]
@@ -76,16 +62,6 @@ class IRMAD(ChangeModel):
             rho_prev = rho
         self.rho = rho
         return means, vectors, sigma
-
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(before.device.type, enabled=False):
-            before, after = before.float(), after.float()
-            if self.fitted:
-                return self._score(before, after, self.means, self.vectors, self.sigma)
-            out = []
-            for tile in as_fit_tiles(before, after):  # unfitted: each sample fitted on itself (whole image)
-                out.append(self._score(tile[0][None], tile[1][None], *(t.to(before) for t in self._estimate([tile]))))
-            return torch.cat(out)
 
     def _score(self, before: torch.Tensor, after: torch.Tensor, means: torch.Tensor, vectors: torch.Tensor,
                sigma: torch.Tensor) -> torch.Tensor:

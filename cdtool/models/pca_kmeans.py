@@ -28,29 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from cdtool.errors import InputError
-from cdtool.models.base import ChangeModel
+from cdtool.models.base import PairFittedModel, Tiles, thin
 from cdtool.models.classical import noise_floor
 from cdtool.models.registry import register_model
 
-Tiles = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-MAX_SAMPLES = 1 << 18  # fit samples kept (every k-th): bounds memory and time on large fit sets
-
-
-def thin(x: torch.Tensor, n: int = MAX_SAMPLES) -> torch.Tensor:
-    """At most about n rows of x, every k-th: deterministic, and spread like the input."""
-    return x[:: -(-len(x) // n)] if len(x) > n else x
-
-
-def as_fit_tiles(before: torch.Tensor, after: torch.Tensor) -> Tiles:
-    """A batch (B, C, H, W) as one whole-image fit tile per sample, all pixels valid."""
-    return [(b, a, torch.ones(b.shape[-2:], dtype=torch.bool, device=b.device)) for b, a in zip(before, after)]
-
-
-class PCAKMeans(ChangeModel):
-    needs_fit = True
-    size_multiple = 1
+class PCAKMeans(PairFittedModel):
     default_threshold = 0.5
-    default_normalization = {"mode": "per-image"}
 
     def __init__(self, block: int = 5, components: int | None = None, min_change: float = 0.3):
         super().__init__()
@@ -60,17 +43,6 @@ class PCAKMeans(ChangeModel):
             raise InputError(f"pca_kmeans: components must be at least 1, got {components}")
         self.block, self.components, self.min_change = block, components, float(min_change)
         self.halo = block // 2
-        # fitted statistics: projection kernels (S, C, h, h), bias -V^T psi (S,), centroids (unchanged, changed)
-        self.register_buffer("kernels", torch.zeros(0), persistent=False)
-        self.register_buffer("bias", torch.zeros(0), persistent=False)
-        self.register_buffer("centroids", torch.zeros(0), persistent=False)
-        self.fitted = False
-
-    def fit(self, tiles: Tiles) -> None:
-        """Estimate PCA and k-means on normalised (before, after, valid) tiles of one pair."""
-        dev = self.kernels.device
-        self.kernels, self.bias, self.centroids = (t.to(dev, torch.float32) for t in self._estimate(tiles))
-        self.fitted = True
 
     def _project(self, diff: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) difference -> (B, S, H, W) principal components of each pixel's neighbourhood."""
@@ -78,6 +50,8 @@ class PCAKMeans(ChangeModel):
         return F.conv2d(F.pad(diff, (p, p, p, p), mode="replicate") if p else diff, kernels, bias)
 
     def _estimate(self, tiles: Tiles) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """PCA and k-means on normalised (before, after, valid) tiles of one pair: projection kernels
+        (S, C, h, h), bias -V^T psi (S,), centroids (unchanged, changed)."""
         h = self.block
         diffs, valids = [], []
         for before, after, valid in tiles:  # invalid pixels zeroed: nodata never reaches the statistics
@@ -109,16 +83,6 @@ class PCAKMeans(ChangeModel):
         centroids = _two_means(thin(torch.cat(feats)))
         recon = (mean + centroids @ v.T).mean(1)  # mean difference each centroid stands for
         return kernels, bias, centroids[recon.argsort()]
-
-    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(before.device.type, enabled=False):
-            before, after = before.float(), after.float()
-            if self.fitted:
-                return self._score(before, after, self.kernels, self.bias, self.centroids)
-            out = []
-            for tile in as_fit_tiles(before, after):  # unfitted: each sample fitted on itself (whole image)
-                out.append(self._score(tile[0][None], tile[1][None], *(t.to(before) for t in self._estimate([tile]))))
-            return torch.cat(out)
 
     def _score(self, before: torch.Tensor, after: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor,
                centroids: torch.Tensor) -> torch.Tensor:
