@@ -113,8 +113,14 @@ def _visible(name: str) -> bool:
     if w:
         um = float(w.group(1)) / (1000.0 if w.group(2).lower() == "nm" else 1.0)
         return 0.38 <= um <= 0.72
-    s2 = _S2_BAND.search(name)
-    return s2 is None or s2.group(1).lstrip("0") in ("2", "3", "4")
+    s2 = sentinel2_band(name)
+    return s2 is None or s2 in ("2", "3", "4")
+
+
+def sentinel2_band(name: str) -> str | None:
+    """The Sentinel-2 band a name mentions ("2" for `…_B02`, "8A" for `B8A`), or None."""
+    m = _S2_BAND.search(name)
+    return m.group(1).upper().lstrip("0") if m else None
 
 
 def mismatches(card: ModelCard, domain: InputDomain) -> list[str]:

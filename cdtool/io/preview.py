@@ -7,20 +7,21 @@ Every panel is read downsampled (GDAL serves it from overviews where they exist)
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from cdtool.domain import sentinel2_band
+
 SIDE = 400  # pixels on the long side of each panel
 
 
 def _display_bands(names: list[str]) -> list[int]:
     """0-based indexes of the bands to show as RGB (or one grey band)."""
-    found = {m.group(1).upper(): i for i, n in enumerate(names) if (m := re.search(r"(?<![A-Za-z0-9])(B0?[2-4])(?![0-9A-Za-z])", n))}
-    s2 = [found.get(k) for k in ("B04", "B03", "B02")]
+    found = {sentinel2_band(n): i for i, n in enumerate(names)}
+    s2 = [found.get(k) for k in ("4", "3", "2")]
     if len(names) > 3 and all(i is not None for i in s2):
         return s2  # type: ignore[return-value]
     return [0, 1, 2] if len(names) >= 3 else [0]

@@ -74,33 +74,30 @@ def mask_qml(changed_value: int = 1, alpha_band: int = -1) -> str:
 """
 
 
+def _outline_layer(rgba: str, width_mm: float) -> str:
+    """A fill symbol layer drawing only an outline."""
+    return f"""        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
+          <Option type="Map">
+            <Option type="QString" name="color" value="0,0,0,0"/>
+            <Option type="QString" name="outline_color" value="{rgba}"/>
+            <Option type="QString" name="outline_style" value="solid"/>
+            <Option type="QString" name="outline_width" value="{width_mm:g}"/>
+            <Option type="QString" name="outline_width_unit" value="MM"/>
+            <Option type="QString" name="style" value="no"/>
+          </Option>
+        </layer>
+"""
+
+
 def polygons_qml() -> str:
-    return """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+    """Yellow outlines on a dark casing, drawn in that order, no fill."""
+    layers = _outline_layer("20,20,20,220", 1.1) + _outline_layer("255,237,0,255", 0.5)
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22" styleCategories="Symbology|Labeling">
   <renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0">
     <symbols>
       <symbol type="fill" name="0" alpha="1" clip_to_extent="1" force_rhr="0">
-        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
-          <Option type="Map">
-            <Option type="QString" name="color" value="0,0,0,0"/>
-            <Option type="QString" name="outline_color" value="20,20,20,220"/>
-            <Option type="QString" name="outline_style" value="solid"/>
-            <Option type="QString" name="outline_width" value="1.1"/>
-            <Option type="QString" name="outline_width_unit" value="MM"/>
-            <Option type="QString" name="style" value="no"/>
-          </Option>
-        </layer>
-        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
-          <Option type="Map">
-            <Option type="QString" name="color" value="0,0,0,0"/>
-            <Option type="QString" name="outline_color" value="255,237,0,255"/>
-            <Option type="QString" name="outline_style" value="solid"/>
-            <Option type="QString" name="outline_width" value="0.5"/>
-            <Option type="QString" name="outline_width_unit" value="MM"/>
-            <Option type="QString" name="style" value="no"/>
-          </Option>
-        </layer>
-      </symbol>
+{layers}      </symbol>
     </symbols>
   </renderer-v2>
   <blendMode>0</blendMode>
