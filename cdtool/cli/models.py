@@ -32,15 +32,15 @@ def models(
         trainable = any(p.requires_grad for p in create_model(name).parameters())
         t.add_row(name, e.output, "yes" if trainable else "no", e.paper, e.summary)
     out_console.print(t)
-    from cdtool.inference.detector import LABEL_FREE_DEFAULT, shipped_detectors
+    from cdtool.inference.detector import LABEL_FREE_DEFAULT, shipped_cards
 
     dt = Table("shipped (--model NAME)", "model", "bands", "GSD trained", "default for GSD", "change",
                title="shipped weights (`cdtool info NAME` for the full card); the default elsewhere: "
                      + ", ".join(f"{v} for {k} inputs" for k, v in LABEL_FREE_DEFAULT.items()))
-    for path, det in shipped_detectors():
-        card = dict(det.card.describe())
-        dt.add_row(path.stem, det.name, card["bands"], card["GSD trained"],
-                   card["default for GSD"], card["change learned"])
+    for path, name, model_card in shipped_cards():
+        card = dict(model_card.describe())
+        dt.add_row(path.stem, name, card["bands"], card["GSD trained"], card["default for GSD"],
+                   card["change learned"])
     out_console.print(dt)
     lt = Table("loss", "reads", "summary", title="losses")
     for name in loss_names():

@@ -36,21 +36,37 @@ def save_checkpoint(path: str | os.PathLike, states: dict[str, dict[str, torch.T
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Read back (states, meta); never unpickles."""
+def read_meta(path: str | os.PathLike) -> dict:
+    """Only the metadata (from the file's header; no tensor is read), e.g. to check a model's card."""
+    from safetensors import safe_open
+
     path = Path(path)
     try:
-        flat = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable cdtool checkpoint ({exc})") from None
     if raw is None:
         raise InputError(f"{path}: safetensors file without cdtool metadata (model name, normalisation)")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise InputError(f"{path}: checkpoint metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: checkpoint metadata is not a mapping")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Read back (states, meta); never unpickles."""
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        flat = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable cdtool checkpoint ({exc})") from None
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in flat.items():
         state_name, _, param = key.partition(".")
         states.setdefault(state_name, {})[param] = tensor
-    return states, json.loads(raw)
+    return states, meta

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
-from cdtool.engine.checkpoint import load_checkpoint
+from cdtool.engine.checkpoint import load_checkpoint, read_meta
 from cdtool.errors import InputError
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
@@ -62,8 +62,13 @@ def shipped_weights() -> list[Path]:
     return sorted(Path(str(resources.files("cdtool") / "weights")).glob(SHIPPED_WEIGHTS))
 
 
-def shipped_detectors() -> list[tuple[Path, Detector]]:
-    return [(p, _from_checkpoint(p)) for p in shipped_weights()]
+def shipped_cards() -> list[tuple[Path, str, ModelCard]]:
+    """(file, model name, card) of each shipped model, read from the files' headers: no model is built."""
+    out = []
+    for path in shipped_weights():
+        meta = read_meta(path)
+        out.append((path, str((meta.get("model") or {}).get("name", "?")), _card_of(path, meta)))
+    return out
 
 
 def choose_detector(spec: str | Detector | None, domain: InputDomain, native_scale: bool = False) -> Choice:
@@ -78,16 +83,16 @@ def choose_detector(spec: str | Detector | None, domain: InputDomain, native_sca
         reason = f"{det.name}: named with --model; input {domain.band_count} bands, {gsd_text}"
         return Choice(det, reason, warns, 1.0 if native_scale else scale_factor(det.card, domain.gsd))
     rejected = []
-    for path, det in shipped_detectors():
-        if det.card.usable_gsd_m is None:
+    for path, name, card in shipped_cards():
+        if card.usable_gsd_m is None:
             continue  # shipped for --model, never the default: it did not beat the label-free methods
-        off = mismatches(det.card, domain) + (["GSD unknown"] if domain.gsd is None else [])
+        off = mismatches(card, domain) + (["GSD unknown"] if domain.gsd is None else [])
         if not off:
-            scale = 1.0 if native_scale else scale_factor(det.card, domain.gsd)
+            scale = 1.0 if native_scale else scale_factor(card, domain.gsd)
             how = "" if scale == 1.0 else f", windows resampled {scale:.3g}x to its training GSD"
-            reason = (f"{path.stem} ({det.name}, {det.card.change}): its domain covers this input "
+            reason = (f"{path.stem} ({name}, {card.change}): its domain covers this input "
                       f"({domain.band_count} bands {domain.layout or ''}, {gsd_text}{how})")
-            return Choice(det, reason, [], scale)
+            return Choice(_from_checkpoint(path), reason, [], scale)
         rejected.append(f"{path.stem}: {'; '.join(off)}")
     kind = "rgb" if domain.layout == "rgb" else "multispectral"
     name = LABEL_FREE_DEFAULT[kind]
@@ -139,10 +144,7 @@ def _from_checkpoint(path: Path) -> Detector:
     threshold = meta.get("threshold", 0.5)
     if not (threshold in ("otsu", "kmeans", "gmm") or isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
         raise InputError(f"{path}: checkpoint threshold must be a number in [0, 1] or a method name, got {threshold!r}")
-    try:
-        card = ModelCard.from_meta(meta, band_count=args.get("in_channels", 3))
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+    card = _card_of(path, meta)
     _check_shapes(path, name, args, states.get("model", {}))
     model = create_model(name, **args)
     try:
@@ -150,6 +152,14 @@ def _from_checkpoint(path: Path) -> Detector:
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
     return Detector(name, model.eval(), normalization, threshold, meta.get("bands"), meta, card)
+
+
+def _card_of(path: Path, meta: dict) -> ModelCard:
+    args = (meta.get("model") or {}).get("args", {})
+    try:
+        return ModelCard.from_meta(meta, band_count=args.get("in_channels", 3) if isinstance(args, dict) else None)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:
