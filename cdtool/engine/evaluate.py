@@ -214,17 +214,21 @@ def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5) -> tup
     return acc.compute(), rows
 
 
-def seen_pairs(spec: str, roots: list[str]) -> list[str]:
-    """The pairs of `roots` a checkpoint was trained or validated on (recorded in its metadata)."""
+def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) -> list[str]:
+    """The pairs of `roots` (their names: `present`, when already listed) a checkpoint was trained or validated
+    on, as its metadata records them; read from the file's header, no model is built."""
     from cdtool.data.pair_folder import PairFolderDataset
-    from cdtool.inference.detector import load_detector
+    from cdtool.engine.checkpoint import read_meta
+    from cdtool.inference.detector import checkpoint_path
 
-    meta = load_detector(spec).meta
+    path = checkpoint_path(spec)
+    meta = read_meta(path) if path is not None else {}
     recorded = set(meta.get("train_pairs", [])) | set(meta.get("val_pairs", []))
     if not recorded:
         return []
-    present = set(PairFolderDataset(roots, crop=None, augment=False).names)
-    return sorted(recorded & present)
+    if present is None:
+        present = PairFolderDataset(roots, crop=None, augment=False).names
+    return sorted(recorded & set(present))
 
 
 def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
@@ -237,9 +241,10 @@ def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, 
     from cdtool.data.pair_folder import PairFolderDataset
     from cdtool.inference.detector import load_detector, pick_device
 
-    if pairs is None and exclude is None and spec is not None:
-        exclude = seen_pairs(spec, roots) or None  # score held-out pairs unless told otherwise
-        if exclude and len(exclude) == len(PairFolderDataset(roots, crop=None, augment=False).names):
+    if pairs is None and exclude is None and spec is not None:  # score held-out pairs unless told otherwise
+        present = PairFolderDataset(roots, crop=None, augment=False).names
+        exclude = seen_pairs(spec, roots, present) or None
+        if exclude and len(exclude) == len(present):
             raise InputError(f"{', '.join(roots)}: the model was trained or validated on every pair here; "
                              "name pairs with --pairs to score them anyway")
     data = PairFolderDataset(roots, pairs=pairs, exclude=exclude, crop=None, augment=False, shift=shift)

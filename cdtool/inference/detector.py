@@ -111,15 +111,21 @@ def load_detector(spec: str | None, band_count: int | None = None) -> Detector:
         domain = InputDomain(band_count or 3, [f"band {i + 1}" for i in range(band_count or 3)],
                              [], "float32", None, "unknown")
         return choose_detector(None, domain).detector
+    path = checkpoint_path(spec)
+    return _from_checkpoint(path) if path is not None else _from_registry(spec)
+
+
+def checkpoint_path(spec: str) -> Path | None:
+    """The checkpoint file `spec` names (a path, or a shipped model's name), or None for a registry name."""
     shipped = {p.stem: p for p in shipped_weights()}
     if spec in shipped and not Path(spec).exists():
-        return _from_checkpoint(shipped[spec])
+        return shipped[spec]
     path = Path(spec)
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
             raise InputError(f"{path}: no such checkpoint file")
-        return _from_checkpoint(path)
-    return _from_registry(spec)
+        return path
+    return None
 
 
 def _from_registry(name: str) -> Detector:
