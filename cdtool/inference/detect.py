@@ -127,8 +127,9 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
 
     with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
                                     skip_bad_windows=opts.skip_bad_windows) as pair:
-        mapping_unit(opts, opts.gsd if opts.gsd is not None else pair.info.gsd, pair.info.georeferenced)
-        choice = choose_detector(opts.model, input_domain(pair, opts.gsd), opts.native_scale)
+        domain = input_domain(pair, opts.gsd)
+        mapping_unit(opts, domain.gsd, pair.info.georeferenced)  # refuse a bad --min-area before any work
+        choice = choose_detector(opts.model, domain, opts.native_scale)
         trained_on = choice.detector.card.band_count
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
@@ -137,7 +138,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         with OutputSet(out, names, opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
-                result = _run(pair, choice, device, opts, outs, scratch)
+                result = _run(pair, choice, domain.gsd, device, opts, outs, scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             result.seconds = time.perf_counter() - start
@@ -167,7 +168,8 @@ def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
                        gsd if gsd is not None else info.gsd, source)
 
 
-def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: OutputSet, scratch: Path) -> DetectResult:
+def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
+         scratch: Path) -> DetectResult:
     info = pair.info
     height, width = pair.shape
     detector = choice.detector
@@ -235,7 +237,6 @@ def _run(pair: RasterPair, choice: Choice, device, opts: DetectOptions, outs: Ou
         raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
 
     mask = BandWriter(mask_path, height, width, "uint8", MASK_NODATA, info.crs, info.transform, "change mask")
-    gsd = opts.gsd if opts.gsd is not None else info.gsd
     pixel_map_area = abs(info.transform.determinant)
     ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
     min_pixels, min_area = mapping_unit(opts, gsd, georef)
