@@ -69,9 +69,9 @@ def evaluate(
         table.add_row(str(row["name"]), *(_fmt(row.get(k)) for k in NAMES))
     out_console.print(table)
     if json_out is not None:
-        tmp = json_out.with_name(f".{json_out.name}.partial")
-        tmp.write_text(json.dumps(_clean({"total": total, "per_pair": rows}), indent=1))
-        tmp.replace(json_out)
+        from cdtool.io.outputs import write_text_atomic
+
+        write_text_atomic(json_out, json.dumps(_clean({"total": total, "per_pair": rows}), indent=1))
 
 
 SHORT = {"precision": "prec", "recall": "rec"}  # headers that fit 80 columns beside long pair names

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cdtool.errors import InputError
+from cdtool.io.outputs import replaced_when_done
 
 META_KEY = "cdtool"
 
@@ -30,9 +31,8 @@ def save_checkpoint(path: str | os.PathLike, states: dict[str, dict[str, torch.T
             if isinstance(v, torch.Tensor):
                 flat[f"{state_name}.{k}"] = v.detach().cpu().contiguous()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    with replaced_when_done(path) as tmp:
+        save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return path
 
 

@@ -35,6 +35,7 @@ from cdtool.engine.evaluate import normalize_batch
 from cdtool.engine.recipe import Recipe, dump_recipe
 from cdtool.engine.tasks import TASKS, TrainOutputs
 from cdtool.errors import CdtoolError, InputError
+from cdtool.io.outputs import replaced_when_done, write_text_atomic
 from cdtool.losses.base import create_loss
 from cdtool.metrics import best_threshold
 from cdtool.models.registry import create_model, model_entry
@@ -410,9 +411,7 @@ def _sha256(path: Path) -> str:
 def _write_manifest(run_dir: Path, epoch: int, phase: str) -> None:
     """Checksums of the resume files, written after both: resume trusts the pair only when they match."""
     manifest = {"epoch": epoch, "phase": phase, "sha256": {n: _sha256(run_dir / n) for n in RESUME_FILES}}
-    tmp = run_dir / f".{MANIFEST}.partial"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(run_dir / MANIFEST)
+    write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _check_manifest(run_dir: Path) -> None:
@@ -437,9 +436,8 @@ def _save_state(path: Path, optims, scheds, scaler, epoch: int, phase: str, best
           "scaler": scaler.state_dict() if scaler is not None else {},
           "epoch": epoch, "phase": phase, "best": best, "best_epoch": best_epoch, "best_threshold": best_thr,
           "history": json.dumps(history)}
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(st, tmp)
-    tmp.replace(path)
+    with replaced_when_done(path) as tmp:
+        torch.save(st, tmp)
 
 
 def _progress(loader, desc: str, quiet: bool):

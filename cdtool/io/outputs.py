@@ -1,17 +1,39 @@
-"""A set of output files written under temporary names and renamed together when complete, so a
-failed or interrupted run leaves nothing half-written and nothing the user had is overwritten silently."""
+"""Outputs written under temporary names and renamed when complete, so a failed or interrupted run leaves
+nothing half-written and nothing the user had is overwritten silently: one file (`replaced_when_done`,
+`write_text_atomic`) or a set of files renamed together (`OutputSet`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from cdtool.errors import InputError
 
 
 LOCK = ".cdtool.lock"
+
+
+@contextmanager
+def replaced_when_done(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `path` to write to; it replaces `path` only if the block completes,
+    and is removed otherwise."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with replaced_when_done(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _alive(pid: int) -> bool:

@@ -13,6 +13,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from cdtool.errors import InputError
+from cdtool.io.outputs import write_text_atomic
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".img", ".vrt"}
 
@@ -103,7 +104,4 @@ def write_stack(out: str | os.PathLike, sources: list[str | os.PathLike], overwr
     if not out.parent.is_dir():
         raise InputError(f"{out.parent}: no such folder to write {out.name} into")
     xml = stack_vrt(files, resampling)
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(xml)
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, xml)
