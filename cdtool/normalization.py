@@ -91,6 +91,29 @@ class Normalizer:
         """The same on a tensor (..., 2, C, h, w), in place, on whatever device it lives on."""
         import torch
 
-        mean = torch.as_tensor(self.mean, device=stack.device)[..., None, None]
-        std = torch.as_tensor(self.std, device=stack.device)[..., None, None]
-        return stack.sub_(mean).div_(std)
+        return standardize(stack, torch.as_tensor(self.mean), torch.as_tensor(self.std), in_place=True)
+
+
+def standardize(x: "torch.Tensor", mean: "torch.Tensor", std: "torch.Tensor", in_place: bool = False) -> "torch.Tensor":
+    """(x - mean) / std with per-band statistics `mean`, `std` of shape (..., C) broadcast over (h, w)."""
+    m = mean.to(x)[..., None, None]
+    s = std.to(x).clamp_min(1e-6)[..., None, None]
+    return x.sub_(m).div_(s) if in_place else (x - m) / s
+
+
+def normalize_batch(image: "torch.Tensor", spec: dict, mean: "torch.Tensor | None" = None,
+                    std: "torch.Tensor | None" = None) -> "tuple[torch.Tensor, torch.Tensor]":
+    """A training or evaluation batch, raw (B, 2, C, H, W) -> normalised (before, after). Per-image mode uses
+    the whole-pair statistics the dataset provides (`mean`, `std`: (B, 2, C)), as `Normalizer` computes them
+    for detection, and falls back to each sample's own statistics."""
+    import torch
+
+    x = image.float()
+    if spec["mode"] == "fixed":
+        if len(spec["mean"]) != x.shape[2]:
+            raise InputError(f"normalization has {len(spec['mean'])} band values but the data has {x.shape[2]} bands")
+        mean, std = torch.as_tensor(spec["mean"], dtype=x.dtype), torch.as_tensor(spec["std"], dtype=x.dtype)
+    elif mean is None or std is None:
+        mean, std = x.mean(dim=(-2, -1)), x.std(dim=(-2, -1))
+    z = standardize(x, mean, std)
+    return z[:, 0], z[:, 1]

@@ -8,7 +8,7 @@ import rasterio
 import torch
 import torch.nn as nn
 
-from cdtool.engine.checkpoint import save_checkpoint
+from cdtool.io.checkpoint import save_checkpoint
 from cdtool.errors import InputError
 from cdtool.inference.detect import DetectOptions, detect
 from cdtool.inference.detector import Detector, load_detector

@@ -12,7 +12,7 @@ import torch
 from affine import Affine
 
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
-from cdtool.engine.checkpoint import load_checkpoint, save_checkpoint
+from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
 from cdtool.errors import InputError
 from cdtool.inference import detector as detector_module
 from cdtool.inference.detect import DetectOptions, detect

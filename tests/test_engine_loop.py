@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cdtool.engine.checkpoint import load_checkpoint
+from cdtool.io.checkpoint import load_checkpoint
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
 from cdtool.errors import InputError

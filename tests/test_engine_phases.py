@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from cdtool.engine import tasks
-from cdtool.engine.checkpoint import load_checkpoint
+from cdtool.io.checkpoint import load_checkpoint
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
 from cdtool.engine.tasks import MetricTask, build_optimizer
@@ -46,8 +46,9 @@ class CriticTask(MetricTask):
 
 
 @pytest.fixture(autouse=True)
-def critic_task(monkeypatch):
-    monkeypatch.setitem(tasks.TASKS, "critic_test", CriticTask)
+def critic_task():
+    with tasks.TASKS.temporary("critic_test", CriticTask):
+        yield
 
 
 @pytest.fixture(scope="module")

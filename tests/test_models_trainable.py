@@ -4,7 +4,7 @@ checkpoint round trip through the detector loader."""
 import pytest
 import torch
 
-from cdtool.engine.checkpoint import save_checkpoint
+from cdtool.io.checkpoint import save_checkpoint
 from cdtool.inference.detector import load_detector
 from cdtool.models import create_model, model_names
 

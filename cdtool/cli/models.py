@@ -50,8 +50,8 @@ def models(
     from cdtool.engine.tasks import TASKS
 
     tt = Table("task", "phases", "summary", title="tasks (recipe key `task`; `phases` names them in this order)")
-    for name, cls in TASKS.items():
-        tt.add_row(name, ", ".join(cls.phases), (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+    for e in TASKS.entries():
+        tt.add_row(e.name, ", ".join(e.obj.phases), e.summary)
     out_console.print(tt)
     rt = Table("recipe", "task", "model", "loss", "description", title="recipes")
     for d in [recipes] if recipes else recipe_dirs():

@@ -14,9 +14,15 @@ from typing import Any, Callable
 from torch.utils.data import ConcatDataset, Dataset
 
 from cdtool.errors import InputError
+from cdtool.registry import Registry
 
 
+DATASETS: Registry[Callable[..., Dataset]] = Registry("data.kind", "cdtool.data.registry")
+
+
+@DATASETS.register("folder")
 def _folder(**kwargs: Any) -> Dataset:
+    """Whole labelled pairs in LEVIR/DSIFN/OSCD folders: random crops, or whole pairs."""
     from cdtool.data.pair_folder import PairFolderDataset
 
     return PairFolderDataset(**kwargs)
@@ -31,7 +37,9 @@ class _ChipSets(ConcatDataset):
         self.labels = None if any(lab is None for lab in labels) else [x for lab in labels for x in lab]
 
 
+@DATASETS.register("chips")
 def _chips(root: str | list[str], split: str | None = None) -> Dataset:
+    """What `cdtool tile` / `cdtool patches` wrote, by split; several folders read as one set."""
     from cdtool.data.chips import ChipDataset  # imported lazily: only runs that use chips need it
 
     if isinstance(root, (list, tuple)):
@@ -42,13 +50,9 @@ def _chips(root: str | list[str], split: str | None = None) -> Dataset:
     return ChipDataset(root, split)
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {"folder": _folder, "chips": _chips}
-
-
 def build_dataset(kind: str, **kwargs: Any) -> Dataset:
-    if kind not in DATASETS:
-        raise InputError(f"data.kind {kind!r} is not known; allowed: {', '.join(DATASETS)}")
+    builder = DATASETS.get(kind)
     try:
-        return DATASETS[kind](**kwargs)
+        return builder(**kwargs)
     except TypeError as exc:
         raise InputError(f"data ({kind}): {exc}") from None

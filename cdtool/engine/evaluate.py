@@ -13,46 +13,14 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cdtool.errors import InputError
+from cdtool.inference.predictor import predict_padded
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.metrics import BinaryMetrics
+from cdtool.normalization import normalize_batch
 
 HIST_BINS = 1024
-
-
-def normalize_batch(image: torch.Tensor, spec: dict, mean: torch.Tensor | None = None,
-                    std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw (B, 2, C, H, W) -> normalised (before, after). Per-image mode uses the whole-pair statistics
-    the dataset provides (`mean`, `std`: (B, 2, C)) and falls back to each sample's own statistics."""
-    x = image.float()
-    if spec["mode"] == "fixed":
-        m = torch.as_tensor(spec["mean"], dtype=x.dtype, device=x.device)[None, None, :, None, None]
-        s = torch.as_tensor(spec["std"], dtype=x.dtype, device=x.device).clamp_min(1e-6)[None, None, :, None, None]
-        if m.shape[2] != x.shape[2]:
-            raise InputError(f"normalization has {m.shape[2]} band values but the data has {x.shape[2]} bands")
-    elif mean is not None and std is not None:
-        m, s = mean.to(x)[..., None, None], std.to(x).clamp_min(1e-6)[..., None, None]
-    else:
-        m = x.mean(dim=(-2, -1), keepdim=True)
-        s = x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
-    z = (x - m) / s
-    return z[:, 0], z[:, 1]
-
-
-@torch.no_grad()
-def predict_padded(model: nn.Module, before: torch.Tensor, after: torch.Tensor, amp: bool = False) -> torch.Tensor:
-    """Scores (B, 1, H, W) for inputs of any size: pad to the model's size multiple, crop back."""
-    h, w = before.shape[-2:]
-    m = int(getattr(model, "size_multiple", 1))
-    ph, pw = (-h) % m, (-w) % m
-    if ph or pw:
-        before = F.pad(before, (0, pw, 0, ph), mode="replicate")
-        after = F.pad(after, (0, pw, 0, ph), mode="replicate")
-    with torch.autocast("cuda", enabled=amp and before.is_cuda):
-        y = model(before, after)
-    return y[..., :h, :w].float().clamp(0.0, 1.0)
 
 
 def threshold_scores(scores: np.ndarray, threshold: float | str, valid: np.ndarray | None = None) -> np.ndarray:
@@ -218,7 +186,7 @@ def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) ->
     """The pairs of `roots` (their names: `present`, when already listed) a checkpoint was trained or validated
     on, as its metadata records them; read from the file's header, no model is built."""
     from cdtool.data.pair_folder import PairFolderDataset
-    from cdtool.engine.checkpoint import read_meta
+    from cdtool.io.checkpoint import read_meta
     from cdtool.inference.detector import checkpoint_path
 
     path = checkpoint_path(spec)

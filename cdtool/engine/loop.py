@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 from cdtool.data.registry import build_dataset
 from cdtool.data.samplers import OverSampler, UnderSampler
 from cdtool.engine import distributed
-from cdtool.engine.checkpoint import load_checkpoint, save_checkpoint
-from cdtool.engine.evaluate import normalize_batch
+from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
+from cdtool.normalization import normalize_batch
 from cdtool.engine.recipe import Recipe, dump_recipe
 from cdtool.engine.tasks import TASKS, TrainOutputs
 from cdtool.errors import CdtoolError, InputError
@@ -233,7 +233,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
     if recipe.model.init and not resume:
         load_init(model, recipe.model.init)
     model.to(device)
-    task = TASKS[recipe.task](resolved, model, create_loss(recipe.loss.name, **recipe.loss.args))
+    task = TASKS.get(recipe.task)(resolved, model, create_loss(recipe.loss.name, **recipe.loss.args))
     modules = task.modules()
     wrapped = _wrap(modules, dd, device)
     amp = recipe.amp and device.type == "cuda"

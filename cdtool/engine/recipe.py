@@ -149,7 +149,7 @@ class Recipe(_Strict):
         from cdtool.engine.tasks import TASKS
 
         if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; allowed: {', '.join(TASKS)}")
+            raise ValueError(f"unknown task {v!r}; allowed: {', '.join(TASKS.names())}")
         return v
 
     @model_validator(mode="after")
@@ -157,7 +157,7 @@ class Recipe(_Strict):
         from cdtool.engine.tasks import TASKS
 
         if self.phases is not None:
-            declared = TASKS[self.task].phases
+            declared = TASKS.get(self.task).phases
             names = [ph.name for ph in self.phases]
             order = [declared.index(n) for n in names if n in declared]
             if len(order) != len(names) or order != sorted(set(order)):
@@ -171,7 +171,7 @@ class Recipe(_Strict):
             return list(self.phases)
         from cdtool.engine.tasks import TASKS
 
-        return [PhaseConfig(name=TASKS[self.task].phases[0], epochs=self.schedule.epochs)]
+        return [PhaseConfig(name=TASKS.get(self.task).phases[0], epochs=self.schedule.epochs)]
 
     @model_validator(mode="after")
     def _loss_fits_model(self) -> "Recipe":

@@ -22,6 +22,7 @@ from cdtool.engine.evaluate import evaluate_labels, evaluate_loader
 from cdtool.errors import InputError
 from cdtool.losses.base import loss_entry
 from cdtool.metrics import BinaryMetrics
+from cdtool.registry import Registry
 
 if TYPE_CHECKING:
     from cdtool.engine.recipe import Recipe
@@ -84,15 +85,12 @@ class Task:
         return acc
 
 
-TASKS: dict[str, type[Task]] = {}
+TASKS: Registry[type[Task]] = Registry("task", "cdtool.engine.tasks")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
     """Make a task family available to recipes (key `task`) under its `name`."""
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice")
-    TASKS[cls.name] = cls
-    return cls
+    return TASKS.register(cls.name)(cls)
 
 
 @register_task

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
-from cdtool.engine.checkpoint import load_checkpoint, read_meta
+from cdtool.io.checkpoint import load_checkpoint, read_meta
 from cdtool.errors import InputError
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry

@@ -22,6 +22,21 @@ def fit_to_pair(model, pair, normalizer: Normalizer) -> None:
     model.fit(tiles)
 
 
+@torch.no_grad()
+def predict_padded(model: torch.nn.Module, before: torch.Tensor, after: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """Scores (B, 1, H, W) in [0, 1] for normalised inputs of any size: pad to the model's size multiple
+    (replicating the edge), run (AMP on CUDA), crop back. The one way every caller runs a model."""
+    h, w = before.shape[-2:]
+    m = int(getattr(model, "size_multiple", 1))
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        before = F.pad(before, (0, pw, 0, ph), mode="replicate")
+        after = F.pad(after, (0, pw, 0, ph), mode="replicate")
+    with torch.autocast("cuda", enabled=amp and before.is_cuda):
+        y = model(before, after)
+    return y[..., :h, :w].float().clamp(0.0, 1.0)
+
+
 class Predictor:
     def __init__(self, detector: Detector, normalizer: Normalizer, device: torch.device):
         self.detector, self.normalizer, self.device = detector, normalizer, device
@@ -43,14 +58,7 @@ class Predictor:
         for (h, w), idx in by_shape.items():
             x = torch.from_numpy(np.stack([stacks[i] for i in idx])).to(self.device, non_blocking=True)
             x = self.normalizer.torch(x)  # (B, 2, C, h, w)
-            m = self.detector.size_multiple
-            ph, pw = (-h) % m, (-w) % m
-            if ph or pw:
-                b, t, c = x.shape[:3]
-                x = F.pad(x.reshape(b, t * c, h, w), (0, pw, 0, ph), mode="replicate").reshape(b, t, c, h + ph, w + pw)
-            with torch.autocast("cuda", enabled=self.amp):
-                y = self.model(x[:, 0], x[:, 1])
-            y = y[..., :h, :w].float().clamp_(0.0, 1.0).cpu().numpy()
+            y = predict_padded(self.model, x[:, 0], x[:, 1], self.amp).cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = y[j, 0]
         return out  # type: ignore[return-value]

@@ -9,54 +9,33 @@ change mask ``(B, 1, H, W)`` in {0, 1}; `valid` is a same-shaped float mask of p
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from cdtool.errors import InputError
+from cdtool.registry import Entry, Registry
 
 
-@dataclass(frozen=True)
-class LossEntry:
-    name: str
-    builder: Callable[..., nn.Module]
-    summary: str
-    needs: tuple[str, ...]  # keys of the model's training outputs this loss reads
-
-
-_LOSSES: dict[str, LossEntry] = {}
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss", "cdtool.losses")
 
 
 def register_loss(name: str, *, needs: tuple[str, ...] = ()) -> Callable:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _LOSSES:
-            raise ValueError(f"loss {name!r} is registered twice")
-        summary = (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
-        _LOSSES[name] = LossEntry(name, fn, summary, needs)
-        return fn
-
-    return deco
+    """Register a loss builder; `needs` names the keys of the model's training outputs it reads."""
+    return LOSSES.register(name, needs=tuple(needs))
 
 
 def loss_names() -> list[str]:
-    import cdtool.losses  # noqa: F401
-
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
-def loss_entry(name: str) -> LossEntry:
-    import cdtool.losses  # noqa: F401
-
-    if name not in _LOSSES:
-        raise InputError(f"unknown loss {name!r}; registered: {', '.join(sorted(_LOSSES))}")
-    return _LOSSES[name]
+def loss_entry(name: str) -> Entry:
+    return LOSSES.entry(name)
 
 
 def create_loss(name: str, **kwargs) -> nn.Module:
-    return loss_entry(name).builder(**{k: v for k, v in kwargs.items() if v is not None})
+    return LOSSES.create(name, **kwargs)
 
 
 def layer_weights(weights: list[float] | None, n: int) -> list[float]:
