@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdtool.engine.checkpoint import save_checkpoint  # noqa: E402
+from cdtool.io.checkpoint import save_checkpoint  # noqa: E402
 from cdtool.models.registry import create_model  # noqa: E402
 
 SOURCES = ("levir", "dsifn", "oscd_train", "oscd_test", "nanjing")

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cdtool.data.pair_folder import PairFolderDataset
-from cdtool.engine.checkpoint import load_checkpoint
+from cdtool.io.checkpoint import load_checkpoint
 from cdtool.engine.evaluate import evaluate_loader
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
@@ -115,7 +115,7 @@ def main() -> None:
     for path in args.recipes:
         for seed in args.seeds:
             r, run, minutes = trained_run(path, seed, out, results)
-            shift = r.data.train.get("shift")
+            shift = r.data.source_args(r.primary_source()).get("shift")
             data = plain if shift is None else shifted if shift == SHIFT else test_set(shift, args.roots, args.test)
             scores, last = score(str(run / "best.safetensors"), data), score(str(run / "last.safetensors"), data)
             best_epoch = load_checkpoint(run / "best.safetensors")[1]["epoch"]

@@ -5,6 +5,7 @@ Two modes, as plain dicts so they travel inside checkpoints and recipes:
   spread sample of windows. Band-agnostic and robust to gain/illumination shifts between dates and sensors.
 - ``{"mode": "fixed", "mean": [...], "std": [...]}``: per-band statistics of the training data, applied to
   both dates (one value per band).
+- ``{"mode": "none"}``: raw values as float (models that scale their input themselves).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from cdtool.errors import InputError
 from cdtool.windows import Tile
 
-MODES = ("per-image", "fixed")
+MODES = ("per-image", "fixed", "none")
 
 
 def check(spec: dict) -> dict:
@@ -71,7 +72,10 @@ class Normalizer:
 
     def __init__(self, spec: dict, pair=None):
         check(spec)
-        if spec["mode"] == "per-image":
+        if spec["mode"] == "none":
+            count = pair.info.count if pair is not None else 1
+            self.mean, self.std = np.zeros((2, count), np.float32), np.ones((2, count), np.float32)
+        elif spec["mode"] == "per-image":
             if pair is None:
                 raise ValueError("per-image normalisation needs the pair to estimate statistics")
             self.mean, self.std = pair_statistics(pair)
@@ -103,17 +107,25 @@ def standardize(x: "torch.Tensor", mean: "torch.Tensor", std: "torch.Tensor", in
 
 def normalize_batch(image: "torch.Tensor", spec: dict, mean: "torch.Tensor | None" = None,
                     std: "torch.Tensor | None" = None) -> "tuple[torch.Tensor, torch.Tensor]":
-    """A training or evaluation batch, raw (B, 2, C, H, W) -> normalised (before, after). Per-image mode uses
-    the whole-pair statistics the dataset provides (`mean`, `std`: (B, 2, C)), as `Normalizer` computes them
-    for detection, and falls back to each sample's own statistics."""
+    """A batch of pairs, raw (B, 2, C, H, W) -> normalised (before, after)."""
+    z = normalize_stack(image, spec, mean, std)
+    return z[:, 0], z[:, 1]
+
+
+def normalize_stack(image: "torch.Tensor", spec: dict, mean: "torch.Tensor | None" = None,
+                    std: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """A training or evaluation batch, raw (B, T, C, H, W) (T dates; 1 for single images) -> normalised. Per-image
+    mode uses the whole-pair statistics the dataset provides (`mean`, `std`: (B, T, C)), as `Normalizer`
+    computes them for detection, and falls back to each sample's own statistics."""
     import torch
 
     x = image.float()
+    if spec["mode"] == "none":
+        return x
     if spec["mode"] == "fixed":
         if len(spec["mean"]) != x.shape[2]:
             raise InputError(f"normalization has {len(spec['mean'])} band values but the data has {x.shape[2]} bands")
         mean, std = torch.as_tensor(spec["mean"], dtype=x.dtype), torch.as_tensor(spec["std"], dtype=x.dtype)
     elif mean is None or std is None:
         mean, std = x.mean(dim=(-2, -1)), x.std(dim=(-2, -1))
-    z = standardize(x, mean, std)
-    return z[:, 0], z[:, 1]
+    return standardize(x, mean, std)

@@ -29,14 +29,16 @@ def make_pair_folder(root: Path, n: int = 4, size: int = 32, seed: int = 0) -> P
 
 
 def tiny_recipe(root: Path, **over) -> dict:
-    """A CosimNet recipe small enough to train two epochs in about a second."""
+    """A CosimNet recipe small enough to train two epochs in about a second; `over` sets dotted keys
+    (``{"data.train.pairs.args.crop": 32}``), a `models`/`losses` value replaces the whole entry."""
     r = {
         "name": "tiny", "task": "metric",
-        "model": {"name": "cosimnet", "args": {"width": 4, "embed": 8, "side_outputs": 3}},
-        "loss": {"name": "contrastive", "args": {"margin": 2.0}},
-        "data": {"kind": "folder", "args": {"roots": [str(root)]},
-                 "train": {"exclude": ["pairs/p3"], "crop": 24, "samples": 8},
-                 "val": {"pairs": ["pairs/p3"]}, "batch_size": 4},
+        "models": {"model": {"name": "cosimnet", "args": {"width": 4, "embed": 8, "side_outputs": 3}}},
+        "losses": {"change": {"name": "contrastive", "args": {"margin": 2.0}}},
+        "data": {"args": {"roots": [str(root)]},
+                 "train": {"pairs": {"kind": "folder", "args": {"exclude": ["pairs/p3"], "crop": 24, "samples": 8},
+                                     "batch_size": 4, "augment": {"rot90": True, "hflip": 0.5}}},
+                 "val": {"kind": "folder", "args": {"pairs": ["pairs/p3"]}}},
         "optim": {"name": "adam", "lr": 0.01},
         "schedule": {"epochs": 2, "scheduler": "cosine"},
         "seed": 3,
@@ -45,6 +47,6 @@ def tiny_recipe(root: Path, **over) -> dict:
         node = r
         keys = k.split(".")
         for kk in keys[:-1]:
-            node = node[kk]
+            node = node.setdefault(kk, {})
         node[keys[-1]] = v
     return r

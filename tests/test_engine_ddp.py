@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     from cdtool.engine.loop import train
     from cdtool.engine.recipe import load_recipe
 
-    res = train(load_recipe(tiny_recipe(Path(root), **{"schedule.epochs": 1, "data.train.samples": 16})), Path(out) / "run", quiet=True)
+    res = train(load_recipe(tiny_recipe(Path(root), **{"schedule.epochs": 1, "data.train.pairs.args.samples": 16})), Path(out) / "run", quiet=True)
     # parameters, not BatchNorm running stats: DDP re-broadcasts rank 0's buffers at each forward, so after
     # the last step each rank still holds its own local statistics (rank 0's are the ones saved)
     torch.save({k: v.detach().clone() for k, v in res.modules["model"].named_parameters()},

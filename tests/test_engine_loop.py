@@ -31,7 +31,7 @@ def test_run_folder_contents_and_checkpoint(pairs, tmp_path):
     assert meta["model"] == {"name": "cosimnet", "args": {"width": 4, "embed": 8, "side_outputs": 3, "in_channels": 3}}
     assert meta["normalization"] == {"mode": "per-image"} and 0 <= meta["threshold"] <= 1
     assert meta["val_pairs"] == ["pairs/p3"] and "pairs/p3" not in meta["train_pairs"]
-    assert meta["recipe"]["loss"]["name"] == "contrastive" and meta["epoch"] == res.best_epoch
+    assert meta["recipe"]["losses"]["change"]["name"] == "contrastive" and meta["epoch"] == res.best_epoch
     det = load_detector(str(run / "best.safetensors"))
     assert det.threshold == meta["threshold"]
     with pytest.raises(InputError, match="--resume"):
@@ -71,10 +71,10 @@ def test_dense_task_and_init_from_local_weights(pairs, tmp_path):
     donor = create_model("fc_siam_diff", width=4)
     torch.nn.init.constant_(donor.enc[0][0].weight, 0.125)
     save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(tmp_path / "backbone.safetensors"))
-    r = tiny_recipe(pairs, **{"task": "dense", "model": {"name": "fc_siam_diff", "args": {"width": 4},
-                                                        "init": str(tmp_path / "backbone.safetensors")},
-                              "loss": {"name": "bce", "args": {"pos_weight": 2.0}}, "schedule.epochs": 1,
-                              "optim.lr": 1e-9, "threshold": 0.5, "data.train.crop": 32})
+    r = tiny_recipe(pairs, **{"task": "dense", "models.model": {"name": "fc_siam_diff", "args": {"width": 4},
+                                                               "init": str(tmp_path / "backbone.safetensors")},
+                              "losses.change": {"name": "bce", "args": {"pos_weight": 2.0}}, "schedule.epochs": 1,
+                              "optim.lr": 1e-9, "threshold": 0.5, "data.train.pairs.args.crop": 32})
     train(load_recipe(r), tmp_path / "run", quiet=True)
     states, meta = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert torch.allclose(states["model"]["enc.0.0.weight"], torch.full_like(states["model"]["enc.0.0.weight"], 0.125),
@@ -83,15 +83,15 @@ def test_dense_task_and_init_from_local_weights(pairs, tmp_path):
 
 
 def test_crop_must_fit_the_model(pairs, tmp_path):
-    r = tiny_recipe(pairs, **{"task": "dense", "model": {"name": "fc_siam_conc", "args": {"width": 4}},
-                              "loss": {"name": "bce", "args": {}}})
-    with pytest.raises(InputError, match="data.train.crop: 24 is not a multiple of 16"):
+    r = tiny_recipe(pairs, **{"task": "dense", "models.model": {"name": "fc_siam_conc", "args": {"width": 4}},
+                              "losses.change": {"name": "bce", "args": {}}})
+    with pytest.raises(InputError, match="data.train.pairs.args.crop: 24 is not a multiple of 16"):
         train(load_recipe(r), tmp_path / "run", quiet=True)
 
 
 def test_loss_that_needs_outputs_the_model_lacks(pairs, tmp_path):
-    r = tiny_recipe(pairs, **{"task": "dense", "model": {"name": "fc_siam_conc", "args": {"width": 4}},
-                              "loss": {"name": "contrastive", "args": {}}, "data.train.crop": 32})
+    r = tiny_recipe(pairs, **{"task": "dense", "models.model": {"name": "fc_siam_conc", "args": {"width": 4}},
+                              "losses.change": {"name": "contrastive", "args": {}}, "data.train.pairs.args.crop": 32})
     with pytest.raises(InputError, match="needs model outputs"):
         train(load_recipe(r), tmp_path / "run", quiet=True)
 
@@ -99,7 +99,7 @@ def test_loss_that_needs_outputs_the_model_lacks(pairs, tmp_path):
 def test_degenerate_validation_is_named():
     import numpy as np
 
-    from cdtool.engine.loop import degenerate_validation
+    from cdtool.engine.run_files import degenerate_validation
 
     hist = lambda *idx: np.bincount(np.array(idx, int), minlength=10).astype(float)  # noqa: E731
     assert degenerate_validation(hist(), hist(1, 2, 8), 0.5)[0].startswith("the validation data holds no changed")
@@ -125,7 +125,7 @@ def test_resume_refuses_a_torn_or_foreign_state(pairs, tmp_path):
 def test_a_diverging_loss_is_a_failure_not_bad_input(pairs, tmp_path):
     from cdtool.errors import CdtoolError
 
-    recipe = load_recipe(tiny_recipe(pairs, **{"loss.args": {"margin": float("nan")}}))
+    recipe = load_recipe(tiny_recipe(pairs, **{"losses.change.args": {"margin": float("nan")}}))
     with pytest.raises(CdtoolError, match="loss became nan") as info:
         train(recipe, tmp_path / "run", quiet=True)
     assert info.value.exit_code == 1  # a failure (1), not bad input (2)

@@ -82,10 +82,11 @@ def pcd_chips(tmp_path_factory):
 def patch_recipe(chips: Path, **over) -> dict:
     r = tiny_recipe(chips, **{
         "task": "patch",
-        "model": {"name": "siamese_patch", "args": {"patch": 28, "stages": 2, "width": 4}},
-        "loss": {"name": "bce", "args": {}},
-        "data": {"kind": "chips", "args": {"root": [str(chips)]}, "train": {"split": "train"},
-                 "val": {"split": "val"}, "sampler": "under", "batch_size": 8},
+        "models": {"model": {"name": "siamese_patch", "args": {"patch": 28, "stages": 2, "width": 4}}},
+        "losses": {"change": {"name": "bce", "args": {}}},
+        "data": {"args": {"root": [str(chips)]},
+                 "train": {"patches": {"kind": "chips", "args": {"split": "train"}, "sampler": "under", "batch_size": 8}},
+                 "val": {"kind": "chips", "args": {"split": "val"}}},
         "schedule.epochs": 2})
     r.update(over)
     return r
@@ -106,19 +107,21 @@ def test_patch_task_trains_with_undersampling_and_detects(pcd_chips, tmp_path):
 
 def test_patch_task_refusals(pcd_chips, tmp_path):
     with pytest.raises(InputError, match="task 'patch' needs a loss on logits"):
-        load_recipe(patch_recipe(pcd_chips, loss={"name": "contrastive", "args": {}}))
-    with pytest.raises(InputError, match="model 'fc_siam_diff' gives dense maps; train it with task dense or metric"):
-        load_recipe(patch_recipe(pcd_chips, model={"name": "fc_siam_diff", "args": {}}))
-    with pytest.raises(InputError, match="model 'siamese_patch' gives one score per patch; train it with task patch"):
-        load_recipe(patch_recipe(pcd_chips, task="dense"))
+        load_recipe(patch_recipe(pcd_chips, losses={"change": {"name": "contrastive", "args": {}}}))
+    with pytest.raises(InputError, match="model 'fc_siam_diff' gives dense maps; train it with task 'dense' or 'metric'"):
+        load_recipe(patch_recipe(pcd_chips, models={"model": {"name": "fc_siam_diff", "args": {}}}))
+    r = patch_recipe(pcd_chips, task="dense")
+    r["data"]["train"] = {"pairs": r["data"]["train"]["patches"]}
+    with pytest.raises(InputError, match="model 'siamese_patch' gives one score per patch; train it with task 'patch'"):
+        load_recipe(r)
     folder = make_pair_folder(tmp_path / "pairs", n=4, size=32)
-    r = tiny_recipe(folder.parent, **{"data.sampler": "under"})
+    r = tiny_recipe(folder.parent, **{"data.train.pairs.sampler": "under"})
     r["data"]["args"]["roots"] = [str(folder)]
     with pytest.raises(InputError, match="needs labelled samples"):
         train(load_recipe(r), tmp_path / "run", quiet=True)
     r = patch_recipe(pcd_chips)
-    r["data"] = {"kind": "folder", "args": {"roots": [str(folder)]}, "train": {"crop": 28, "samples": 4},
-                 "batch_size": 4}
+    r["data"] = {"args": {"roots": [str(folder)]},
+                 "train": {"patches": {"kind": "folder", "args": {"crop": 28, "samples": 4}, "batch_size": 4}}}
     with pytest.raises(InputError, match="task 'patch' needs labelled samples"):
         train(load_recipe(r), tmp_path / "run2", quiet=True)
 

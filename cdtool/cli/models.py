@@ -47,22 +47,29 @@ def models(
         e = loss_entry(name)
         lt.add_row(name, ", ".join(e.needs), e.summary)
     out_console.print(lt)
-    from cdtool.engine.tasks import TASKS
+    from cdtool.engine.task import TASKS
 
-    tt = Table("task", "phases", "summary", title="tasks (recipe key `task`; `phases` names them in this order)")
+    tt = Table("task", "phases", "models", "losses", "data.train", "summary",
+               title="tasks (recipe key `task`; `phases` names them in this order; the roles a recipe gives)")
     for e in TASKS.entries():
-        tt.add_row(e.name, ", ".join(e.obj.phases), e.summary)
+        t = e.obj
+        tt.add_row(e.name, ", ".join(t.phases), ", ".join(t.models), ", ".join(t.losses), ", ".join(t.sources), e.summary)
     out_console.print(tt)
-    rt = Table("recipe", "task", "model", "loss", "description", title="recipes")
+    rt = Table("recipe", "task", "models", "losses", "description", title="recipes")
     for d in [recipes] if recipes else recipe_dirs():
         for path in sorted(Path(d).glob("*.yaml")):
             try:
                 r = yaml.safe_load(path.read_text()) or {}
-                rt.add_row(str(path), str(r.get("task", "")), str((r.get("model") or {}).get("name", "")),
-                           str((r.get("loss") or {}).get("name", "")), str(r.get("description", "")))
+                rt.add_row(str(path), str(r.get("task", "")), _names(r.get("models")), _names(r.get("losses")),
+                           str(r.get("description", "")))
             except (yaml.YAMLError, AttributeError):
                 rt.add_row(str(path), "", "", "", "(not a readable recipe)")
     out_console.print(rt)
+
+
+def _names(entries) -> str:
+    """The registry names of a recipe's `models:` or `losses:` as text."""
+    return ", ".join(str((v or {}).get("name", "")) for v in (entries or {}).values())
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,3 @@
+"""Task families, one module each; importing this package registers them (cdtool.engine.task.TASKS)."""
+
+from cdtool.tasks import dense, patch  # noqa: F401
