@@ -46,20 +46,6 @@ class RunResult:
     modules: dict[str, nn.Module]  # the trained modules in memory (state after the last epoch)
 
 
-@dataclass
-class Run:
-    """What every epoch of one `train` call shares."""
-
-    recipe: Recipe
-    run_dir: Path
-    device: torch.device
-    dd: distributed.Dist
-    amp: bool
-    scaler: torch.amp.GradScaler
-    total_epochs: int
-    quiet: bool
-
-
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -143,157 +129,188 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
           quiet: bool = False, stop_after: int | None = None) -> RunResult:
     """Train `recipe` into `run_dir`, phase after phase. `resume` continues from ``last.*`` there, inside a
     phase or at the next; `stop_after` ends after that many epochs in this call (to test interruption)."""
-    device = device or torch.device("cpu")
-    dd = distributed.setup(device)
-    run_dir = Path(run_dir)
-    if dd.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    last_path = run_dir / "last.safetensors"
-    if not resume and last_path.exists():
-        raise InputError(f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out")
-    if resume and not ((run_dir / rf.STATE_FILE).is_file() and last_path.is_file()):
-        raise InputError(f"{run_dir}: nothing to resume (no last.safetensors / {rf.STATE_FILE})")
+    return Training(recipe, Path(run_dir), resume, device or torch.device("cpu"), quiet).run(stop_after)
 
-    seed_all(recipe.seed)
-    plan = recipe.phase_plan()
-    total = sum(ph.epochs for ph in plan)
-    datasets, built_for = build_sources(recipe, plan[0].train), plan[0].train
-    val_set = (build_dataset(recipe.data.val.kind, role="val", seed=recipe.seed, **recipe.data.val_args())
-               if recipe.data.val is not None else None)
-    task: Task = TASKS.get(recipe.task)(recipe, _channels(datasets), device, init=not resume)
-    task.check_data(datasets)
-    resolved = recipe.model_copy(deep=True)
-    for role, args in task.model_args.items():
-        resolved.models[role].args = args
-    modules = task.modules()
-    _check_freeze(modules, plan)
-    if dd.enabled and device.type == "cuda":
-        # one set of BatchNorm statistics across ranks, as one large batch would give (gloo on CPU
-        # cannot run SyncBatchNorm: there each rank keeps its own statistics)
-        for mod in modules.values():
-            nn.SyncBatchNorm.convert_sync_batchnorm(mod)
-    trainable = {id(p) for mod in modules.values() for p in mod.parameters() if p.requires_grad}
-    amp = recipe.amp and device.type == "cuda"
-    run = Run(resolved, run_dir, device, dd, amp, torch.amp.GradScaler("cuda", enabled=amp), total, quiet)
 
-    history: list[dict] = []
-    start, best, best_epoch, best_thr, st = 0, -math.inf, -1, 0.5, None
-    if resume:
-        rf.check_manifest(run_dir)
-        states, _ = load_checkpoint(last_path)
-        for name, mod in modules.items():
+class Training:
+    """One `train` call: the task and its data, where the run stands (epoch, best score, history), and the
+    phases run from there."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, quiet: bool):
+        self.dd = distributed.setup(device)
+        self.run_dir, self.device, self.quiet = run_dir, device, quiet
+        self._check_run_dir(resume)
+        seed_all(recipe.seed)
+        self.plan = recipe.phase_plan()
+        self.total = sum(ph.epochs for ph in self.plan)
+        self.datasets, self.built_for = build_sources(recipe, self.plan[0].train), self.plan[0].train
+        self.val_set = (build_dataset(recipe.data.val.kind, role="val", seed=recipe.seed, **recipe.data.val_args())
+                        if recipe.data.val is not None else None)
+        self.task: Task = TASKS.get(recipe.task)(recipe, _channels(self.datasets), device, init=not resume)
+        self.task.check_data(self.datasets)
+        self.recipe = recipe.model_copy(deep=True)  # resolved: the modules' arguments as built
+        for role, args in self.task.model_args.items():
+            self.recipe.models[role].args = args
+        self.modules = self.task.modules()
+        _check_freeze(self.modules, self.plan)
+        if self.dd.enabled and device.type == "cuda":
+            # one set of BatchNorm statistics across ranks, as one large batch would give (gloo on CPU
+            # cannot run SyncBatchNorm: there each rank keeps its own statistics)
+            for mod in self.modules.values():
+                nn.SyncBatchNorm.convert_sync_batchnorm(mod)
+        self.trainable = {id(p) for mod in self.modules.values() for p in mod.parameters() if p.requires_grad}
+        self.amp = recipe.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.history: list[dict] = []
+        self.start, self.best, self.best_epoch, self.best_thr, self.state = 0, -math.inf, -1, 0.5, None
+        if resume:
+            self._restore()
+        if self.dd.main:
+            (run_dir / "recipe.yaml").write_text(dump_recipe(self.recipe))
+
+    def _check_run_dir(self, resume: bool) -> None:
+        if self.dd.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (self.run_dir / "last.safetensors").exists():
+            raise InputError(f"{self.run_dir}: holds a run already; pass --resume to continue it or choose another --out")
+        if resume and not all((self.run_dir / f).is_file() for f in rf.RESUME_FILES):
+            raise InputError(f"{self.run_dir}: nothing to resume (no {' / '.join(rf.RESUME_FILES)})")
+
+    def _restore(self) -> None:
+        """Where the interrupted run stood: its modules, scaler, epoch, best score and history."""
+        rf.check_manifest(self.run_dir)
+        states, _ = load_checkpoint(self.run_dir / "last.safetensors")
+        for name, mod in self.modules.items():
             mod.load_state_dict(states[name])
-        st = rf.load_state(run_dir / rf.STATE_FILE)
-        if amp and st.get("scaler"):
-            run.scaler.load_state_dict(st["scaler"])
-        start, best, best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
-        best_thr, history = float(st["best_threshold"]), json.loads(st["history"])
-        if start >= total:
-            knob = "the phases' epochs" if recipe.phases else "schedule.epochs (--set schedule.epochs=N)"
-            raise InputError(f"{run_dir}: already trained for {total} epochs; raise {knob} to train longer")
-    if dd.main:
-        (run_dir / "recipe.yaml").write_text(dump_recipe(resolved))
+        st = self.state = rf.load_state(self.run_dir / rf.STATE_FILE)
+        if self.amp and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        self.start, self.best, self.best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
+        self.best_thr, self.history = float(st["best_threshold"]), json.loads(st["history"])
+        if self.start >= self.total:
+            knob = "the phases' epochs" if self.recipe.phases else "schedule.epochs (--set schedule.epochs=N)"
+            raise InputError(f"{self.run_dir}: already trained for {self.total} epochs; raise {knob} to train longer")
 
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=recipe.data.workers) if val_set is not None else None
-    end = total if stop_after is None else min(total, start + stop_after)
-    first = 0
-    for ph in plan:
-        ph_first, first = first, first + ph.epochs
-        if ph.train != built_for:  # this phase trains on other data
-            datasets, built_for = build_sources(recipe, ph.train), ph.train
-        if ph.epochs == 0:  # only its pass over the data; at the very end, it changes the final model
-            if start <= ph_first and (ph_first < end or ph_first == end == total):
-                task.before_phase(ph.name, PhaseContext(datasets, device, recipe.data.workers))
-                if ph_first == total and dd.main:
-                    best_epoch, best_thr = total, float(history[-1]["threshold"]) if history else best_thr
-                    _save(run, task, history[-1] if history else {}, ph.name, total, best_thr, datasets, val_set,
-                          best=True)
-            continue
-        if first <= start or ph_first >= end:
-            continue  # finished before this call, or beyond it
-        factors = recipe.optim.groups if ph.groups is None else ph.groups
-        _freeze(modules, trainable, ph.freeze)
-        wrapped = _wrap(modules, dd, device)
-        if start <= ph_first:
-            task.before_phase(ph.name, PhaseContext(datasets, device, recipe.data.workers))
-        optims = task.optimizers(wrapped, ph.name, ph.lr, ph.freeze, factors)
-        scheds = {k: _scheduler(o, recipe, ph.epochs) for k, o in optims.items()}
-        if st is not None and start > ph_first:  # resuming inside this phase: its optimisers' state
+    def run(self, stop_after: int | None) -> RunResult:
+        data = self.recipe.data
+        self.val_loader = (DataLoader(self.val_set, batch_size=1, num_workers=data.workers)
+                           if self.val_set is not None else None)
+        end = self.total if stop_after is None else min(self.total, self.start + stop_after)
+        first = 0
+        for ph in self.plan:
+            ph_first, first = first, first + ph.epochs
+            if ph.train != self.built_for:  # this phase trains on other data
+                self.datasets, self.built_for = build_sources(self.recipe, ph.train), ph.train
+            if ph.epochs == 0:
+                if self.start <= ph_first and (ph_first < end or ph_first == end == self.total):
+                    self._data_pass(ph, final=ph_first == self.total)
+            elif self.start < first and ph_first < end:  # not finished before this call, nor beyond it
+                self._phase(ph, ph_first, min(first, end))
+        return RunResult(self.run_dir, self.best_epoch, self.best, self.best_thr, self.history, self.modules)
+
+    def _data_pass(self, ph, final: bool) -> None:
+        """A zero-epoch phase: only the task's pass over the data. At the very end it changes the final
+        model, which is then saved as both last and best."""
+        self.task.before_phase(ph.name, PhaseContext(self.datasets, self.device, self.recipe.data.workers))
+        if final and self.dd.main:
+            row = self.history[-1] if self.history else {}
+            self.best_epoch, self.best_thr = self.total, float(row.get("threshold", self.best_thr))
+            self._save(row, ph.name, self.total, self.best_thr, best=True)
+
+    def _phase(self, ph, ph_first: int, stop: int) -> None:
+        """Epochs of a phase from where the run stands up to `stop`, with its frozen modules, learning rate and
+        groups; the task's pass over the data first when the phase starts from its beginning."""
+        _freeze(self.modules, self.trainable, ph.freeze)
+        wrapped = _wrap(self.modules, self.dd, self.device)
+        if self.start <= ph_first:
+            self.task.before_phase(ph.name, PhaseContext(self.datasets, self.device, self.recipe.data.workers))
+        factors = self.recipe.optim.groups if ph.groups is None else ph.groups
+        optims = self.task.optimizers(wrapped, ph.name, ph.lr, ph.freeze, factors)
+        scheds = {k: _scheduler(o, self.recipe, ph.epochs) for k, o in optims.items()}
+        if self.state is not None and self.start > ph_first:  # resuming inside this phase: its optimisers' state
             for k, o in optims.items():
-                o.load_state_dict(st["optimizers"][k])
+                o.load_state_dict(self.state["optimizers"][k])
             for k, sch in scheds.items():
-                if sch is not None and k in st["schedulers"]:
-                    sch.load_state_dict(st["schedulers"][k])
+                if sch is not None and k in self.state["schedulers"]:
+                    sch.load_state_dict(self.state["schedulers"][k])
         warned: set[str] = set()
-        for epoch in range(max(start, ph_first), min(first, end)):
+        for epoch in range(max(self.start, ph_first), stop):
             t0 = time.time()
-            row = _train_epoch(run, task, wrapped, optims, datasets, ph, epoch)
+            row = _train_epoch(self, wrapped, optims, ph, epoch)
             for sch in scheds.values():
                 if sch is not None:
                     sch.step()
-            thr = recipe.threshold if recipe.threshold != "tune" else 0.5
-            if val_loader is not None:
-                acc = task.validate(val_loader, device, amp)
-                if recipe.threshold == "tune":
-                    thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
-                row.update({f"val_{k}": v for k, v in acc.at_threshold(float(thr)).compute().items()})
-                for warning in rf.degenerate_validation(acc.pos_hist, acc.neg_hist, float(thr)):
-                    if dd.main and warning not in warned:
-                        warned.add(warning)
-                        rf.warn(f"epoch {epoch + 1}: {warning}")
-            row["threshold"] = float(thr)
+            row["threshold"] = self._validate(row, epoch, warned)
             row["seconds"] = round(time.time() - t0, 2)
-            history.append(row)
-            score = -row["train_loss"] if (recipe.monitor == "loss" or val_loader is None) else row[f"val_{recipe.monitor}"]
-            score = -math.inf if math.isnan(score) else score
-            improved = score > best
-            if improved:
-                best, best_epoch, best_thr = score, epoch + 1, float(thr)
-            if dd.main:
-                _save(run, task, row, ph.name, epoch + 1, float(thr), datasets, val_set, best=improved)
-                rf.save_state(run_dir / rf.STATE_FILE, optims, scheds, run.scaler if amp else None, epoch, ph.name,
-                              best, best_epoch, best_thr, history)
-                rf.write_manifest(run_dir, epoch, ph.name)  # last: a kill before this leaves a detectable tear
-                rf.write_history(run_dir, history)
-                if not quiet:
-                    rf.report(row)
-            distributed.barrier(dd)
-    return RunResult(run_dir, best_epoch, best, best_thr, history, modules)
+            self.history.append(row)
+            self._record(row, ph, epoch, optims, scheds)
+
+    def _validate(self, row: dict, epoch: int, warned: set[str]) -> float:
+        """Validation scores into `row`; the threshold (tuned on them when the recipe says so)."""
+        recipe = self.recipe
+        thr = recipe.threshold if recipe.threshold != "tune" else 0.5
+        if self.val_loader is None:
+            return float(thr)
+        acc = self.task.validate(self.val_loader, self.device, self.amp)
+        if recipe.threshold == "tune":
+            thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
+        row.update({f"val_{k}": v for k, v in acc.at_threshold(float(thr)).compute().items()})
+        for warning in rf.degenerate_validation(acc.pos_hist, acc.neg_hist, float(thr)):
+            if self.dd.main and warning not in warned:
+                warned.add(warning)
+                rf.warn(f"epoch {epoch + 1}: {warning}")
+        return float(thr)
+
+    def _record(self, row: dict, ph, epoch: int, optims: dict, scheds: dict) -> None:
+        """Keep the best score; write checkpoints, run state, manifest and metrics; report the epoch."""
+        monitor = self.recipe.monitor
+        score = -row["train_loss"] if (monitor == "loss" or self.val_loader is None) else row[f"val_{monitor}"]
+        score = -math.inf if math.isnan(score) else score
+        improved = score > self.best
+        if improved:
+            self.best, self.best_epoch, self.best_thr = score, epoch + 1, row["threshold"]
+        if self.dd.main:
+            self._save(row, ph.name, epoch + 1, row["threshold"], best=improved)
+            rf.save_state(self.run_dir / rf.STATE_FILE, optims, scheds, self.scaler if self.amp else None, epoch,
+                          ph.name, self.best, self.best_epoch, self.best_thr, self.history)
+            rf.write_manifest(self.run_dir, epoch, ph.name)  # last: a kill before this leaves a detectable tear
+            rf.write_history(self.run_dir, self.history)
+            if not self.quiet:
+                rf.report(row)
+        distributed.barrier(self.dd)
+
+    def _save(self, row: dict, phase: str, epoch: int, threshold: float, best: bool) -> None:
+        """last.safetensors (and best.safetensors when `best`): every module's state for resume, and under
+        "model" the detector the task exports, with what detection and provenance need."""
+        spec, detector_state = self.task.export()
+        states = {n: m.state_dict() for n, m in self.modules.items()}
+        states["model"] = detector_state
+        train_set = next(iter(self.datasets.values()))
+        recipe = self.recipe
+        meta = {"model": spec, "normalization": recipe.normalization, "threshold": threshold, "bands": None,
+                "task": recipe.task, "phase": phase, "epoch": epoch,
+                "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not
+                            (isinstance(v, float) and math.isnan(v))},
+                "train_pairs": list(getattr(train_set, "names", [])),
+                "val_pairs": list(getattr(self.val_set, "names", [])),
+                "recipe": recipe.model_dump(mode="json"), "card": _card(recipe, train_set, row, spec)}
+        if best:
+            save_checkpoint(self.run_dir / "best.safetensors", states, meta)
+        save_checkpoint(self.run_dir / "last.safetensors", states, meta)
 
 
-def _save(run: Run, task: Task, row: dict, phase: str, epoch: int, threshold: float, datasets, val_set,
-          best: bool) -> None:
-    """last.safetensors (and best.safetensors when `best`): every module's state for resume, and under
-    "model" the detector the task exports, with what detection and provenance need."""
-    spec, detector_state = task.export()
-    states = {n: m.state_dict() for n, m in task.modules().items()}
-    states["model"] = detector_state
-    train_set = next(iter(datasets.values()))
-    meta = {"model": spec, "normalization": run.recipe.normalization, "threshold": threshold, "bands": None,
-            "task": run.recipe.task, "phase": phase, "epoch": epoch,
-            "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not
-                        (isinstance(v, float) and math.isnan(v))},
-            "train_pairs": list(getattr(train_set, "names", [])), "val_pairs": list(getattr(val_set, "names", [])),
-            "recipe": run.recipe.model_dump(mode="json"), "card": _card(run.recipe, train_set, row, spec)}
-    if best:
-        save_checkpoint(run.run_dir / "best.safetensors", states, meta)
-    save_checkpoint(run.run_dir / "last.safetensors", states, meta)
-
-
-def _train_epoch(run: Run, task: Task, wrapped: dict[str, nn.Module], optims: dict, datasets: dict, ph,
-                 epoch: int) -> dict:
+def _train_epoch(run: Training, wrapped: dict[str, nn.Module], optims: dict, ph, epoch: int) -> dict:
     """One pass over the epoch's draw of the training sources; the logged row (loss, its parts, lr)."""
-    recipe = run.recipe
-    seed_all(recipe.seed * 100_003 + epoch)
-    for data in datasets.values():
+    seed_all(run.recipe.seed * 100_003 + epoch)
+    for data in run.datasets.values():
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)
-    draw = EpochDraw(datasets, recipe, ph, epoch, run.device, run.dd)
-    _set_modes(task.modules(), ph.freeze)
+    draw = EpochDraw(run.datasets, run.recipe, ph, epoch, run.device, run.dd)
+    _set_modes(run.modules, ph.freeze)
     total, count, parts_sum = 0.0, 0, {}
-    bar = rf.progress(draw, f"epoch {epoch + 1}/{run.total_epochs}", run.quiet or not run.dd.main)
+    bar = rf.progress(draw, f"epoch {epoch + 1}/{run.total}", run.quiet or not run.dd.main)
     for batches in bar:
-        steps = task.training_step(wrapped, batches, ph.name)
+        steps = run.task.training_step(wrapped, batches, ph.name)
         while True:
             with torch.autocast("cuda", enabled=run.amp):  # the forward passes run inside, the backward outside
                 item = next(steps, None)
@@ -303,7 +320,7 @@ def _train_epoch(run: Run, task: Task, wrapped: dict[str, nn.Module], optims: di
             total += _step(run, optims[name], loss, epoch)
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
-        task.after_step(ph.name)
+        run.task.after_step(ph.name)
         count += 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{total / count:.4f}")
@@ -314,7 +331,7 @@ def _train_epoch(run: Run, task: Task, wrapped: dict[str, nn.Module], optims: di
     return row
 
 
-def _step(run: Run, opt: torch.optim.Optimizer, loss: torch.Tensor, epoch: int) -> float:
+def _step(run: Training, opt: torch.optim.Optimizer, loss: torch.Tensor, epoch: int) -> float:
     """One optimiser update from `loss`; its value."""
     opt.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
