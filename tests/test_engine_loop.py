@@ -129,3 +129,16 @@ def test_a_diverging_loss_is_a_failure_not_bad_input(pairs, tmp_path):
     with pytest.raises(CdtoolError, match="loss became nan") as info:
         train(recipe, tmp_path / "run", quiet=True)
     assert info.value.exit_code == 1  # a failure (1), not bad input (2)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(pairs, tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".cdtool.lock").write_text(f"{os.getppid()}\n")  # a live process holds the folder
+    with pytest.raises(InputError, match="another cdtool run"):
+        train(load_recipe(tiny_recipe(pairs)), run, quiet=True)
+    (run / ".cdtool.lock").write_text("999999999\n")  # left by a killed run: taken over
+    train(load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 1})), run, quiet=True)
+    assert not (run / ".cdtool.lock").exists()

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from cdtool.engine.recipe import Recipe, dump_recipe
 from cdtool.engine.task import TASKS, PhaseContext, Task, TrainOutputs
 from cdtool.errors import CdtoolError, InputError
 from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
+from cdtool.io.outputs import FolderLock
 from cdtool.metrics import best_threshold
 
 
@@ -129,7 +131,10 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
           quiet: bool = False, stop_after: int | None = None) -> RunResult:
     """Train `recipe` into `run_dir`, phase after phase. `resume` continues from ``last.*`` there, inside a
     phase or at the next; `stop_after` ends after that many epochs in this call (to test interruption)."""
-    return Training(recipe, Path(run_dir), resume, device or torch.device("cpu"), quiet).run(stop_after)
+    device = device or torch.device("cpu")
+    # one run trains into a folder at a time (under DDP the ranks share it: rank 0 holds the lock)
+    with FolderLock(run_dir) if distributed.setup(device).main else nullcontext():
+        return Training(recipe, Path(run_dir), resume, device, quiet).run(stop_after)
 
 
 class Training:

@@ -9,7 +9,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cdtool.errors import InputError
 
@@ -46,11 +46,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class OutputSet:
-    """Also a lock: one run writes into a folder at a time. A second run is refused in one line; a lock left
-    by a killed run (its process gone) is taken over, and that run's hidden partial files are removed."""
+class FolderLock:
+    """One cdtool run writes into a folder at a time: a second run is refused in one line; a lock left by a
+    killed run (its process gone) is taken over, after `on_stale` has removed what that run left behind."""
 
-    def __init__(self, folder: str | os.PathLike, names: list[str], overwrite: bool = False):
+    def __init__(self, folder: str | os.PathLike, on_stale: Callable[[], None] | None = None):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise InputError(f"{self.folder}: is a file, not an output folder")
@@ -58,20 +58,9 @@ class OutputSet:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
-        self.lock = self._acquire(names)
-        try:
-            existing = [n for n in names if (self.folder / n).exists()]
-            if existing and not overwrite:
-                raise InputError(f"{self.folder}: already holds {', '.join(existing)} (use --overwrite to replace)")
-        except BaseException:
-            self.lock.unlink(missing_ok=True)
-            raise
-        tag = uuid.uuid4().hex[:8]
-        self.names = names
-        self.temp = {n: self.folder / f".{Path(n).stem}.partial-{tag}{Path(n).suffix}" for n in names}
-        self.done = False
+        self.path = self._acquire(on_stale)
 
-    def _acquire(self, names: list[str]) -> Path:
+    def _acquire(self, on_stale: Callable[[], None] | None) -> Path:
         lock = self.folder / LOCK
         for _ in range(2):
             try:
@@ -85,7 +74,8 @@ class OutputSet:
                     raise InputError(f"{self.folder}: another cdtool run (process {pid}) is writing here; wait for "
                                      f"it or choose another --out (if there is no such run, delete {lock})") from None
                 lock.unlink(missing_ok=True)
-                self._remove_leftovers(names)
+                if on_stale is not None:
+                    on_stale()
                 continue
             except OSError as exc:
                 raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
@@ -93,6 +83,35 @@ class OutputSet:
                 f.write(f"{os.getpid()}\n")
             return lock
         raise InputError(f"{self.folder}: could not lock the output folder")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class OutputSet:
+    """A set of files renamed together when complete, written under a `FolderLock`; the hidden partial files of
+    a killed run into the same folder are removed."""
+
+    def __init__(self, folder: str | os.PathLike, names: list[str], overwrite: bool = False):
+        self.folder = Path(folder)
+        self.lock = FolderLock(folder, on_stale=lambda: self._remove_leftovers(names))
+        try:
+            existing = [n for n in names if (self.folder / n).exists()]
+            if existing and not overwrite:
+                raise InputError(f"{self.folder}: already holds {', '.join(existing)} (use --overwrite to replace)")
+        except BaseException:
+            self.lock.release()
+            raise
+        tag = uuid.uuid4().hex[:8]
+        self.names = names
+        self.temp = {n: self.folder / f".{Path(n).stem}.partial-{tag}{Path(n).suffix}" for n in names}
+        self.done = False
 
     def _remove_leftovers(self, names: list[str]) -> None:
         """Hidden partial files and work folders of a run that was killed (their names are cdtool's own)."""
@@ -137,4 +156,4 @@ class OutputSet:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.done:
             self.abort()
-        self.lock.unlink(missing_ok=True)
+        self.lock.release()
