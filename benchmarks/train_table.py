@@ -35,7 +35,7 @@ SHOWN = ("f1", "iou", "precision", "recall", "auroc", "best_epoch", "f1_last", "
 
 
 def test_set(shift: dict | None, roots: list[str], test: list[str]) -> PairFolderDataset:
-    return PairFolderDataset(roots, pairs=test, crop=None, augment=False, shift=shift, seed=12345)
+    return PairFolderDataset(roots, pairs=test, crop=None, shift=shift, seed=12345)
 
 
 def score(spec: str, data: PairFolderDataset) -> dict:

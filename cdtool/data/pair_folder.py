@@ -9,8 +9,8 @@ Pairs are named ``<root folder>/<name>`` (e.g. ``levir/test_2_0000_0000``, ``osc
 `exclude` pick by exact name or by root (``levir``). Pairs are small, so they are read once into memory.
 
 With `crop` set, each item is a random crop of a pair (pairs visited in turn, so small sets are seen
-evenly), flipped / rotated alike on both dates and mask, and optionally with a simulated viewpoint
-shift of the AFTER image (the change mask stays on the BEFORE grid, as a camera that moved would give).
+evenly; flips and turns come from the recipe's `augment`, applied by the training loop), optionally with a
+simulated viewpoint shift of the AFTER image (the change mask stays on the BEFORE grid, as a camera that moved would give).
 Randomness is a pure function of (seed, epoch, index), so a resumed run draws the same crops. Without
 `crop`, each item is one whole pair (for validation and evaluation, batch size 1).
 
@@ -135,13 +135,13 @@ class PairFolderDataset(Dataset):
     """Random crops (or whole pairs) of labelled pairs found under `roots`."""
 
     def __init__(self, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
-                 crop: int | None = 128, samples: int = 256, augment: bool = True, shift: dict | None = None,
+                 crop: int | None = 128, samples: int = 256, shift: dict | None = None,
                  bands: list[int] | None = None, seed: int = 0):
         records: list[PairRecord] = []
         for r in roots:
             records += discover(r)
         self.records = select(records, pairs, exclude)
-        self.crop, self.samples, self.augment, self.seed = crop, int(samples), augment, int(seed)
+        self.crop, self.samples, self.seed = crop, int(samples), int(seed)
         self.shift = dict(shift) if shift else None
         self.epoch = 0
         self._data = [load_pair(r, bands) for r in self.records]
@@ -179,11 +179,6 @@ class PairFolderDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(data, np.float32))
         m = torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]
         v = torch.from_numpy(np.ascontiguousarray(valid))[None]
-        if self.crop is not None and self.augment:
-            rot, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-            image, m, v = (torch.rot90(t, rot, (-2, -1)) for t in (image, m, v))
-            if flip:
-                image, m, v = (torch.flip(t, (-1,)) for t in (image, m, v))
         if self.shift:
             image = image.clone()
             image[1] = viewpoint_shift(image[1], rng, float(self.shift.get("px", 8)),

@@ -9,6 +9,7 @@ Dataset of samples in the layout of `cdtool.data.chips`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from torch.utils.data import ConcatDataset, Dataset
@@ -21,11 +22,13 @@ DATASETS: Registry[Callable[..., Dataset]] = Registry("data.kind", "cdtool.data.
 
 
 @DATASETS.register("folder")
-def _folder(**kwargs: Any) -> Dataset:
-    """Whole labelled pairs in LEVIR/DSIFN/OSCD folders: random crops, or whole pairs."""
+def _folder(role: str = "train", seed: int = 0, **kwargs: Any) -> Dataset:
+    """Whole labelled pairs in LEVIR/DSIFN/OSCD folders: random crops for training, whole pairs to validate."""
     from cdtool.data.pair_folder import PairFolderDataset
 
-    return PairFolderDataset(**kwargs)
+    if role == "val":
+        kwargs.update(crop=None, seed=seed + 1)
+    return PairFolderDataset(seed=kwargs.pop("seed", seed), **kwargs)
 
 
 class _ChipSets(ConcatDataset):
@@ -50,8 +53,12 @@ def _chips(root: str | list[str], split: str | None = None) -> Dataset:
     return ChipDataset(root, split)
 
 
-def build_dataset(kind: str, **kwargs: Any) -> Dataset:
+def build_dataset(kind: str, *, role: str = "train", seed: int = 0, **kwargs: Any) -> Dataset:
+    """A dataset of a registered kind for a role ("train" or "val"); builders that take `role` and `seed`
+    get them (a folder's validation pairs are whole and drawn with seed + 1)."""
     builder = DATASETS.get(kind)
+    params = inspect.signature(builder).parameters
+    kwargs = {**{k: v for k, v in (("role", role), ("seed", seed)) if k in params}, **kwargs}
     try:
         return builder(**kwargs)
     except TypeError as exc:

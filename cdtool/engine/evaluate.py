@@ -195,7 +195,7 @@ def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) ->
     if not recorded:
         return []
     if present is None:
-        present = PairFolderDataset(roots, crop=None, augment=False).names
+        present = PairFolderDataset(roots, crop=None).names
     return sorted(recorded & set(present))
 
 
@@ -210,12 +210,12 @@ def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, 
     from cdtool.inference.detector import load_detector, pick_device
 
     if pairs is None and exclude is None and spec is not None:  # score held-out pairs unless told otherwise
-        present = PairFolderDataset(roots, crop=None, augment=False).names
+        present = PairFolderDataset(roots, crop=None).names
         exclude = seen_pairs(spec, roots, present) or None
         if exclude and len(exclude) == len(present):
             raise InputError(f"{', '.join(roots)}: the model was trained or validated on every pair here; "
                              "name pairs with --pairs to score them anyway")
-    data = PairFolderDataset(roots, pairs=pairs, exclude=exclude, crop=None, augment=False, shift=shift)
+    data = PairFolderDataset(roots, pairs=pairs, exclude=exclude, crop=None, shift=shift)
     det = load_detector(spec, data.channels)
     thr = det.threshold if threshold is None else threshold
     acc, rows = evaluate_loader(det.model.to(pick_device(device)), DataLoader(data, batch_size=1),
