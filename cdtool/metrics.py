@@ -2,8 +2,10 @@
 confusion matrix (pixel-weighted, as the change-detection literature reports them), not as a mean of
 per-image scores that small, nearly empty tiles would dominate.
 
-Counts are kept in float64 (exact up to 2**53 pixels). AUROC comes from a fixed 1024-bin histogram of the
-scores of each class: streaming, bounded memory, and within 1e-3 of the exact value for scores in [0, 1].
+Counts are kept in float64 (exact up to 2**53 pixels). For dense maps (millions of scores) AUROC comes from
+a fixed 1024-bin histogram of the scores of each class: streaming, bounded memory, and within 1e-3 of the
+exact value for scores in [0, 1]. Per-sample scoring (one score per patch or image, thousands of them)
+keeps the scores (`exact=True`) and gives the exact rank-based AUROC, as papers report it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ class BinaryMetrics:
     tn: float = 0.0
     pos_hist: np.ndarray = field(default=None)  # type: ignore[assignment]
     neg_hist: np.ndarray = field(default=None)  # type: ignore[assignment]
+    exact: bool = False  # keep every score for the exact AUROC (per-sample scoring; not for dense maps)
 
     def __post_init__(self) -> None:
         self.pos_hist = np.zeros(self.bins, np.float64)
         self.neg_hist = np.zeros(self.bins, np.float64)
         self.has_scores = False
+        self.kept: list[tuple[np.ndarray, np.ndarray]] = []
 
     def update(self, pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None,
                scores: np.ndarray | None = None) -> "BinaryMetrics":
@@ -45,7 +49,10 @@ class BinaryMetrics:
         self.fn += float(np.count_nonzero(~p & t))
         self.tn += float(np.count_nonzero(~p & ~t))
         if scores is not None:
-            s = np.clip(np.nan_to_num(np.asarray(scores, np.float64)[v]), 0.0, 1.0)
+            raw = np.asarray(scores, np.float64)[v]
+            if self.exact:
+                self.kept.append((raw.copy(), t.copy()))
+            s = np.clip(np.nan_to_num(raw), 0.0, 1.0)
             idx = np.minimum((s * self.bins).astype(np.int64), self.bins - 1)
             self.pos_hist += np.bincount(idx[t], minlength=self.bins)
             self.neg_hist += np.bincount(idx[~t], minlength=self.bins)
@@ -73,20 +80,42 @@ class BinaryMetrics:
         """The confusion matrix of `score >= threshold` read off the histograms (exact at bin edges), so a
         validation pass scores any threshold without running the model again."""
         k = min(max(int(round(threshold * self.bins)), 0), self.bins)
-        out = BinaryMetrics(bins=self.bins)
+        out = BinaryMetrics(bins=self.bins, exact=self.exact)
+        out.kept = self.kept
         out.tp, out.fn = float(self.pos_hist[k:].sum()), float(self.pos_hist[:k].sum())
         out.fp, out.tn = float(self.neg_hist[k:].sum()), float(self.neg_hist[:k].sum())
         out.pos_hist, out.neg_hist, out.has_scores = self.pos_hist.copy(), self.neg_hist.copy(), self.has_scores
         return out
 
     def auroc(self) -> float:
-        """Area under the ROC curve from the histograms (ties within a bin count one half)."""
+        """Area under the ROC curve: exact when the scores were kept, else from the histograms (ties within
+        a bin count one half)."""
+        if self.exact:
+            return exact_auroc(np.concatenate([s for s, _ in self.kept]), np.concatenate([t for _, t in self.kept]))
         pos, neg = self.pos_hist.sum(), self.neg_hist.sum()
         if pos == 0 or neg == 0:
             return float("nan")
         # P(score_pos > score_neg) + 0.5 P(equal bin), sweeping bins from high to low.
         neg_below = np.cumsum(self.neg_hist) - self.neg_hist
         return float((self.pos_hist * (neg_below + 0.5 * self.neg_hist)).sum() / (pos * neg))
+
+
+def exact_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Rank-based AUROC (Mann-Whitney U with average ranks for ties): P(positive > negative) + ½ P(tie), for
+    scores of any range; NaN when a class is missing."""
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(len(s), np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    average = (starts + ends + 1) / 2.0  # 1-based ranks, averaged over each run of ties
+    ranks[order] = np.repeat(average, ends - starts)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
 def _div(a: float, b: float) -> float:

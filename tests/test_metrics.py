@@ -50,3 +50,28 @@ def test_threshold_tuning_and_reading_off_histograms():
     direct = m.compute()
     assert m.at_threshold(0.5).compute()["f1"] == pytest.approx(direct["f1"])
     assert m.at_threshold(0.0).compute()["recall"] == 1.0
+
+
+def test_exact_auroc_matches_the_pairwise_count_with_ties():
+    from cdtool.metrics import exact_auroc
+
+    rng = np.random.default_rng(3)
+    for scores in (rng.integers(0, 6, 400).astype(float), rng.normal(size=400) * 50):  # ties; unbounded scores
+        labels = rng.random(400) < 0.25
+        pairwise = np.mean([(a > b) + 0.5 * (a == b) for a in scores[labels] for b in scores[~labels]])
+        assert exact_auroc(scores, labels) == pytest.approx(pairwise, abs=1e-12)
+    assert exact_auroc(np.full(20, 0.3), np.arange(20) % 2) == 0.5
+    assert np.isnan(exact_auroc(np.arange(5.0), np.zeros(5)))
+
+
+def test_per_sample_metrics_keep_scores_for_the_exact_auroc():
+    from cdtool.metrics import exact_auroc
+
+    rng = np.random.default_rng(4)
+    s, t = rng.random(300) * 5e-4, rng.random(300) < 0.5  # all within one histogram bin
+    hist, exact = BinaryMetrics(), BinaryMetrics(exact=True)
+    for m in (hist, exact):
+        m.update(s > 2.5e-4, t, scores=s)
+    assert hist.compute()["auroc"] == 0.5  # the histogram cannot tell them apart
+    assert exact.compute()["auroc"] == pytest.approx(exact_auroc(s, t)) != 0.5
+    assert exact.at_threshold(0.5).compute()["auroc"] == exact.compute()["auroc"]

@@ -71,7 +71,7 @@ def evaluate_labels(model: nn.Module, loader, normalization: dict, device: torch
     """Patch pairs labelled by their centre (PCD-style, MNIST): each pair's score is the model's score at
     the centre pixel, compared with the label; unlabelled samples (label < 0) are skipped."""
     model.eval()
-    acc = BinaryMetrics(bins=HIST_BINS)
+    acc = BinaryMetrics(bins=HIST_BINS, exact=True)  # one score per pair: the exact AUROC
     for batch in loader:
         before, after = normalize_batch(batch["image"].to(device), normalization, batch.get("mean"), batch.get("std"))
         y = predict_padded(model, before, after, amp)
