@@ -55,14 +55,27 @@ def starts(length: int, size: int, stride: int, begin: int = 0) -> list[int]:
     return out
 
 
+def aligned_spans(length: int, size: int, stride: int, begin: int = 0, align: int = 1) -> list[tuple[int, int]]:
+    """(start, size) of windows as `starts` lays them, each start a multiple of `align` from `begin`: the last
+    window, pulled back to the edge, starts on the multiple below and grows by up to align - 1 instead. Models
+    equivariant only to shifts by a multiple (U-Nets, centre-patch scorers) then see every window as the
+    whole image would."""
+    span = min(size, length)
+    out = [(s, span) for s in starts(length, span, stride, begin)]
+    last = begin + (out[-1][0] - begin) // align * align
+    if last != out[-1][0]:
+        out = [o for o in out[:-1] if o[0] < last] + [(last, begin + length - last)]
+    return out
+
+
 def grid(height: int, width: int, size: int, stride: int,
-         row_begin: int = 0, col_begin: int = 0) -> list[list[Tile]]:
+         row_begin: int = 0, col_begin: int = 0, align: int = 1) -> list[list[Tile]]:
     """Tiles of `size`×`size` (shrunk to the raster when it is smaller) covering a height×width area
-    whose top-left is (row_begin, col_begin), grouped by grid row so callers can stream row bands."""
-    th, tw = min(size, height), min(size, width)
-    rows = starts(height, th, stride, row_begin)
-    cols = starts(width, tw, stride, col_begin)
-    return [[Tile(r, c, th, tw) for c in cols] for r in rows]
+    whose top-left is (row_begin, col_begin), grouped by grid row so callers can stream row bands; with
+    `align`, every tile starts on that multiple (see `aligned_spans`)."""
+    rows = aligned_spans(height, size, stride, row_begin, align)
+    cols = aligned_spans(width, size, stride, col_begin, align)
+    return [[Tile(r, c, h, w) for c, w in cols] for r, h in rows]
 
 
 def iter_tiles(height: int, width: int, size: int, stride: int) -> Iterator[Tile]:

@@ -74,9 +74,12 @@ def evaluate_labels(model: nn.Module, loader, normalization: dict, device: torch
     acc = BinaryMetrics(bins=HIST_BINS, exact=True)  # one score per pair: the exact AUROC
     for batch in loader:
         before, after = normalize_batch(batch["image"].to(device), normalization, batch.get("mean"), batch.get("std"))
-        y = predict_padded(model, before, after, amp)
-        h, w = y.shape[-2:]
-        score = y[:, 0, h // 2, w // 2].cpu().numpy()
+        if getattr(model, "patch", None) == before.shape[-1] and hasattr(model, "score_windows"):
+            score = model.score_windows(torch.cat([before, after], 1), before.shape[1]).float().cpu().numpy()
+        else:  # a dense map of the pair: its centre pixel
+            y = predict_padded(model, before, after, amp)
+            h, w = y.shape[-2:]
+            score = y[:, 0, h // 2, w // 2].cpu().numpy()
         label = batch["label"].numpy()
         keep = label >= 0
         acc.update(score[keep] >= float(threshold), label[keep] > 0, None, score[keep])

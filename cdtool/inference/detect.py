@@ -189,12 +189,12 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     if overlap >= tile:
         raise InputError(f"--overlap ({overlap}, at least twice the model's halo of {halo}) must be smaller "
                          f"than --tile ({tile})")
-    pad = min(overlap, width) if opts.wrap else 0
     # tiles start on the model's pooling grid (in its own pixels), so every tile sees the features the whole
-    # image would give it: U-Nets are translation-equivariant only by multiples of their downsampling
+    # image would give it: U-Nets and centre-patch scorers are equivariant only to shifts by that multiple
     align = max(1, round(choice.detector.size_multiple / choice.scale))
+    pad = min(-(-overlap // align) * align, width) if opts.wrap else 0
     step = max(align, (tile - overlap) // align * align)
-    rows = grid(height, width + 2 * pad, tile, step, col_begin=-pad)
+    rows = grid(height, width + 2 * pad, tile, step, col_begin=-pad, align=align)
     tile_h = rows[0][0].height
     if halo and tile_h < height and tile_h <= 2 * halo:
         raise InputError(f"--tile {tile} is too small for model {detector.name} (halo {halo})")

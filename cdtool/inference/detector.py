@@ -13,6 +13,7 @@ import torch
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
 from cdtool.io.checkpoint import load_checkpoint, read_meta
 from cdtool.errors import InputError
+from cdtool.inference.centre_patch import as_dense
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
 from cdtool.normalization import check as check_normalization
@@ -134,7 +135,7 @@ def _from_registry(name: str) -> Detector:
     if any(p.requires_grad for p in model.parameters()):
         raise InputError(f"model {name!r} must be trained first: pass a checkpoint from `cdtool train` "
                          "(the classical detector 'cva' needs none)")
-    return Detector(entry.name, model.eval(), dict(getattr(model, "default_normalization", {"mode": "per-image"})),
+    return Detector(entry.name, as_dense(model.eval()), dict(getattr(model, "default_normalization", {"mode": "per-image"})),
                     getattr(model, "default_threshold", "otsu"), card=ModelCard(data="none: label-free"))
 
 
@@ -157,7 +158,7 @@ def _from_checkpoint(path: Path) -> Detector:
         model.load_state_dict(states.get("model", {}))
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
-    return Detector(name, model.eval(), normalization, threshold, meta.get("bands"), meta, card)
+    return Detector(name, as_dense(model.eval()), normalization, threshold, meta.get("bands"), meta, card)
 
 
 def _card_of(path: Path, meta: dict) -> ModelCard:

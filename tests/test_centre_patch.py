@@ -1,0 +1,92 @@
+"""A fully connected model that scores one fixed-size window runs in `cdtool detect` through the centre-patch
+adapter: each cell gets the score of the window centred on it, and the streamed map equals the whole-image
+map."""
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn as nn
+
+from cdtool.inference.centre_patch import CentrePatch
+from cdtool.io.checkpoint import save_checkpoint
+from cdtool.windows import Tile
+from cdtool.models.registry import MODELS
+from tests.conftest import write_tif
+
+PATCH, CELL = 42, 14
+
+
+class FullyConnected(nn.Module):
+    """The windows' difference, flattened -> linear -> sigmoid: takes PATCH×PATCH inputs only."""
+
+    patch_only, patch_size, cell = True, PATCH, CELL
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * PATCH * PATCH, 1)
+
+    def forward(self, before, after):
+        assert before.shape[-2:] == (PATCH, PATCH), before.shape  # it cannot take anything else
+        d = after - before
+        return torch.sigmoid(self.fc(d.flatten(1)) + 2 * d.abs().mean((1, 2, 3))[:, None])
+
+
+@pytest.fixture(autouse=True)
+def registered():
+    with MODELS.temporary("fc_centre_test", FullyConnected, output="centre"):
+        yield
+
+
+def test_each_cell_gets_the_score_of_the_window_centred_on_it():
+    torch.manual_seed(0)
+    model = FullyConnected().eval()
+    adapter = CentrePatch(model, PATCH, CELL)
+    before, after = torch.randn(2, 3, 70, 57), torch.randn(2, 3, 70, 57)
+    with torch.no_grad():
+        dense = adapter(before, after)
+        assert dense.shape == (2, 1, 70, 57)
+        pad = (PATCH - CELL) // 2
+        xb = torch.nn.functional.pad(before, (pad, PATCH, pad, PATCH), mode="replicate")
+        xa = torch.nn.functional.pad(after, (pad, PATCH, pad, PATCH), mode="replicate")
+        for i, j in [(0, 0), (2, 1), (4, 3)]:  # cell (i, j) covers rows i*14.., cols j*14..
+            r, c = i * CELL, j * CELL
+            want = model(xb[:, :, r:r + PATCH, c:c + PATCH], xa[:, :, r:r + PATCH, c:c + PATCH])[:, 0]
+            assert torch.allclose(dense[:, 0, r, c], want) and torch.allclose(dense[:, 0, r + 13, c + 13], want)
+    assert adapter.size_multiple == CELL and adapter.halo == pad + CELL - 1
+
+
+def test_a_fully_connected_model_runs_streamed_in_detect(tmp_path):
+    from cdtool.inference.detect import DetectOptions, detect
+    from cdtool.inference.detector import load_detector
+    from cdtool.normalization import Normalizer
+    from cdtool.io.pair import open_pair
+
+    torch.manual_seed(1)
+    model = FullyConnected()
+    ckpt = save_checkpoint(tmp_path / "fc.safetensors", {"model": model.state_dict()},
+                           {"model": {"name": "fc_centre_test", "args": {"in_channels": 3}},
+                            "normalization": {"mode": "per-image"}, "threshold": 0.5})
+    rng = np.random.default_rng(0)
+    a = (rng.random((3, 260, 300)) * 200).astype(np.uint8)
+    b = a.copy()
+    b[:, 100:160, 120:200] = 255
+    before, after = write_tif(tmp_path / "a.tif", a), write_tif(tmp_path / "b.tif", b)
+    detect(before, after, tmp_path / "out", DetectOptions(model=str(ckpt), tile=112, overlap=56, polygons=False,
+                                                         preview=False))
+    with rasterio.open(tmp_path / "out" / "change_prob.tif") as ds:
+        streamed = ds.read(1)
+    det = load_detector(str(ckpt))
+    with open_pair(before, after) as pair:
+        norm = Normalizer(det.normalization, pair)
+        h, w = pair.shape
+        x = torch.from_numpy(norm(pair.read(Tile(0, 0, h, w))[0]))
+    with torch.no_grad():
+        whole = det.model(x[0][None], x[1][None])[0, 0].numpy()
+    assert np.abs(streamed - whole).max() < 1e-5  # several tiles, one map
+    assert streamed[120:140, 140:180].mean() > streamed[:60, :60].mean()  # the change scores higher
+    same = detect(before, before, tmp_path / "same", DetectOptions(model=str(ckpt), tile=112, overlap=56,
+                                                                  polygons=False, preview=False))
+    with rasterio.open(tmp_path / "same" / "change_prob.tif") as ds:
+        flat = ds.read(1)
+    assert flat.max() - flat.min() < 1e-6  # identical dates: one constant score
