@@ -15,6 +15,7 @@ from typing import Any, Callable
 from torch.utils.data import ConcatDataset, Dataset
 
 from cdtool.errors import InputError
+from cdtool.data.subsets import select, split_selection
 from cdtool.registry import Registry
 
 
@@ -55,11 +56,14 @@ def _chips(root: str | list[str], split: str | None = None) -> Dataset:
 
 def build_dataset(kind: str, *, role: str = "train", seed: int = 0, **kwargs: Any) -> Dataset:
     """A dataset of a registered kind for a role ("train" or "val"); builders that take `role` and `seed`
-    get them (a folder's validation pairs are whole and drawn with seed + 1)."""
+    get them (a folder's validation pairs are whole and drawn with seed + 1). The selection arguments every
+    kind takes (labels, positives, subset, resize: `cdtool.data.subsets`) are applied on top."""
     builder = DATASETS.get(kind)
+    own, selection = split_selection(kwargs)
     params = inspect.signature(builder).parameters
-    kwargs = {**{k: v for k, v in (("role", role), ("seed", seed)) if k in params}, **kwargs}
+    own = {**{k: v for k, v in (("role", role), ("seed", seed)) if k in params}, **own}
     try:
-        return builder(**kwargs)
+        data = builder(**own)
     except TypeError as exc:
         raise InputError(f"data ({kind}): {exc}") from None
+    return select(data, seed, **selection) if selection else data
