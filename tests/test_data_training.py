@@ -51,3 +51,22 @@ def test_affine_on_single_sample_and_flip_of_flow():
     z = PairAugment(hflip=1.0, vflip=0, rot90=False, gain=0, offset=0)({"image": torch.rand(2, 1, 8, 8), "flow": flow})
     np.testing.assert_allclose(z["flow"][0, 0].numpy(), -np.arange(8.0)[::-1])
     assert torch.equal(z["flow"][1], flow[1])
+
+
+def test_a_folder_tile_accepts_trains_as_kind_folder(tmp_path):
+    """One pair discovery: other folder names and suffixes (im1/ im2/ mask/, .tif .jpg .bmp) work for both."""
+    from PIL import Image
+
+    from cdtool.data.pair_folder import PairFolderDataset
+    from cdtool.data.sources import collect_pairs
+
+    rng = np.random.default_rng(0)
+    for sub in ("im1", "im2", "mask"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+    for name, suffix in (("a", ".tif"), ("b", ".jpg"), ("c", ".bmp")):
+        for sub in ("im1", "im2"):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3)).astype(np.uint8)).save(tmp_path / "set" / sub / f"{name}{suffix}")
+        Image.fromarray((rng.random((24, 24)) > 0.8).astype(np.uint8) * 255).save(tmp_path / "set" / "mask" / f"{name}.png")
+    tiled = collect_pairs(tmp_path / "set", require_mask=True)
+    data = PairFolderDataset([str(tmp_path / "set")], crop=None)
+    assert [p.name for p in tiled] == ["a", "b", "c"] and data.names == ["set/a", "set/b", "set/c"]

@@ -1,7 +1,8 @@
 """Training samples straight from folders of whole image pairs, with train and test pairs held apart.
 
 Two layouts are recognised under each root:
-- LEVIR-CD / DSIFN style: ``A/<name>.png``, ``B/<name>.png``, ``label/<name>.png`` (0/255, change > 0);
+- LEVIR-CD / DSIFN style: ``A/<name>.png``, ``B/<name>.png``, ``label/<name>.png`` (0/255, change > 0), and the
+  other folder names and image suffixes `cdtool tile` accepts (`cdtool.data.sources`);
 - OSCD style: one folder per city with ``imgs_1/``, ``imgs_2/`` (single-band files, stacked onto the 10 m
   grid by `open_pair`) and ``cm/<city>-cm.tif`` (1 = no change, 2 = change; plain 0/1 also accepted).
 
@@ -33,11 +34,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cdtool.errors import InputError
+from cdtool.data.sources import is_pair_folder, pairs_from_folder
 from cdtool.io.pair import open_pair
 from cdtool.windows import Tile
-
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-
 
 @dataclass(frozen=True)
 class PairRecord:
@@ -54,19 +53,15 @@ def discover(root: str | Path) -> list[PairRecord]:
     if not root.is_dir():
         raise InputError(f"{root}: no such data folder")
     found: list[PairRecord] = []
-    if (root / "A").is_dir() and (root / "B").is_dir() and (root / "label").is_dir():
-        for lab in sorted((root / "label").iterdir()):
-            if lab.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            a, b = root / "A" / lab.name, root / "B" / lab.name
-            if a.is_file() and b.is_file():
-                found.append(PairRecord(f"{root.name}/{lab.stem}", a, b, lab))
+    if is_pair_folder(root):  # the same discovery `cdtool tile` uses: one set of layouts and suffixes
+        found += [PairRecord(f"{root.name}/{p.name}", p.before, p.after, p.mask)
+                  for p in pairs_from_folder(root, require_mask=True)]
     for city in sorted(p for p in root.iterdir() if p.is_dir()):
         cm = city / "cm" / f"{city.name}-cm.tif"
         if (city / "imgs_1").is_dir() and (city / "imgs_2").is_dir() and cm.is_file():
             found.append(PairRecord(f"{root.name}/{city.name}", city / "imgs_1", city / "imgs_2", cm, True))
     if not found:
-        raise InputError(f"{root}: no labelled pairs (expected A/ B/ label/, or city folders with "
+        raise InputError(f"{root}: no labelled pairs (expected A/ B/ label/ or another before/after/mask layout, or city folders with "
                          "imgs_1/ imgs_2/ cm/<city>-cm.tif)")
     return found
 

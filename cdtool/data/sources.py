@@ -52,6 +52,11 @@ def _images(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
 
 
+def is_pair_folder(root: Path) -> bool:
+    """Whether `root` holds before and after sub-folders (A/ B/, im1/ im2/, before/ after/, t1/ t2/)."""
+    return _find_dir(root, BEFORE_DIRS) is not None and _find_dir(root, AFTER_DIRS) is not None
+
+
 def pairs_from_folder(root: Path, require_mask: bool = False) -> list[PairSource]:
     """Pairs of an `A/ B/ [label/]` folder, matched by file stem; a list/*.txt restricts the names."""
     a_dir, b_dir = _find_dir(root, BEFORE_DIRS), _find_dir(root, AFTER_DIRS)
@@ -106,7 +111,7 @@ def collect_pairs(before: Path, after: Path | None = None, mask: Path | None = N
                   require_mask: bool = False) -> list[PairSource]:
     """The pairs named on a command line: BEFORE AFTER [--mask], an A/B/label folder, or a list file."""
     if after is None:
-        if before.is_dir() and _find_dir(before, BEFORE_DIRS) is not None:
+        if before.is_dir() and is_pair_folder(before):
             pairs = pairs_from_folder(before, require_mask)
         elif before.is_file() and before.suffix.lower() in (".txt", ".lst", ".list"):
             pairs = pairs_from_list(before)
