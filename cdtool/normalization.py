@@ -10,10 +10,15 @@ Two modes, as plain dicts so they travel inside checkpoints and recipes:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from cdtool.errors import InputError
 from cdtool.windows import Tile
+
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("per-image", "fixed", "none")
 

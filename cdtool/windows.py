@@ -78,6 +78,17 @@ def grid(height: int, width: int, size: int, stride: int,
     return [[Tile(r, c, h, w) for c, w in cols] for r, h in rows]
 
 
+def wrapped_runs(col: int, col_stop: int, width: int) -> list[tuple[int, int]]:
+    """Columns [col, col_stop) of a 360° panorama `width` wide as runs inside [0, width), wrapping around."""
+    runs, c = [], col
+    while c < col_stop:
+        start = c % width
+        n = min(width - start, col_stop - c)
+        runs.append((start, start + n))
+        c += n
+    return runs
+
+
 def iter_tiles(height: int, width: int, size: int, stride: int) -> Iterator[Tile]:
     """All tiles of `grid`, row by row."""
     for row in grid(height, width, size, stride):

@@ -85,7 +85,7 @@ def test_a_fully_connected_model_runs_streamed_in_detect(tmp_path):
         whole = det.model(x[0][None], x[1][None])[0, 0].numpy()
     assert np.abs(streamed - whole).max() < 1e-5  # several tiles, one map
     assert streamed[120:140, 140:180].mean() > streamed[:60, :60].mean()  # the change scores higher
-    same = detect(before, before, tmp_path / "same", DetectOptions(model=str(ckpt), tile=112, overlap=56,
+    detect(before, before, tmp_path / "same", DetectOptions(model=str(ckpt), tile=112, overlap=56,
                                                                   polygons=False, preview=False))
     with rasterio.open(tmp_path / "same" / "change_prob.tif") as ds:
         flat = ds.read(1)

@@ -1,7 +1,6 @@
 """The selection arguments every dataset kind takes: labels, positives, subset, resize; seeded, aligned
 labels, one-line refusals."""
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset

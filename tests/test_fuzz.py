@@ -7,7 +7,6 @@ import struct
 
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cdtool.engine.recipe import load_recipe

@@ -15,7 +15,6 @@ changed groups the symmetric difference of their two outlines.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from cdtool.data.splits import BlockSplitter
 from cdtool.data.store import DatasetWriter
 from cdtool.data.tiling import footprint
 from cdtool.errors import InputError
+from cdtool.io.outputs import replaced_when_done, write_text_atomic
 from cdtool.windows import Tile
 
 CLASSES = ("unchanged", "modified", "new", "demolished", "split", "merged", "complex")
@@ -184,15 +184,12 @@ def write_classification(path: Path, groups: list[dict], before_gdf, after_gdf, 
                 rows.append({"group": k, "class": g["class"], "date": date, "src_fid": int(gdf["src_fid"].iloc[i])})
                 geoms.append(gdf.geometry.iloc[i])
     buildings = gpd.GeoDataFrame(rows, geometry=geoms, crs=crs)
-    tmp = path.with_name(path.stem + ".tmp.gpkg")
-    tmp.unlink(missing_ok=True)
-    changes.to_file(tmp, layer="changes", driver="GPKG", VERSION="1.2")  # see io/vectors.py
-    buildings.to_file(tmp, layer="buildings", driver="GPKG", mode="a")
-    _embed_style(tmp, ["changes", "buildings"], qml_style())
-    os.replace(tmp, path)
-    tmp_qml = path.with_suffix(".qml.part")
-    tmp_qml.write_text(qml_style())
-    os.replace(tmp_qml, path.with_suffix(".qml"))
+    with replaced_when_done(path) as tmp:
+        tmp.unlink(missing_ok=True)
+        changes.to_file(tmp, layer="changes", driver="GPKG", VERSION="1.2")  # see io/vectors.py
+        buildings.to_file(tmp, layer="buildings", driver="GPKG", mode="a")
+        _embed_style(tmp, ["changes", "buildings"], qml_style())
+    write_text_atomic(path.with_suffix(".qml"), qml_style())
 
 
 def grid_from_bounds(bounds, resolution: float) -> tuple[Affine, int, int]:
@@ -210,10 +207,9 @@ def write_mask(path: Path, shapes: list, transform: Affine, height: int, width: 
                "blockxsize": 256, "blockysize": 256} if width >= 256 and height >= 256 else \
         {"driver": "GTiff", "dtype": "uint8", "count": 1, "height": height, "width": width,
          "transform": transform, "crs": crs, "compress": "deflate"}
-    tmp = path.with_name(path.name + ".part")
     shapes = [s for s in shapes if s is not None and not s.is_empty]
     total = 0
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with replaced_when_done(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for r in range(0, height, band_rows):
             h = min(band_rows, height - r)
             win = Window(0, r, width, h)
@@ -221,7 +217,6 @@ def write_mask(path: Path, shapes: list, transform: Affine, height: int, width: 
                              fill=0, dtype="uint8") if shapes else np.zeros((h, width), np.uint8)
             total += int(band.sum())
             dst.write(band, 1, window=win)
-    os.replace(tmp, path)
     return total
 
 

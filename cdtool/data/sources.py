@@ -14,7 +14,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from cdtool.errors import InputError
-from cdtool.windows import Tile
+from cdtool.windows import Tile, wrapped_runs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".vrt", ".bmp"}
 BEFORE_DIRS, AFTER_DIRS, MASK_DIRS = ("A", "im1", "before", "t1"), ("B", "im2", "after", "t2"), \
@@ -148,13 +148,8 @@ class MaskReader:
         self.width, self.origin = width, origin
 
     def read(self, tile: Tile) -> np.ndarray:
-        cols, c = [], tile.col
-        while c < tile.col_stop:
-            start = c % self.width
-            n = min(self.width - start, tile.col_stop - c)
-            win = Window(start + self.origin[1], tile.row + self.origin[0], n, tile.height)
-            cols.append(self.ds.read(1, window=win) > 0)
-            c += n
+        cols = [self.ds.read(1, window=Window(c0 + self.origin[1], tile.row + self.origin[0], c1 - c0, tile.height)) > 0
+                for c0, c1 in wrapped_runs(tile.col, tile.col_stop, self.width)]
         return cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
 
     def close(self) -> None:

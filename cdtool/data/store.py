@@ -20,7 +20,6 @@ an interrupted run resumes at the first unfinished unit and a finished run is a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from cdtool.errors import InputError
+from cdtool.io.outputs import replaced_when_done, write_text_atomic
 
 FORMAT = "cdtool-chips/1"
 SPLITS = ("train", "val", "test")
@@ -37,16 +37,12 @@ SHARD_BYTES = 64 * 2**20
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
+    with replaced_when_done(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(arr))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -214,13 +210,11 @@ def write_index(path: Path, rows: Iterable[dict], crs: Any) -> None:
     geoms = [wkt.loads(r["footprint"]) if r.get("footprint") else None for r in rows]
     attrs = [{k: v for k, v in r.items() if k != "footprint"} for r in rows]
     gdf = gpd.GeoDataFrame(attrs, geometry=geoms, crs=crs)
-    tmp = path.with_name(path.stem + ".tmp.gpkg")
-    tmp.unlink(missing_ok=True)
     import warnings
-    with warnings.catch_warnings():
+    with replaced_when_done(path) as tmp, warnings.catch_warnings():
+        tmp.unlink(missing_ok=True)
         warnings.simplefilter("ignore", UserWarning)  # pixel-space footprints legitimately have no CRS
         gdf.to_file(tmp, layer="samples", driver="GPKG", VERSION="1.2")  # see io/vectors.py
-    os.replace(tmp, path)
 
 
 def read_index(root: str | Path):

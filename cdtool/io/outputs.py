@@ -19,10 +19,10 @@ LOCK = ".cdtool.lock"
 
 @contextmanager
 def replaced_when_done(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary path beside `path` to write to; it replaces `path` only if the block completes,
-    and is removed otherwise."""
+    """Yield a hidden temporary path beside `path` to write to (`.name.partial.ext`: the suffix kept, so GDAL
+    and numpy see the format); it replaces `path` only if the block completes, and is removed otherwise."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

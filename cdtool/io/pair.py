@@ -26,7 +26,7 @@ from rasterio.windows import Window, from_bounds
 
 from cdtool.errors import InputError
 from cdtool.io.stack import band_files, stack_vrt
-from cdtool.windows import Tile
+from cdtool.windows import Tile, wrapped_runs
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
@@ -216,21 +216,11 @@ class RasterPair:
             raise ValueError(f"{tile} reaches outside rows 0..{self.info.height}")
         if not self.wrap and (tile.col < 0 or tile.col_stop > self.info.width):
             raise ValueError(f"{tile} reaches outside columns 0..{self.info.width}")
-        pieces = [self._read_inside(tile.row, c0, tile.height, c1 - c0) for c0, c1 in self._col_runs(tile)]
+        pieces = [self._read_inside(tile.row, c0, tile.height, c1 - c0)
+                  for c0, c1 in wrapped_runs(tile.col, tile.col_stop, self.info.width)]
         if len(pieces) == 1:
             return pieces[0]
         return (np.concatenate([p[0] for p in pieces], axis=-1), np.concatenate([p[1] for p in pieces], axis=-1))
-
-    def _col_runs(self, tile: Tile) -> list[tuple[int, int]]:
-        """Split [col, col_stop) into runs inside [0, width), wrapping modulo the width."""
-        w = self.info.width
-        runs, c = [], tile.col
-        while c < tile.col_stop:
-            start = c % w
-            n = min(w - start, tile.col_stop - c)
-            runs.append((start, start + n))
-            c += n
-        return runs
 
     def _read_inside(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         win = Window(col + self.origin[1], row + self.origin[0], width, height)
