@@ -3,6 +3,8 @@ two data sources per step (a labelled and an unlabelled one, their own batch siz
 a pass over data before a phase (also as a zero-epoch phase), frozen modules, a hook after each step (a
 teacher's moving average), per-group learning rates, and exact resume through all of it."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -160,3 +162,75 @@ def test_contract_refusals(pairs, tmp_path):
     r = load_recipe(recipe(pairs, phases=[{"name": "warm", "epochs": 1, "freeze": ["model.nothing"]}]))
     with pytest.raises(InputError, match="freeze: 'model.nothing' is no module"):
         train(r, tmp_path / "run", quiet=True)
+
+
+class TinyAE(nn.Module):
+    """Single-image autoencoder; its detection score is the calibrated reconstruction error."""
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        from cdtool.inference.calibration import ScoreCalibration
+
+        self.enc = nn.Sequential(nn.Conv2d(in_channels, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 4, 3, 2, 1))
+        self.dec = nn.Sequential(nn.ConvTranspose2d(4, 8, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(8, in_channels, 4, 2, 1))
+        self.calibration = ScoreCalibration(65)
+
+    def error(self, x):
+        return (self.dec(self.enc(x)) - x).pow(2).mean((1, 2, 3))
+
+    def forward(self, before, after):
+        return self.calibration(self.error(before)).view(-1, 1, 1, 1).expand(-1, 1, *before.shape[-2:])
+
+
+class OneClassTask(Task):
+    """Stand-in one-class family: train on normal single images only, calibrate on them before the last
+    (zero-epoch) phase, validate by the exact AUROC of the reconstruction error on labelled test images."""
+
+    name = "oneclass_test"
+    phases = ("train", "calibrate")
+    sources = {"normal": "normal images only"}
+    seen: set = set()
+
+    def training_step(self, wrapped, batches, phase):
+        batch = batches["normal"]
+        self.seen.update(batch["label"].tolist())
+        loss = self.nets["model"].error(self.inputs(batch)[:, 0]).mean()
+        yield "model", loss, {}
+
+    def before_phase(self, phase, ctx):
+        if phase == "calibrate":
+            with torch.no_grad():
+                errors = torch.cat([self.nets["model"].error(self.inputs(b)[:, 0]) for b in ctx.batches("normal")])
+            self.nets["model"].calibration.fit(errors)
+
+    def validate(self, loader, device, amp):
+        from cdtool.metrics import BinaryMetrics
+
+        acc = BinaryMetrics(exact=True)
+        with torch.no_grad():
+            for b in loader:
+                e = self.nets["model"].error(self.inputs(b)[:, 0]).numpy()
+                acc.update(e > float("inf"), b["label"].numpy() > 0, scores=e)
+        return acc
+
+
+def test_one_class_training_on_single_images(tmp_path):
+    from cdtool.inference.detector import load_detector
+
+    mnist = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not mnist.is_dir():
+        pytest.skip("needs ../shared/data/mnist")
+    r = {"name": "oneclass", "task": "oneclass_test", "models": {"model": {"name": "tinyae_test"}},
+         "data": {"args": {"source": str(mnist), "normal": [1]},
+                  "train": {"normal": {"kind": "images", "args": {"split": "train", "labels": [0]}, "batch_size": 32}},
+                  "val": {"kind": "images", "args": {"split": "test", "subset": 300}}},
+         "normalization": {"mode": "fixed", "mean": [33.0], "std": [78.0]}, "threshold": 0.99, "monitor": "auroc",
+         "phases": [{"name": "train", "epochs": 2}, {"name": "calibrate", "epochs": 0}], "optim": {"lr": 0.01}}
+    with MODELS.temporary("tinyae_test", TinyAE), TASKS.temporary("oneclass_test", OneClassTask):
+        res = train(load_recipe(r), tmp_path / "run", quiet=True)
+        det = load_detector(str(tmp_path / "run" / "best.safetensors"))
+    assert OneClassTask.seen == {0}  # the labels filter kept normal images only
+    assert res.history[-1]["val_auroc"] > 0.8  # ones are easy to tell from other digits by reconstruction
+    assert bool(det.model.calibration.fitted) and res.best_epoch == 2  # the final zero-epoch pass is saved
+    x = torch.zeros(2, 1, 28, 28)
+    assert 0 <= float(det.model(x, x).min()) <= float(det.model(x, x).max()) <= 1

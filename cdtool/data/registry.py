@@ -67,3 +67,6 @@ def build_dataset(kind: str, *, role: str = "train", seed: int = 0, **kwargs: An
     except TypeError as exc:
         raise InputError(f"data ({kind}): {exc}") from None
     return select(data, seed, **selection) if selection else data
+
+
+from cdtool.data import images  # noqa: E402,F401  registers "images" (it imports this module's registry)
