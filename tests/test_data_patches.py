@@ -63,6 +63,22 @@ def test_pcd_empty_mask_gives_only_negatives_and_needs_a_mask(tmp_path):
     assert s["positives_found"] == 0 and s["negatives_found"] == 9 and s["labels"] == {"0": s["samples"]}
 
 
+def test_pcd_wrap_finds_changes_across_the_panorama_seam(tmp_path):
+    """A change that straddles the left/right seam of a 360° panorama is a positive only with wrap."""
+    Image.fromarray(np.full((16, 64, 3), 7, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((16, 64, 3), 9, np.uint8)).save(tmp_path / "b.png")
+    m = np.zeros((16, 64), np.uint8)
+    m[:, 60:], m[:, :4] = 255, 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    pairs = collect_pairs(tmp_path / "a.png", tmp_path / "b.png", tmp_path / "m.png")
+    flat = make_pcd(pairs, tmp_path / "flat", PcdOptions(patch=16, centre=4, stride=4))
+    pano = make_pcd(pairs, tmp_path / "pano", PcdOptions(patch=16, centre=4, stride=4, wrap=True))
+    assert flat["positives_found"] == 0 and pano["positives_found"] == 1  # centre on columns 62, 63, 0, 1
+    ds = ChipDataset(tmp_path / "pano")
+    i = ds.labels.index(1)
+    assert ds.index.iloc[i]["col"] == 56 and ds[i]["mask"][0, 0].tolist() == [0.0] * 4 + [1.0] * 8 + [0.0] * 4
+
+
 def test_classify_hand_made_polygons():
     sq = lambda x, y, w=10, h=10: box(x, y, x + w, y + h)
     before = [sq(0, 0), sq(100, 0), sq(200, 0, 20), sq(300, 0), sq(312, 0), sq(400, 0)]

@@ -99,8 +99,10 @@ def test_rerun_is_idempotent_and_resumes(geo_pair, tmp_path, monkeypatch):
     (out / "index.gpkg").unlink()
     kept = sorted((out / "shards").glob("*.npy"))[0]
     stamp_shard = kept.stat().st_mtime_ns
+    half = out / "shards" / f".{kept.stem}.partial.npy"  # a shard the killed run was writing
+    half.write_bytes(b"half")
     resumed = make_tiles(pairs, out, opts)
-    assert kept.stat().st_mtime_ns == stamp_shard  # finished units are not redone
+    assert kept.stat().st_mtime_ns == stamp_shard and not half.exists()  # finished units are not redone
     assert resumed["resumed"] and resumed["samples"] == first["samples"]
     with pytest.raises(InputError, match="other settings"):
         make_tiles(pairs, out, TileOptions(size=8, stride=8))

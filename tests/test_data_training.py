@@ -53,20 +53,46 @@ def test_affine_on_single_sample_and_flip_of_flow():
     assert torch.equal(z["flow"][1], flow[1])
 
 
-def test_a_folder_tile_accepts_trains_as_kind_folder(tmp_path):
-    """One pair discovery: other folder names and suffixes (im1/ im2/ mask/, .tif .jpg .bmp) work for both."""
+def _pair_folder(root):
+    """im1/ im2/ mask/ with .tif, .jpg and .bmp images: names and suffixes `cdtool tile` accepts."""
     from PIL import Image
-
-    from cdtool.data.pair_folder import PairFolderDataset
-    from cdtool.data.sources import collect_pairs
 
     rng = np.random.default_rng(0)
     for sub in ("im1", "im2", "mask"):
-        (tmp_path / "set" / sub).mkdir(parents=True)
+        (root / sub).mkdir(parents=True)
     for name, suffix in (("a", ".tif"), ("b", ".jpg"), ("c", ".bmp")):
         for sub in ("im1", "im2"):
-            Image.fromarray(rng.integers(0, 255, (24, 24, 3)).astype(np.uint8)).save(tmp_path / "set" / sub / f"{name}{suffix}")
-        Image.fromarray((rng.random((24, 24)) > 0.8).astype(np.uint8) * 255).save(tmp_path / "set" / "mask" / f"{name}.png")
-    tiled = collect_pairs(tmp_path / "set", require_mask=True)
-    data = PairFolderDataset([str(tmp_path / "set")], crop=None)
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3)).astype(np.uint8)).save(root / sub / f"{name}{suffix}")
+        Image.fromarray((rng.random((24, 24)) > 0.8).astype(np.uint8) * 255).save(root / "mask" / f"{name}.png")
+    return root
+
+
+def test_a_folder_tile_accepts_trains_as_kind_folder(tmp_path):
+    """One pair discovery: other folder names and suffixes (im1/ im2/ mask/, .tif .jpg .bmp) work for both."""
+    from cdtool.data.pair_folder import PairFolderDataset
+    from cdtool.data.sources import collect_pairs
+
+    root = _pair_folder(tmp_path / "set")
+    tiled = collect_pairs(root, require_mask=True)
+    data = PairFolderDataset([str(root)], crop=None)
     assert [p.name for p in tiled] == ["a", "b", "c"] and data.names == ["set/a", "set/b", "set/c"]
+
+
+def test_folder_kind_roles_plain_crops_and_whole_validation_pairs(tmp_path):
+    """Training crops are windows of the pair as it is (turns and flips are the recipe's augment), seeded by
+    the run; validation pairs are whole, drawn with seed + 1."""
+    from cdtool.data.pair_folder import PairFolderDataset
+    from cdtool.data.registry import build_dataset
+
+    roots = [str(_pair_folder(tmp_path / "set"))]
+    train = build_dataset("folder", role="train", seed=5, roots=roots, crop=8, samples=6)
+    val = build_dataset("folder", role="val", seed=5, roots=roots, crop=8)
+    assert (train.crop, train.seed, len(train)) == (8, 5, 6) and (val.crop, val.seed, len(val)) == (None, 6, 3)
+    for i in range(len(train)):
+        crop, whole = train[i], val[i % 3]
+        windows = whole["image"].unfold(-2, 8, 1).unfold(-2, 8, 1)  # (2, C, 17, 17, 8, 8)
+        hits = (windows == crop["image"][:, :, None, None]).flatten(-2).all(-1).all(0).all(0).nonzero()
+        assert len(hits) >= 1
+        r, c = hits[0].tolist()
+        assert torch.equal(crop["mask"], whole["mask"][..., r:r + 8, c:c + 8])
+    assert torch.equal(train[4]["image"], PairFolderDataset(roots, crop=8, samples=6, seed=5)[4]["image"])

@@ -18,9 +18,9 @@ from tqdm import tqdm
 from cdtool.data.sources import MaskReader, PairSource, check_pairs, name_split
 from cdtool.data.splits import BlockSplitter, split_of
 from cdtool.data.store import DatasetWriter
-from cdtool.data.tiling import footprint
+from cdtool.data.tiling import footprint, tile_grid
 from cdtool.errors import InputError
-from cdtool.windows import Tile, starts
+from cdtool.windows import Tile
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,10 @@ def centre_labels(mask_band: np.ndarray, valid_band: np.ndarray | None, cols: li
 
 def _candidates(pair: PairSource, height: int, width: int, opts: PcdOptions, origin) -> list[tuple[int, int, int]]:
     """(row, col, label) of every pure-centre window of one pair, from the mask only."""
-    rows = starts(height, opts.patch, opts.stride) if height >= opts.patch else []
-    if opts.wrap:
-        cols = list(range(0, width, opts.stride))
-    else:
-        cols = starts(width, opts.patch, opts.stride) if width >= opts.patch else []
+    if height < opts.patch or (not opts.wrap and width < opts.patch):
+        return []
+    grid = tile_grid(height, width, opts.patch, opts.stride, opts.wrap)  # `cdtool tile`'s windows, seam and all
+    rows, cols = [row[0].row for row in grid], [t.col for t in grid[0]]
     off = (opts.patch - opts.centre) // 2
     ext = opts.patch if opts.wrap else 0
     out = []

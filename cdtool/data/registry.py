@@ -27,9 +27,9 @@ def _folder(role: str = "train", seed: int = 0, **kwargs: Any) -> Dataset:
     """Whole labelled pairs in LEVIR/DSIFN/OSCD folders: random crops for training, whole pairs to validate."""
     from cdtool.data.pair_folder import PairFolderDataset
 
-    if role == "val":
-        kwargs.update(crop=None, seed=seed + 1)
-    return PairFolderDataset(seed=kwargs.pop("seed", seed), **kwargs)
+    if role == "val":  # whole pairs; seed + 1 so its simulated shifts are not the training draws
+        kwargs["crop"], seed = None, seed + 1
+    return PairFolderDataset(seed=seed, **kwargs)
 
 
 class _ChipSets(ConcatDataset):

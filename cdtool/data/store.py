@@ -141,7 +141,7 @@ class DatasetWriter:
         (root / "parts").mkdir(exist_ok=True)
         if not params_file.exists():
             _atomic_json(params_file, self.params)
-        for tmp in list(root.glob("**/*.part")):
+        for tmp in list(root.glob("**/.*.partial.*")):  # what a killed run was writing (`replaced_when_done`)
             tmp.unlink()
 
     def done(self, unit: str) -> bool:
