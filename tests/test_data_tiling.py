@@ -163,3 +163,18 @@ def test_oscd_band_folders_with_mask(tmp_path):
     assert x["image"].shape == (2, 13, 64, 64) and x["image"].max() > 255  # raw uint16 reflectance
     assert s["samples"] + s["dropped_guard"] + s["skipped_nodata"] == 7 * 6  # 395x360: row starts 0..320 + 331, column starts 0..256 + 296
     assert ds.index["changed_share"].max() > 0
+
+
+def test_a_second_tile_run_into_the_same_folder_is_refused(tmp_path):
+    import os
+
+    from cdtool.data.store import DatasetWriter
+    from cdtool.errors import InputError
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / ".cdtool.lock").write_text(f"{os.getppid()}\n")  # another live process is writing here
+    with pytest.raises(InputError, match="another cdtool run"):
+        DatasetWriter(out, "tiles", {"size": 64})
+    (out / ".cdtool.lock").write_text("999999999\n")  # left by a killed run: taken over
+    DatasetWriter(out, "tiles", {"size": 64})

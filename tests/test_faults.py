@@ -63,7 +63,7 @@ def test_output_folder_is_locked_and_a_killed_runs_leftovers_are_cleaned(small_p
     before, after, _ = small_pair
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".cdtool.lock").write_text(f"{os.getpid()}\n")  # a live run holds the folder
+    (out / ".cdtool.lock").write_text(f"{os.getppid()}\n")  # another live process holds the folder
     with pytest.raises(InputError, match="another cdtool run"):
         detect(before, after, out, DetectOptions(model="cva"))
     # a killed run: its process is gone, its partial files and work folder are still there

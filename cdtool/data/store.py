@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from cdtool.errors import InputError
-from cdtool.io.outputs import replaced_when_done, write_text_atomic
+from cdtool.io.outputs import LOCK, FolderLock, replaced_when_done, write_text_atomic
 
 FORMAT = "cdtool-chips/1"
 SPLITS = ("train", "val", "test")
@@ -110,15 +110,22 @@ class DatasetWriter:
         self.image_dtype = np.dtype(image_dtype)
         self.shard_bytes = shard_bytes
         self.complete = False
-        self._prepare(overwrite)
+        self.lock = FolderLock(self.root)  # one run writes a dataset folder at a time; released by finish()
+        try:
+            self._prepare(overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+        if self.complete:  # nothing to write: a re-run is a no-op
+            self.lock.release()
 
     def _prepare(self, overwrite: bool) -> None:
         root = self.root
         meta, params_file = root / "dataset.json", root / "parts" / "_params.json"
-        if root.exists() and any(root.iterdir()):
+        if any(p.name != LOCK for p in root.iterdir()):
             ours = meta.exists() or params_file.exists()
             if overwrite:
-                if not ours and any(p.name not in ("shards", "parts", "index.gpkg") for p in root.iterdir()):
+                if not ours and any(p.name not in ("shards", "parts", "index.gpkg", LOCK) for p in root.iterdir()):
                     raise InputError(f"{root}: folder is not empty and was not written by cdtool; "
                                      "pick an empty or new --out folder")
                 for name in ("shards", "parts"):
@@ -195,6 +202,7 @@ class DatasetWriter:
         summary.update(extra or {})
         _atomic_json(self.root / "dataset.json", summary)
         self.complete = True
+        self.lock.release()
         return summary
 
     def summary(self) -> dict:

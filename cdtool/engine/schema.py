@@ -122,7 +122,8 @@ class ValConfig(Strict):
 
 class DataConfig(Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments shared by every source and the "
-                                 "validation set (e.g. roots, root, bands).")
+                                 "validation set (e.g. roots, root, bands); selections (labels, positives, "
+                                 "subset) here would thin the validation set too: give them per source.")
     train: dict[str, SourceConfig] = Field(description="Named training sources; each step draws one batch of each "
                                            "(the longest sets the epoch, shorter ones are cycled).")
     val: ValConfig | None = Field(None, description="Validation set; none: no validation, the last epoch is kept.")

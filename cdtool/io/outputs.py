@@ -48,7 +48,8 @@ def _alive(pid: int) -> bool:
 
 class FolderLock:
     """One cdtool run writes into a folder at a time: a second run is refused in one line; a lock left by a
-    killed run (its process gone) is taken over, after `on_stale` has removed what that run left behind."""
+    killed run (its process gone), or by this process after a failure, is taken over, after `on_stale` has
+    removed what that run left behind."""
 
     def __init__(self, folder: str | os.PathLike, on_stale: Callable[[], None] | None = None):
         self.folder = Path(folder)
@@ -70,7 +71,7 @@ class FolderLock:
                     pid = int(lock.read_text().split()[0])
                 except (OSError, ValueError, IndexError):
                     pid = -1
-                if pid > 0 and _alive(pid):
+                if pid > 0 and pid != os.getpid() and _alive(pid):  # this process's own lock: left by a failure
                     raise InputError(f"{self.folder}: another cdtool run (process {pid}) is writing here; wait for "
                                      f"it or choose another --out (if there is no such run, delete {lock})") from None
                 lock.unlink(missing_ok=True)
