@@ -95,6 +95,25 @@ def test_detect_killed_anywhere_leaves_nothing_and_reruns_equal(tmp_path, seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+def test_detect_killed_anywhere_resumes_to_the_same_outputs(tmp_path, seed):
+    before, after = _scene(tmp_path)
+    args = [str(before), str(after), "--tile", "128", "--overlap", "16", "--quiet", "--no-preview"]
+    whole = _durations(["detect", *args, "-o", str(tmp_path / "whole")], tmp_path)
+    _killed(["detect", *args, "-o", str(tmp_path / "killed")], tmp_path,
+            float(np.random.default_rng(seed + 10).uniform(0.4, 0.9)) * whole)
+    r = _run(["detect", *args, "-o", str(tmp_path / "killed"), "--resume"], tmp_path)
+    assert r.returncode == 0 or "already holds" in r.stderr, r.stderr  # (the kill may come after the end)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir() if p.name.startswith(".")) == []
+    for name in ("change_prob.tif", "change_mask.tif"):
+        with rasterio.open(tmp_path / "whole" / name) as x, rasterio.open(tmp_path / "killed" / name) as y:
+            assert np.array_equal(x.read(), y.read()), name
+    import geopandas as gpd
+
+    a, b = gpd.read_file(tmp_path / "whole" / "changes.gpkg"), gpd.read_file(tmp_path / "killed" / "changes.gpkg")
+    assert len(a) == len(b) and a.geometry.area.sum() == pytest.approx(b.geometry.area.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_tile_killed_anywhere_resumes_to_the_same_dataset(tmp_path, seed):
     before, after = _scene(tmp_path)
     mask = write_tif(tmp_path / "m.tif", np.zeros((600, 700), np.uint8))

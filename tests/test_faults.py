@@ -114,3 +114,47 @@ def test_a_corrupt_block_names_its_window_or_becomes_nodata(tmp_path):
     assert r.exit_code == 0 and "unreadable block" in r.output, r.output
     summary = json.loads((tmp_path / "b" / "detect.json").read_text())
     assert summary["bad_blocks"] == 1 and summary["valid_pixels"] == 512 * 512 - 256 * 256
+
+
+@pytest.mark.parametrize("fail_after", [1, 3])
+def test_detect_resume_continues_from_finished_bands_and_equals_a_whole_run(tmp_path, monkeypatch, fail_after):
+    """A run that dies after `fail_after` saved row bands is resumed with --resume: it keeps those rows, scores
+    the rest, and its outputs equal an uninterrupted run's bit for bit."""
+    import json
+
+    import rasterio
+
+    from cdtool.inference import journal
+    from cdtool.inference.detect import DetectOptions, detect
+
+    rng = np.random.default_rng(5)
+    a = (rng.random((3, 520, 300)) * 200).astype(np.uint8)
+    b = a.copy()
+    b[:, 150:330, 60:200] = 240
+    before, after = write_tif(tmp_path / "a.tif", a), write_tif(tmp_path / "b.tif", b)
+    opts = dict(tile=128, overlap=40, preview=False, model="cva")
+    detect(before, after, tmp_path / "whole", DetectOptions(**opts))
+
+    saved, original = [], journal.Journal.save
+
+    def dying(self, band):
+        if len(saved) == fail_after:
+            raise KeyboardInterrupt  # as if killed here
+        saved.append(band.row)
+        original(self, band)
+
+    monkeypatch.setattr(journal.Journal, "save", dying)
+    with pytest.raises(KeyboardInterrupt):
+        detect(before, after, tmp_path / "run", DetectOptions(**opts))
+    monkeypatch.setattr(journal.Journal, "save", original)
+    assert (tmp_path / "run" / journal.JOURNAL).is_dir()  # kept for --resume
+    _fails_cleanly(["detect", str(before), str(after), "-o", str(tmp_path / "run"), "--resume", "--model", "cva",
+                    "--tile", "160", "--no-preview"], "other settings")  # other tiling: not the same run
+    result = detect(before, after, tmp_path / "run", DetectOptions(**opts, resume=True))
+    assert result.extra["resumed_rows"] > 0 and not (tmp_path / "run" / journal.JOURNAL).exists()
+    for name in ("change_prob.tif", "change_mask.tif"):
+        with rasterio.open(tmp_path / "whole" / name) as x, rasterio.open(tmp_path / "run" / name) as y:
+            assert np.array_equal(x.read(), y.read()), name
+    whole = json.loads((tmp_path / "whole" / "detect.json").read_text())
+    resumed = json.loads((tmp_path / "run" / "detect.json").read_text())
+    assert resumed["threshold"] == whole["threshold"] and resumed["regions"] == whole["regions"]

@@ -51,6 +51,7 @@ def detect(
     skip_bad_windows: Annotated[bool, typer.Option("--skip-bad-windows", help="Write nodata where a window cannot be read (a corrupt tile) instead of failing; the count is reported.")] = False,
     clean: Annotated[int, typer.Option("--clean", help="Open the mask with a (2R+1)² square: removes specks and lines thinner than it (0: off).")] = 0,
     vector_format: Annotated[str, typer.Option("--format", help="Polygons as gpkg (GeoPackage) or geojson (RFC 7946, WGS84).")] = "gpkg",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a run into the same --out that was interrupted (killed, power cut): the row bands it finished are kept, the rest is scored; the result equals an uninterrupted run.")] = False,
     device: Device = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -64,7 +65,7 @@ def detect(
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
                          preview=not no_preview, vector_format=vector_format, clean=clean,
                          skip_bad_windows=skip_bad_windows, workers=workers, scheduler=scheduler,
-                         progress=show_progress(quiet), gsd=gsd, native_scale=native_scale)
+                         progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]
     for warning in choice["warnings"]:  # shown even with --quiet
@@ -73,6 +74,8 @@ def detect(
         err_console.print(f"[yellow]warning:[/] {result.extra['bad_blocks']} unreadable block(s) of up to 256x256 "
                           "pixels written as nodata", markup=True)
     if not quiet:
+        if result.extra.get("resumed_rows"):
+            out_console.print(f"resumed: rows 0-{result.extra['resumed_rows'] - 1} kept from the interrupted run")
         out_console.print(f"model {escape(choice['reason'])}")
         out_console.print(
             f"{result.model}: {result.width}x{result.height} px, threshold {result.threshold:.3f}, "

@@ -28,6 +28,7 @@ from cdtool.inference.detector import Choice, Detector, choose_detector, pick_de
 from cdtool.inference.predictor import Predictor, fit_to_pair
 from cdtool.inference.rescale import Rescaled
 from cdtool.inference.scaleout import dask_rows, local_rows
+from cdtool.inference.journal import Journal, discard_journal, fingerprint
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
@@ -66,6 +67,7 @@ class DetectOptions:
     skip_bad_windows: bool = False  # unreadable windows (a corrupt tile) become nodata instead of an error
     workers: int = 0  # > 0: score tiles as Dask tasks on an embedded local cluster of this many processes
     scheduler: str | None = None  # address of an existing Dask scheduler to score tiles on
+    resume: bool = False  # continue an interrupted run into the same folder from its finished row bands
 
 
 @dataclass
@@ -144,6 +146,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
             result.seconds = time.perf_counter() - start
             _write_summary(outs.path("detect.json"), result, before, after, opts)
             result.outputs = outs.commit()
+            discard_journal(outs.folder)  # complete: nothing to resume
     return result
 
 
@@ -198,7 +201,14 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     tile_h = rows[0][0].height
     if halo and tile_h < height and tile_h <= 2 * halo:
         raise InputError(f"--tile {tile} is too small for model {detector.name} (halo {halo})")
-    stitcher = Stitcher(height, width, tile_h, halo=halo, blend=opts.blend, wrap_pad=pad)
+    settings = {"model": detector.name, "tile": tile, "overlap": overlap, "step": step, "blend": opts.blend,
+                "batch": opts.batch_size, "bands": opts.bands, "align": opts.align, "wrap": opts.wrap,
+                "scale": choice.scale, "device": device.type}
+    checkpoint = [opts.model] if opts.model and Path(opts.model).is_file() else []
+    journal = Journal(outs.folder, fingerprint([*pair.sources, *checkpoint], settings), opts.resume)
+    done = journal.rows_done  # rows an interrupted run finished (0 unless --resume)
+    first = next((i for i, row in enumerate(rows) if max(t.row_stop for t in row) > done), len(rows))
+    stitcher = Stitcher(height, width, tile_h, halo=halo, blend=opts.blend, wrap_pad=pad, start_row=done)
 
     georef = info.georeferenced
     # staged in the scratch folder, then copied as Cloud-optimised GeoTIFFs (or PNGs) into the outputs
@@ -207,23 +217,26 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     hist = ScoreHistogram()
     valid_pixels = 0
 
-    def emit(bands) -> None:
+    def emit(bands, save: bool = True) -> None:
         nonlocal valid_pixels
         for band in bands:
+            if save:
+                journal.save(band)
             valid_pixels += int(band.valid.sum())
             hist.add(band.score[band.valid])
             prob.write(np.where(band.valid, band.score, PROB_NODATA))
 
-    n_tiles = sum(len(r) for r in rows)
-    bar = tqdm(total=n_tiles, unit="tile", desc="detect", disable=not opts.progress, leave=False)
-    scored = (dask_rows(pair, predictor, rows, opts.workers, opts.scheduler) if opts.workers or opts.scheduler
-              else local_rows(pair, predictor, rows, opts.batch_size))
+    emit(journal.replay(), save=False)
+    todo = rows[first:]
+    bar = tqdm(total=sum(len(r) for r in todo), unit="tile", desc="detect", disable=not opts.progress, leave=False)
+    scored = (dask_rows(pair, predictor, todo, opts.workers, opts.scheduler) if opts.workers or opts.scheduler
+              else local_rows(pair, predictor, todo, opts.batch_size)) if todo else iter(())
     for row_index, results in scored:
         for tile, score, valid in results:
             stitcher.add(tile, score, valid)
         bar.update(len(results))
-        if row_index + 1 < len(rows):
-            emit(stitcher.flush(rows[row_index + 1][0].row))
+        if first + row_index + 1 < len(rows):
+            emit(stitcher.flush(rows[first + row_index + 1][0].row))
     emit(stitcher.finish())
     bar.close()
     prob.close()
@@ -291,7 +304,7 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
                         {"tile": tile, "overlap": overlap, "halo": halo, "device": str(device),
                          "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
                          "gsd": gsd, "summary": summary, "model_choice": choice.record(),
-                         "bad_blocks": len(pair.bad_blocks)})
+                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": done})
 
 
 def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:

@@ -48,11 +48,12 @@ class Band:
 
 class Stitcher:
     def __init__(self, height: int, width: int, tile_height: int, halo: int = 0, blend: str = "cosine",
-                 wrap_pad: int = 0):
+                 wrap_pad: int = 0, start_row: int = 0):
         if wrap_pad > width:
             raise ValueError("wrap padding cannot exceed the image width")
         self.height, self.width, self.halo, self.blend, self.pad = height, width, halo, blend, wrap_pad
-        self.top = 0  # raster row of buffer row 0
+        self.top = start_row  # raster row of buffer row 0
+        self.start = start_row  # rows above were finished by an earlier run (resume): tiles' parts there are dropped
         cw = width + 2 * wrap_pad
         # float32 halves the band buffer (its size is what bounds memory); sums of a few weights lose nothing.
         self.acc = np.zeros((tile_height, cw), np.float32)
@@ -73,12 +74,16 @@ class Stitcher:
 
     def add(self, tile: Tile, score: np.ndarray, valid: np.ndarray) -> None:
         """Add a tile's (h, w) scores; rows above `tile.row` must not be added after they were flushed."""
-        if tile.row < self.top:
+        w = self.weights(tile)
+        if tile.row < self.start:  # a resumed run re-scores this tile only for its rows below `start`
+            cut = min(self.start - tile.row, tile.height)
+            score, valid, w = score[cut:], valid[cut:], w[cut:]
+            tile = Tile(tile.row + cut, tile.col, tile.height - cut, tile.width)
+        elif tile.row < self.top:
             raise ValueError(f"{tile} starts above rows already flushed ({self.top})")
         self._ensure_rows(tile.row_stop - self.top)
         r = slice(tile.row - self.top, tile.row_stop - self.top)
         c = slice(tile.col + self.pad, tile.col_stop + self.pad)
-        w = self.weights(tile)
         self.acc[r, c] += score * w
         self.wsum[r, c] += w
         self.valid[r, c] |= valid
