@@ -204,7 +204,7 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     settings = {"model": detector.name, "tile": tile, "overlap": overlap, "step": step, "blend": opts.blend,
                 "batch": opts.batch_size, "bands": opts.bands, "align": opts.align, "wrap": opts.wrap,
                 "scale": choice.scale, "device": device.type}
-    checkpoint = [opts.model] if opts.model and Path(opts.model).is_file() else []
+    checkpoint = [opts.model] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
     journal = Journal(outs.folder, fingerprint([*pair.sources, *checkpoint], settings), opts.resume)
     done = journal.rows_done  # rows an interrupted run finished (0 unless --resume)
     first = next((i for i, row in enumerate(rows) if max(t.row_stop for t in row) > done), len(rows))
