@@ -75,3 +75,31 @@ def test_per_sample_metrics_keep_scores_for_the_exact_auroc():
     assert hist.compute()["auroc"] == 0.5  # the histogram cannot tell them apart
     assert exact.compute()["auroc"] == pytest.approx(exact_auroc(s, t)) != 0.5
     assert exact.at_threshold(0.5).compute()["auroc"] == exact.compute()["auroc"]
+
+
+def test_patch_pair_evaluation_reports_the_exact_auroc_of_each_pairs_own_score():
+    """Training validates the bare net: a patch-only one is scored on each pair itself, and its scores, all
+    inside one histogram bin here, still rank exactly."""
+    import torch
+
+    from cdtool.engine.evaluate import evaluate_labels
+    from cdtool.metrics import exact_auroc
+
+    class PatchOnly(torch.nn.Module):
+        patch_only, patch_size = True, 28
+
+        def forward(self, before, after):
+            assert before.shape[-2:] == (28, 28)
+            return 0.5 + 1e-5 * (after - before).mean((1, 2, 3))
+
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(40, 2, 3, 28, 28, generator=g)
+    labels = (torch.rand(40, generator=g) < 0.5).long()
+    images[:, 1] += 0.3 * labels.view(-1, 1, 1, 1) + 0.3 * torch.randn(40, 1, 1, 1, generator=g)
+    labels[:3] = -1  # unlabelled: skipped
+    loader = [{"image": images[i:i + 16], "label": labels[i:i + 16]} for i in range(0, 40, 16)]
+    acc = evaluate_labels(PatchOnly(), loader, {"mode": "none"}, torch.device("cpu"), 0.5)
+    scores = PatchOnly()(images[3:, 0], images[3:, 1]).numpy()
+    want = exact_auroc(scores, labels[3:].numpy() > 0)
+    assert acc.compute()["auroc"] == pytest.approx(want, abs=1e-12) and 0.6 < want < 1
+    assert acc.tp + acc.fp + acc.fn + acc.tn == 37

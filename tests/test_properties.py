@@ -51,4 +51,4 @@ def test_a_pixelwise_model_stitches_to_its_whole_image_map(h, w, size, overlap, 
     field = np.random.default_rng(seed).random((h, w)).astype(np.float32)
     out, valid = _stitched(field, size, stride, halo, blend)
     assert valid.all()  # every pixel covered by positive weight, exactly once per band
-    np.testing.assert_allclose(out, field, atol=2e-6)
+    np.testing.assert_allclose(out, field, atol=1e-5)  # float32 sums of a few weights

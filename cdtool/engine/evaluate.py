@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from cdtool.errors import InputError
+from cdtool.inference.centre_patch import CentrePatch, as_dense
 from cdtool.inference.predictor import predict_padded
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.metrics import BinaryMetrics
@@ -70,11 +71,11 @@ def evaluate_labels(model: nn.Module, loader, normalization: dict, device: torch
                     threshold: float, amp: bool = False) -> BinaryMetrics:
     """Patch pairs labelled by their centre (PCD-style, MNIST): each pair's score is the model's score at
     the centre pixel, compared with the label; unlabelled samples (label < 0) are skipped."""
-    model.eval()
+    model = as_dense(model, "centre").eval()  # training validates the bare net: a patch-only one is wrapped here
     acc = BinaryMetrics(bins=HIST_BINS, exact=True)  # one score per pair: the exact AUROC
     for batch in loader:
         before, after = normalize_batch(batch["image"].to(device), normalization, batch.get("mean"), batch.get("std"))
-        if getattr(model, "patch", None) == before.shape[-1] and hasattr(model, "score_windows"):
+        if isinstance(model, CentrePatch) and before.shape[-2:] == (model.patch, model.patch):  # the pair's own score
             score = model.score_windows(torch.cat([before, after], 1), before.shape[1]).float().cpu().numpy()
         else:  # a dense map of the pair: its centre pixel
             y = predict_padded(model, before, after, amp)

@@ -10,8 +10,11 @@ buffer: checkpoints carry the calibration with the weights.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from cdtool.errors import InputError
 
 TAIL = 1e-3  # the share of [0, 1] left for scores beyond every training negative
 
@@ -25,12 +28,13 @@ class ScoreCalibration(nn.Module):
     @torch.no_grad()
     def fit(self, scores: torch.Tensor) -> "ScoreCalibration":
         """Place the knots at the quantiles of the raw scores of training negatives."""
-        s = scores.detach().flatten().float()
-        s = s[torch.isfinite(s)]
-        if s.numel() < 2:
-            raise ValueError("calibration needs the scores of at least two training negatives")
-        q = torch.linspace(0.0, 1.0, len(self.knots), device=s.device)
-        self.knots.copy_(torch.quantile(s.cpu(), q.cpu()).to(self.knots))
+        s = scores.detach().flatten().double().cpu().numpy()
+        s = s[np.isfinite(s)]
+        if s.size < 2:
+            raise InputError(f"calibration: needs the scores of at least two training negatives, got {s.size}")
+        # numpy, not torch.quantile: that refuses more than 2**24 scores (the pixels of a few images)
+        q = np.quantile(s, np.linspace(0.0, 1.0, len(self.knots)))
+        self.knots.copy_(torch.from_numpy(q).to(self.knots))
         self.fitted.fill_(True)
         return self
 
@@ -41,7 +45,9 @@ class ScoreCalibration(nn.Module):
         levels = torch.linspace(0.0, 1.0 - TAIL, n, device=raw.device, dtype=raw.dtype)
         i = torch.searchsorted(k, raw.contiguous(), right=True).clamp(1, n - 1)
         lo, hi = k[i - 1], k[i]
-        frac = ((raw - lo) / (hi - lo).clamp_min(torch.finfo(raw.dtype).tiny)).clamp(0.0, 1.0)
+        # hi == lo only at the top knot, tied among the highest negatives: a score there takes the top level
+        step = (hi - lo).clamp_min(torch.finfo(raw.dtype).tiny)
+        frac = torch.where(hi > lo, (raw - lo) / step, 1.0).clamp(0.0, 1.0)
         inside = levels[i - 1] + frac * (levels[i] - levels[i - 1])
         spread = (k[-1] - k[n // 2]).clamp_min(1e-12)
         beyond = 1.0 - TAIL * torch.exp(-(raw - k[-1]) / spread)

@@ -135,7 +135,8 @@ def _from_registry(name: str) -> Detector:
     if any(p.requires_grad for p in model.parameters()):
         raise InputError(f"model {name!r} must be trained first: pass a checkpoint from `cdtool train` "
                          "(the classical detector 'cva' needs none)")
-    return Detector(entry.name, as_dense(model.eval()), dict(getattr(model, "default_normalization", {"mode": "per-image"})),
+    return Detector(entry.name, as_dense(model.eval(), entry.info.get("output", "dense")),
+                    dict(getattr(model, "default_normalization", {"mode": "per-image"})),
                     getattr(model, "default_threshold", "otsu"), card=ModelCard(data="none: label-free"))
 
 
@@ -158,7 +159,8 @@ def _from_checkpoint(path: Path) -> Detector:
         model.load_state_dict(states.get("model", {}))
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
-    return Detector(name, as_dense(model.eval()), normalization, threshold, meta.get("bands"), meta, card)
+    output = model_entry(name).info.get("output", "dense")  # stand-ins registered bare are dense
+    return Detector(name, as_dense(model.eval(), output), normalization, threshold, meta.get("bands"), meta, card)
 
 
 def _card_of(path: Path, meta: dict) -> ModelCard:
