@@ -7,9 +7,21 @@ import torch
 from cdtool.io.checkpoint import save_checkpoint
 from cdtool.inference.detector import load_detector
 from cdtool.models import create_model, model_names
+from cdtool.inference.centre_patch import as_dense
+from cdtool.models.registry import model_entry
 
 SMALL = {"width": 4}
-TRAINABLE = [n for n in model_names() if any(p.requires_grad for p in create_model(n).parameters())]
+
+
+def _slides_itself(name: str) -> bool:
+    """Takes any window size (dense models, siamese_patch); fixed-window scorers are wrapped by CentrePatch
+    and tested with their families and in tests/test_centre_patch.py."""
+    model = create_model(name)
+    return as_dense(model, model_entry(name).info.get("output", "dense")) is model
+
+
+TRAINABLE = [n for n in model_names() if any(p.requires_grad for p in create_model(n).parameters())
+             and hasattr(create_model(n), "forward_train") and _slides_itself(n)]
 
 
 def test_trainable_models_registered():
