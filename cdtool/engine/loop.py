@@ -296,8 +296,8 @@ class Training:
                 "task": recipe.task, "phase": phase, "epoch": epoch,
                 "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not
                             (isinstance(v, float) and math.isnan(v))},
-                "train_pairs": list(getattr(train_set, "names", [])),
-                "val_pairs": list(getattr(self.val_set, "names", [])),
+                "train_pairs": list(getattr(train_set, "names", None) or []),
+                "val_pairs": list(getattr(self.val_set, "names", None) or []),
                 "recipe": recipe.model_dump(mode="json"), "card": _card(recipe, train_set, row, spec)}
         if best:
             save_checkpoint(self.run_dir / "best.safetensors", states, meta)
@@ -361,6 +361,6 @@ def _card(recipe: Recipe, train_set, row: dict, spec: dict) -> dict:
     roots = args.get("roots") or args.get("root") or args.get("source") or []
     return {"band_count": channels, "value_range": "any (normalisation: " + recipe.normalization.get("mode", "?") + ")",
             "change": "not recorded", "data": ", ".join(map(str, roots if isinstance(roots, list) else [roots]))
-            + f" ({len(getattr(train_set, 'names', []))} training pairs)", "recipe": recipe.name,
+            + f" ({len(getattr(train_set, 'names', None) or [])} training pairs)", "recipe": recipe.name,
             "scores": {"validation": {k: row[k] for k in ("val_f1", "val_iou", "val_auroc")
                                       if isinstance(row.get(k), float) and not math.isnan(row[k])}}}
