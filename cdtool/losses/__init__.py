@@ -2,5 +2,6 @@
 `cdtool.losses.base`) and the batch, and returns the scalar loss and its named parts for logging."""
 
 from cdtool.losses import dense, metric  # noqa: F401  (registers the losses)
+from cdtool.losses import flow_change  # noqa: F401,E402
 from cdtool.losses import vae  # noqa: F401,E402  paper 000
 from cdtool.losses.base import create_loss, loss_entry, loss_names, register_loss  # noqa: F401

@@ -4,4 +4,5 @@ from cdtool.models import classical  # noqa: F401
 from cdtool.models.registry import create_model, model_entry, model_names, register_model  # noqa: F401
 from cdtool.models import cosimnet, diffunet, fcsiam, siamese_patch  # noqa: F401,E402
 from cdtool.models import irmad, pca_kmeans  # noqa: F401,E402
+from cdtool.models import simsac  # noqa: F401,E402
 from cdtool.models import disentangled_vae  # noqa: F401,E402  paper 000
