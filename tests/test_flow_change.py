@@ -149,3 +149,30 @@ def test_two_phase_training_and_detection(tmp_path):
         assert ds.count == 2 and ds.shape == (48, 48) and ds.dtypes == ("float32", "float32")
         assert np.isfinite(ds.read()).all()
     assert (tmp_path / "flow.qml").is_file() and stats["mean_px"] is not None
+
+
+def test_detect_writes_the_estimated_flow_and_refuses_models_without_one(tmp_path):
+    import rasterio
+    from typer.testing import CliRunner
+
+    from cdtool.cli import app
+    from cdtool.io.checkpoint import save_checkpoint
+    from tests.conftest import write_tif
+
+    torch.manual_seed(0)
+    args = {"in_channels": 3, "width": 4, "hidden": 8}
+    ckpt = save_checkpoint(tmp_path / "simsac.safetensors", {"model": create_model("simsac", **args).state_dict()},
+                           {"model": {"name": "simsac", "args": args}, "normalization": {"mode": "per-image"},
+                            "threshold": 0.5})
+    rng = np.random.default_rng(0)
+    a = (rng.random((3, 96, 128)) * 200).astype(np.uint8)
+    before, after = write_tif(tmp_path / "a.tif", a), write_tif(tmp_path / "b.tif", np.roll(a, 2, axis=2))
+    runner = CliRunner()
+    r = runner.invoke(app, ["detect", str(before), str(after), "--model", str(ckpt), "--flow", "-o",
+                            str(tmp_path / "out"), "--quiet", "--no-preview"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "out" / "flow.tif") as ds:
+        assert ds.count == 2 and ds.shape == (96, 128) and np.isfinite(ds.read()).all()
+    assert (tmp_path / "out" / "flow.qml").is_file()
+    r = runner.invoke(app, ["detect", str(before), str(after), "--model", "cva", "--flow", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "estimates no flow" in r.output and not (tmp_path / "c" / "change_prob.tif").exists()

@@ -52,6 +52,7 @@ def detect(
     clean: Annotated[int, typer.Option("--clean", help="Open the mask with a (2R+1)² square: removes specks and lines thinner than it (0: off).")] = 0,
     vector_format: Annotated[str, typer.Option("--format", help="Polygons as gpkg (GeoPackage) or geojson (RFC 7946, WGS84).")] = "gpkg",
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run into the same --out that was interrupted (killed, power cut): the row bands it finished are kept, the rest is scored; the result equals an uninterrupted run.")] = False,
+    flow: Annotated[bool, typer.Option("--flow", help="Also write flow.tif: the misregistration between the dates a joint flow + change model (simsac) estimates, 2 bands (dx, dy in pixels) on BEFORE's grid, with a QGIS style.")] = False,
     device: Device = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -65,7 +66,7 @@ def detect(
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
                          preview=not no_preview, vector_format=vector_format, clean=clean,
                          skip_bad_windows=skip_bad_windows, workers=workers, scheduler=scheduler,
-                         progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume)
+                         progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]
     for warning in choice["warnings"]:  # shown even with --quiet

@@ -31,6 +31,7 @@ from cdtool.inference.scaleout import dask_rows, local_rows
 from cdtool.inference.journal import Journal, discard_journal, fingerprint
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
+from cdtool.io.flow import flow_model, write_flow
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import write_preview
@@ -68,6 +69,7 @@ class DetectOptions:
     workers: int = 0  # > 0: score tiles as Dask tasks on an embedded local cluster of this many processes
     scheduler: str | None = None  # address of an existing Dask scheduler to score tiles on
     resume: bool = False  # continue an interrupted run into the same folder from its finished row bands
+    flow: bool = False  # also write flow.tif: the estimated misregistration (joint flow + change models)
 
 
 @dataclass
@@ -98,12 +100,14 @@ PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 VECTOR_FORMATS = ("gpkg", "geojson")
 
 
-def output_names(georeferenced: bool, polygons: bool, preview: bool = True, vector_format: str = "gpkg") -> list[str]:
+def output_names(georeferenced: bool, polygons: bool, preview: bool = True, vector_format: str = "gpkg",
+                 flow: bool = False) -> list[str]:
     rasters = (["change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml"] if georeferenced
                else ["change_prob.png", "change_prob.pgw", "change_prob.qml",
                      "change_mask.png", "change_mask.pgw", "change_mask.qml"])
     vectors = [f"changes.{vector_format}", "changes.qml"] if polygons else []
-    return rasters + vectors + (["preview.png"] if preview else []) + ["detect.json"]
+    return rasters + vectors + (["flow.tif", "flow.qml"] if flow else []) + (["preview.png"] if preview else []) \
+        + ["detect.json"]
 
 
 def detect(before: str | Path, after: str | Path, out: str | Path, options: DetectOptions | None = None) -> DetectResult:
@@ -136,7 +140,9 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
                              f"trained on {trained_on}; pick bands with --bands or use a label-free model")
-        names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format)
+        if opts.flow:
+            flow_model(choice.detector.model)  # refuse a model without flow before any work
+        names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format, opts.flow)
         with OutputSet(out, names, opts.overwrite) as outs:
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
@@ -232,14 +238,16 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     scored = (dask_rows(pair, predictor, todo, opts.workers, opts.scheduler) if opts.workers or opts.scheduler
               else local_rows(pair, predictor, todo, opts.batch_size)) if todo else iter(())
     for row_index, results in scored:
-        for tile, score, valid in results:
-            stitcher.add(tile, score, valid)
+        for t, score, valid in results:
+            stitcher.add(t, score, valid)
         bar.update(len(results))
         if first + row_index + 1 < len(rows):
             emit(stitcher.flush(rows[first + row_index + 1][0].row))
     emit(stitcher.finish())
     bar.close()
     prob.close()
+    flow_stats = (write_flow(pair, detector.model, normalizer, device, outs.path("flow.tif"), tile, overlap, opts.blend)
+                  if opts.flow else None)
     if valid_pixels == 0:
         raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
                          "(all nodata, masked or NaN)")
@@ -304,7 +312,7 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
                         {"tile": tile, "overlap": overlap, "halo": halo, "device": str(device),
                          "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
                          "gsd": gsd, "summary": summary, "model_choice": choice.record(),
-                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": done})
+                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": done, "flow": flow_stats})
 
 
 def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cdtool.errors import InputError
+from cdtool.io.outputs import replaced_when_done
 
 FLOW_NODATA = float("nan")
 
@@ -96,8 +97,7 @@ def write_flow(pair, model: torch.nn.Module, normalizer, device: torch.device, p
     if info.georeferenced:
         profile.update(crs=info.crs, transform=info.transform)
     mags: list[np.ndarray] = []
-    tmp = path.with_name(f".{path.name}.part")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with replaced_when_done(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.set_band_description(1, "flow dx (pixels): AFTER(p) shows BEFORE(p + flow)")
         dst.set_band_description(2, "flow dy (pixels)")
 
@@ -120,7 +120,6 @@ def write_flow(pair, model: torch.nn.Module, normalizer, device: torch.device, p
                 nxt = rows[i + 1][0].row
                 emit(list(stitch[0].flush(nxt)), list(stitch[1].flush(nxt)))
         emit(list(stitch[0].finish()), list(stitch[1].finish()))
-    tmp.replace(path)
     flow_style(path.with_suffix(".qml"))
     m = np.concatenate(mags) if mags else np.zeros(0)
     return {"mean_px": float(m.mean()) if m.size else None, "p95_px": float(np.percentile(m, 95)) if m.size else None}
