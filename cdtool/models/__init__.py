@@ -6,3 +6,4 @@ from cdtool.models import cosimnet, diffunet, fcsiam, siamese_patch  # noqa: F40
 from cdtool.models import irmad, pca_kmeans  # noqa: F401,E402
 from cdtool.models import simsac  # noqa: F401,E402
 from cdtool.models import disentangled_vae  # noqa: F401,E402  paper 000
+from cdtool.models import cae, dual_ae, rotnet_ae  # noqa: F401,E402  one-class detectors (papers 003, 004)
