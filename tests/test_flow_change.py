@@ -138,7 +138,7 @@ def test_two_phase_training_and_detection(tmp_path):
     # --flow: the estimated flow as a 2-band GeoTIFF with its style, tiled and stitched
     import rasterio
 
-    from cdtool.io.flow import write_flow
+    from cdtool.inference.flow import write_flow
     from cdtool.io.pair import open_pair
     from cdtool.normalization import Normalizer
 

@@ -25,13 +25,13 @@ from cdtool.domain import InputDomain
 from cdtool.errors import InputError
 from cdtool.inference.cleanup import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
+from cdtool.inference.flow import flow_model, write_flow
 from cdtool.inference.predictor import Predictor, fit_to_pair
 from cdtool.inference.rescale import Rescaled
 from cdtool.inference.scaleout import dask_rows, local_rows
 from cdtool.inference.journal import Journal, discard_journal, fingerprint
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
-from cdtool.io.flow import flow_model, write_flow
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import write_preview

@@ -27,14 +27,20 @@ def predict_padded(model: torch.nn.Module, before: torch.Tensor, after: torch.Te
     """Scores (B, 1, H, W) in [0, 1] for normalised inputs of any size: pad to the model's size multiple
     (replicating the edge), run (AMP on CUDA), crop back. The one way every caller runs a model."""
     h, w = before.shape[-2:]
-    m = int(getattr(model, "size_multiple", 1))
-    ph, pw = (-h) % m, (-w) % m
-    if ph or pw:
-        before = F.pad(before, (0, pw, 0, ph), mode="replicate")
-        after = F.pad(after, (0, pw, 0, ph), mode="replicate")
+    before, after = pad_to_multiple(before, after, int(getattr(model, "size_multiple", 1)))
     with torch.autocast("cuda", enabled=amp and before.is_cuda):
         y = model(before, after)
     return y[..., :h, :w].float().clamp(0.0, 1.0)
+
+
+def pad_to_multiple(before: torch.Tensor, after: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both dates edge-replicated on the right and bottom to a multiple of the model's size multiple."""
+    h, w = before.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        before = F.pad(before, (0, pw, 0, ph), mode="replicate")
+        after = F.pad(after, (0, pw, 0, ph), mode="replicate")
+    return before, after
 
 
 class Predictor:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cdtool.errors import InputError
 from cdtool.io.outputs import replaced_when_done
@@ -40,12 +39,10 @@ def flow_model(model: torch.nn.Module) -> torch.nn.Module:
 @torch.no_grad()
 def predict_flow(model: torch.nn.Module, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """Flow (B, 2, H, W) for normalised inputs of any size (edge-replicated to the size multiple, cropped)."""
+    from cdtool.inference.predictor import pad_to_multiple
+
     h, w = before.shape[-2:]
-    m = int(getattr(model, "size_multiple", 1))
-    ph, pw = (-h) % m, (-w) % m
-    if ph or pw:
-        before = F.pad(before, (0, pw, 0, ph), mode="replicate")
-        after = F.pad(after, (0, pw, 0, ph), mode="replicate")
+    before, after = pad_to_multiple(before, after, int(getattr(model, "size_multiple", 1)))
     return model.forward_flow(before, after)[..., :h, :w].float()
 
 
