@@ -68,28 +68,18 @@ class MisalignedDataset(Dataset):
                  crop: int = 64, samples: int = 256, shift: float = 4.0, local: float = 2.0, gain: float = 0.2,
                  offset: float = 0.2, gamma: float = 0.2, bands: list[int] | None = None, seed: int = 0,
                  fixed: bool = False):
-        from cdtool.data.pair_folder import discover, load_pair, select  # lazily: rasterio only when used
+        from cdtool.data.pair_folder import load_selected  # lazily: rasterio only when used
 
-        records = []
-        for r in roots:
-            records += discover(r)
-        self.records = select(records, pairs, exclude)
-        if not self.records:
-            raise InputError("data (misaligned): no pairs selected")
+        self.records, loaded, self.channels = load_selected(roots, pairs, exclude, bands)
         self.crop, self.samples, self.seed, self.fixed = int(crop), int(samples), int(seed), bool(fixed)
         self.shift, self.local, self.gain, self.offset, self.gamma = shift, local, gain, offset, gamma
         self.epoch = 0
         self._data = []
-        for r in self.records:
-            data, valid, mask = load_pair(r, bands)
+        for r, (data, valid, mask) in zip(self.records, loaded):
             if min(mask.shape) < self.crop:
                 raise InputError(f"{r.name}: {mask.shape[1]}x{mask.shape[0]} is smaller than crop {self.crop}")
             self._data.append((torch.from_numpy(np.ascontiguousarray(data, np.float32)),
                                torch.from_numpy(valid), torch.from_numpy(mask)))
-        counts = {d[0].shape[1] for d in self._data}
-        if len(counts) > 1:
-            raise InputError(f"selected pairs have different band counts {sorted(counts)}")
-        self.channels = counts.pop()
 
     @property
     def names(self) -> list[str]:

@@ -126,25 +126,36 @@ def viewpoint_shift(img: torch.Tensor, rng: np.random.Generator, max_px: float, 
     return F.grid_sample(img[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
 
 
+def pair_names(roots: list[str]) -> list[str]:
+    """The names of every labelled pair under `roots`, found without reading a pixel."""
+    return [r.name for root in roots for r in discover(root)]
+
+
+def load_selected(roots: list[str], pairs: list[str] | None, exclude: list[str] | None,
+                  bands: list[int] | None) -> tuple[list[PairRecord], list[tuple], int]:
+    """The selected pairs under `roots`, each read whole (`load_pair`), and their one band count."""
+    records: list[PairRecord] = []
+    for r in roots:
+        records += discover(r)
+    records = select(records, pairs, exclude)
+    data = [load_pair(r, bands) for r in records]
+    counts = {d[0].shape[1] for d in data}
+    if len(counts) > 1:
+        raise InputError(f"selected pairs have different band counts {sorted(counts)}; train one model per "
+                         "band layout (select pairs of one sensor)")
+    return records, data, counts.pop()
+
+
 class PairFolderDataset(Dataset):
     """Random crops (or whole pairs) of labelled pairs found under `roots`."""
 
     def __init__(self, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
                  crop: int | None = 128, samples: int = 256, shift: dict | None = None,
                  bands: list[int] | None = None, seed: int = 0):
-        records: list[PairRecord] = []
-        for r in roots:
-            records += discover(r)
-        self.records = select(records, pairs, exclude)
+        self.records, self._data, self.channels = load_selected(roots, pairs, exclude, bands)
         self.crop, self.samples, self.seed = crop, int(samples), int(seed)
         self.shift = dict(shift) if shift else None
         self.epoch = 0
-        self._data = [load_pair(r, bands) for r in self.records]
-        counts = {d[0].shape[1] for d in self._data}
-        if len(counts) > 1:
-            raise InputError(f"selected pairs have different band counts {sorted(counts)}; train one model per "
-                             "band layout (select pairs of one sensor)")
-        self.channels = counts.pop()
         self._stats = [pair_stats(d, v) for d, v, _ in self._data]
         # whether a pair changed at all labels whole pairs only: a random crop may miss the change
         self.labels = [int(m.any()) for _, _, m in self._data] if crop is None else None

@@ -189,7 +189,7 @@ def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5) -> tup
 def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) -> list[str]:
     """The pairs of `roots` (their names: `present`, when already listed) a checkpoint was trained or validated
     on, as its metadata records them; read from the file's header, no model is built."""
-    from cdtool.data.pair_folder import PairFolderDataset
+    from cdtool.data.pair_folder import pair_names
     from cdtool.io.checkpoint import read_meta
     from cdtool.inference.detector import checkpoint_path
 
@@ -199,7 +199,7 @@ def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) ->
     if not recorded:
         return []
     if present is None:
-        present = PairFolderDataset(roots, crop=None).names
+        present = pair_names(roots)
     return sorted(recorded & set(present))
 
 
@@ -210,11 +210,11 @@ def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, 
     one row per pair."""
     from torch.utils.data import DataLoader
 
-    from cdtool.data.pair_folder import PairFolderDataset
+    from cdtool.data.pair_folder import PairFolderDataset, pair_names
     from cdtool.inference.detector import load_detector, pick_device
 
     if pairs is None and exclude is None and spec is not None:  # score held-out pairs unless told otherwise
-        present = PairFolderDataset(roots, crop=None).names
+        present = pair_names(roots)
         exclude = seen_pairs(spec, roots, present) or None
         if exclude and len(exclude) == len(present):
             raise InputError(f"{', '.join(roots)}: the model was trained or validated on every pair here; "
