@@ -1,6 +1,8 @@
 """One-class reproduction tables (issue 17): paper 004's protocol (each class normal, trained on its training
 images, AUROC on the whole test set) for rotnet_ae, CAE and the RotNet score; paper 003's loss ablation for
-dual_ae; change as anomaly on PCD patch pairs. Every run goes through the training engine with a shipped
+dual_ae; change as anomaly on PCD patch pairs; and per pair with no labels at all (`self`: a CAE trained on the
+unchanged-looking windows of one pair, data kind pair_windows, scored on that same pair beside CVA and
+PCA-kmeans). Every run goes through the training engine with a shipped
 recipe plus `--set`-style overrides, and reports the AUROC of the final model (the last epoch, calibrated),
 never a checkpoint picked on the test set.
 
@@ -8,8 +10,12 @@ never a checkpoint picked on the test set.
         --subset 1000 --epochs 3 --width 8 --seeds 0
     python benchmarks/oneclass_table.py p003 --classes 5 3 --epochs 15 --seeds 0 1
     python benchmarks/oneclass_table.py pcd --root patches/pcd_levir --epochs 10
+    python benchmarks/oneclass_table.py self --root ../shared/data/levir --epochs 15 --seeds 0 1
+    python benchmarks/oneclass_table.py tables --inputs a.json b.json      # merge rows of several runs
 
-Rows: method, class, seed, AUROC, wall seconds; then mean ± std per method (over classes and seeds).
+Rows: method, class, seed, AUROC, wall seconds; then mean ± std per method (over classes and seeds). With
+--json, every row is written to that file as soon as it is measured (a killed run keeps its rows); `--device
+cuda` trains on a GPU.
 """
 
 from __future__ import annotations
@@ -29,8 +35,22 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
 
-def run(recipe_file: str, overrides: dict, seed: int) -> tuple[float, float, list[dict]]:
-    """Train a recipe with overrides (dotted keys); (final AUROC, wall seconds, history)."""
+DEVICE = "cpu"
+JSON_OUT: Path | None = None
+ROWS: list[dict] = []
+
+
+def record(row: dict) -> None:
+    """Print one measured row and, with --json, rewrite that file with every row so far."""
+    ROWS.append(row)
+    print(json.dumps(row), flush=True)
+    if JSON_OUT is not None:
+        JSON_OUT.write_text(json.dumps({"argv": sys.argv, "rows": ROWS}, indent=1))
+
+
+def run(recipe_file: str, overrides: dict, seed: int, keep: Path | None = None) -> tuple[float, float, list[dict]]:
+    """Train a recipe with overrides (dotted keys); (final AUROC, wall seconds, history). With `keep`, the
+    run folder is written there (and kept) instead of a temporary folder."""
     from cdtool.engine.loop import train
     from cdtool.engine.recipe import load_recipe, resolve_paths, set_key
 
@@ -40,8 +60,11 @@ def run(recipe_file: str, overrides: dict, seed: int) -> tuple[float, float, lis
         set_key(tree, k, v)
     recipe = load_recipe(tree)
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        res = train(recipe, Path(tmp) / "run", quiet=True)
+    if keep is not None:
+        res = train(recipe, keep, quiet=True, device=torch.device(DEVICE))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train(recipe, Path(tmp) / "run", quiet=True, device=torch.device(DEVICE))
     wall = time.time() - t0
     aurocs = [r["val_auroc"] for r in res.history if "val_auroc" in r]
     return (aurocs[-1] if aurocs else float("nan")), wall, res.history
@@ -101,8 +124,9 @@ def p004(a) -> list[dict]:
             file, extra = plans[method]
             for seed in a.seeds:
                 auc, wall, _ = run(file, {**common, **extra, "data.args.normal": [cls]}, seed)
-                rows.append({"method": method, "cls": cls, "seed": seed, "auroc": auc, "wall": wall})
-                print(json.dumps(rows[-1]), flush=True)
+                rows.append({"method": method, "cls": cls, "seed": seed, "auroc": auc, "wall": wall,
+                             "source": a.source})
+                record(rows[-1])
     print(per_class(rows))
     print(summarise(rows, P004_PAPER.get(a.source if a.source == "fashion_mnist" else "mnist")))
     return rows
@@ -138,8 +162,9 @@ def p003(a) -> list[dict]:
             for seed in a.seeds:
                 auc, wall, _ = run("dual_ae_mnist.yaml", ov, seed)
                 rows.append({"method": name, "cls": cls, "seed": seed, "auroc": auc, "wall": wall,
-                             "paper": P003_PAPER.get(cls, {}).get(name)})
-                print(json.dumps(rows[-1]), flush=True)
+                             "source": a.source, "paper": None if a.source == "fashion_mnist"
+                             else P003_PAPER.get(cls, {}).get(name)})
+                record(rows[-1])
     print(per_class(rows))
     print(summarise(rows))
     return rows
@@ -163,15 +188,112 @@ def pcd(a) -> list[dict]:
                                 {"name": "calibrate", "epochs": 0}]
             auc, wall, _ = run(files[method], ov, seed)
             rows.append({"method": method, "cls": "pcd", "seed": seed, "auroc": auc, "wall": wall})
-            print(json.dumps(rows[-1]), flush=True)
+            record(rows[-1])
     print(summarise(rows))
+    return rows
+
+
+def self_trained(a) -> list[dict]:
+    """Per pair, no labels at all: a CAE trained on the pair's own unchanged-looking windows (data kind
+    pair_windows: the lowest `keep` share of its windows by a label-free screen, CVA by default; the mask is
+    never read), then run on that same pair as detection runs it (`cdtool evaluate --model RUN/last.safetensors
+    --pairs NAME`); CVA and PCA-kmeans on the same pair beside it. The masks only score the maps here.
+    Rows: AUROC, F1 at the model's own threshold (calibrated 0.99; Otsu for CVA and PCA-kmeans), F1 at Otsu."""
+    from cdtool.data.pair_folder import pair_names
+    from cdtool.engine.evaluate import evaluate_model
+
+    roots = [str(Path(r).resolve()) for r in a.root]
+    names = a.pairs or pair_names(roots)
+    rows = []
+    for name in names:
+        root = [r for r in roots if Path(r).name == name.split("/")[0]]
+        for method in ("cva", "pca_kmeans"):
+            t0 = time.time()
+            own, _ = evaluate_model(method, root, pairs=[name], device=DEVICE)
+            otsu, _ = evaluate_model(method, root, pairs=[name], threshold="otsu", device=DEVICE)
+            rows.append({"method": method, "cls": name, "seed": None, "auroc": own["auroc"], "f1": own["f1"],
+                         "f1_otsu": otsu["f1"], "wall": time.time() - t0})
+            record(rows[-1])
+        for seed in a.seeds:
+            ov = {"data.args.roots": root, "data.args.pairs": [name], "data.args.patch": a.patch,
+                  "data.args.stride": a.stride, "data.args.screen": a.screen, "data.args.keep": a.keep,
+                  "models.model.args.patch": a.patch,
+                  "phases": [{"name": "train", "epochs": a.epochs}, {"name": "calibrate", "epochs": 0}]}
+            with tempfile.TemporaryDirectory() as tmp:
+                _, wall, _ = run("cae_pair_self.yaml", ov, seed, keep=Path(tmp) / "run")
+                ckpt = str(Path(tmp) / "run" / "last.safetensors")
+                t0 = time.time()
+                own, _ = evaluate_model(ckpt, root, pairs=[name], device=DEVICE)
+                otsu, _ = evaluate_model(ckpt, root, pairs=[name], threshold="otsu", device=DEVICE)
+                wall += time.time() - t0
+            rows.append({"method": f"cae_self ({a.screen} screen)", "cls": name, "seed": seed, "auroc": own["auroc"],
+                         "f1": own["f1"], "f1_otsu": otsu["f1"], "wall": wall})
+            record(rows[-1])
+    print(self_table(rows))
+    return rows
+
+
+def self_table(rows: list[dict]) -> str:
+    """Per pair: AUROC, F1 (own threshold), F1 (Otsu) of each method, mean ± std over seeds; then the mean
+    over pairs."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    pairs = list(dict.fromkeys(r["cls"] for r in rows))
+
+    def cell(vals: list[float]) -> str:
+        vals = [v for v in vals if v == v]
+        if not vals:
+            return "-"
+        return f"{statistics.mean(vals):.3f}" + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
+
+    head = " | ".join(f"{m} AUROC / F1 / F1 Otsu" for m in methods)
+    out = [f"| pair | {head} |", "|---" * (len(methods) + 1) + "|"]
+    for p in pairs + ["mean over pairs"]:
+        cells = []
+        for m in methods:
+            sel = [r for r in rows if r["method"] == m and (r["cls"] == p or p == "mean over pairs")]
+            if p == "mean over pairs":  # each pair's mean over seeds, then the mean over pairs
+                per = {q: [r for r in sel if r["cls"] == q] for q in pairs}
+                sel = [{k: statistics.mean(r[k] for r in v) for k in ("auroc", "f1", "f1_otsu")}
+                       for v in per.values() if v]
+            cells.append(" / ".join(cell([r[k] for r in sel]) for k in ("auroc", "f1", "f1_otsu")))
+        out.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def tables(a) -> list[dict]:
+    """Merge the rows of several --json files (e.g. one per seed or per machine) and print the tables."""
+    rows = [r for f in a.inputs for r in json.loads(Path(f).read_text())["rows"]]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        kind = "self" if "f1_otsu" in r else "pcd" if r["cls"] == "pcd" else "classes"
+        groups.setdefault((kind, r.get("source")), []).append(r)
+    for (kind, source), rs in groups.items():
+        print(f"\n## {kind}{f' ({source})' if source else ''}: {len(rs)} rows")
+        if kind == "self":
+            print(self_table(rs))
+            continue
+        if kind == "classes":
+            print(per_class(rs))
+        paper = P004_PAPER.get(source) if all(r["method"] in P004_PAPER["mnist"] for r in rs) else None
+        print(summarise(rs, paper))
+        seeds = sorted({r["seed"] for r in rs})
+        if kind == "classes" and len(seeds) > 1:  # the spread of the class-mean AUROC across seeds
+            out = ["| method | class-mean AUROC per seed | mean ± std over seeds |", "|---|---|---|"]
+            for m in dict.fromkeys(r["method"] for r in rs):
+                per = [statistics.mean(r["auroc"] for r in rs if r["method"] == m and r["seed"] == s)
+                       for s in seeds if any(r["method"] == m and r["seed"] == s for r in rs)]
+                sd = statistics.stdev(per) if len(per) > 1 else 0.0
+                out.append(f"| {m} | {', '.join(f'{v:.3f}' for v in per)} | {statistics.mean(per):.3f} ± {sd:.3f} |")
+            print("\n".join(out))
     return rows
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("protocol", choices=["p004", "p003", "pcd"])
-    p.add_argument("--source", default="fashion_mnist", help="fashion_mnist or mnist (the shared 5,000 digits)")
+    p.add_argument("protocol", choices=["p004", "p003", "pcd", "self", "tables"])
+    p.add_argument("--source", default=None, choices=["fashion_mnist", "mnist"],
+                   help="fashion_mnist or mnist (the shared 5,000 digits); default: fashion_mnist for p004, "
+                        "mnist for p003 (its Table 1 is on MNIST)")
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -182,16 +304,29 @@ def main(argv=None) -> None:
     p.add_argument("--val-subset", type=int, default=0, help="test images scored (0: the whole test set)")
     p.add_argument("--dec-lr", type=float, default=0.0002, help="rotnet_ae stage-2 learning rate (paper: 2e-4)")
     p.add_argument("--root", nargs="+", default=["patches/pcd_levir"])
+    p.add_argument("--pairs", nargs="+", default=None, help="self: pair names (default: every pair of --root)")
+    p.add_argument("--patch", type=int, default=42, help="self: window side (the CAE's patch)")
+    p.add_argument("--stride", type=int, default=7, help="self: training-window stride")
+    p.add_argument("--screen", default="cva", help="self: label-free model that picks unchanged-looking windows")
+    p.add_argument("--keep", type=float, default=0.5, help="self: share of a pair's windows kept as unchanged")
+    p.add_argument("--inputs", nargs="+", default=[], help="tables: --json files to merge")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--device", default="cpu", help="training device (cpu, cuda, cuda:1)")
+    p.add_argument("--json", default=None, help="also write the rows here, row by row as they are measured")
     a = p.parse_args(argv)
+    if a.source is None:
+        a.source = "mnist" if a.protocol == "p003" else "fashion_mnist"
     torch.set_num_threads(a.threads)
+    global DEVICE, JSON_OUT
+    DEVICE = a.device
+    if a.protocol == "tables":
+        tables(a)
+        return
+    JSON_OUT = Path(a.json) if a.json else None
     if a.methods is None:
         a.methods = {"p004": ["rotnet_ae", "cae", "rotnet_score"], "p003": list(ABLATION),
-                     "pcd": ["cae", "dual_ae", "rotnet_ae"]}[a.protocol]
-    rows = {"p004": p004, "p003": p003, "pcd": pcd}[a.protocol](a)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
+                     "pcd": ["cae", "dual_ae", "rotnet_ae"], "self": []}[a.protocol]
+    {"p004": p004, "p003": p003, "pcd": pcd, "self": self_trained}[a.protocol](a)
 
 
 if __name__ == "__main__":

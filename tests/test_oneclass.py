@@ -4,6 +4,7 @@ mode, and each family trained end to end through the engine into a detector `cdt
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,59 @@ def test_recipe_refusals():
     data = {**r["data"], "train": {"normal": {"kind": "images", "args": {"split": "train"}}}}
     with pytest.raises(InputError, match="labels"):
         load_recipe({**r, "data": data})
+
+
+def _pair_folder(root: Path, mask_value: int) -> Path:
+    """A 84×84 RGB pair whose right third changes (bright squares appear), as A/ B/ label/ PNGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    before = (rng.normal(100, 10, (84, 84, 3))).clip(0, 255).astype(np.uint8)
+    after = (before.astype(int) + rng.normal(0, 3, before.shape)).clip(0, 255).astype(np.uint8)
+    after[:, 56:] = 250
+    for sub in ("A", "B", "label"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(before).save(root / "A" / "p.png")
+    Image.fromarray(after).save(root / "B" / "p.png")
+    Image.fromarray(np.full((84, 84), mask_value, np.uint8)).save(root / "label" / "p.png")
+    return root
+
+
+def test_pair_windows_screen_without_masks_and_self_training(tmp_path):
+    """pair_windows labels a pair's windows by a label-free screen only (the mask file does not matter), the
+    unchanged-looking ones are those away from the change, and a CAE trained on them, run on the same pair,
+    ranks the changed part higher."""
+    from cdtool.data.registry import build_dataset
+    from cdtool.engine.evaluate import evaluate_model
+    from cdtool.engine.loop import train
+    from cdtool.engine.recipe import load_recipe
+
+    a = build_dataset("pair_windows", roots=[str(_pair_folder(tmp_path / "a" / "set", 0))], patch=28, stride=7)
+    b = build_dataset("pair_windows", roots=[str(_pair_folder(tmp_path / "b" / "set", 255))], patch=28, stride=7)
+    assert a.labels == b.labels and len(a) == 11 * 11 and a.channels == 3  # windows of the 98×98 padded pair
+    assert "mask" not in a[0]
+    kept = [c0 for (_, _, c0), lab in zip(a.windows, a.labels) if lab == 0]
+    assert max(kept) + 28 <= 56 + 7  # every kept window lies wholly on the unchanged side (7 px of padding)
+    normal = build_dataset("pair_windows", roots=[str(tmp_path / "a" / "set")], patch=28, stride=7, labels=[0])
+    assert len(normal) == round(0.5 * 121) and set(normal.labels) == {0}
+    with pytest.raises(InputError, match="keep"):
+        build_dataset("pair_windows", roots=[str(tmp_path / "a" / "set")], keep=0)
+
+    recipe = {"name": "self", "task": "cae",
+              "models": {"model": {"name": "cae", "args": {"inputs": "pair", "patch": 28, "width": 4, "nz": 8}}},
+              "losses": {"rec": {"name": "recon_mse"}},
+              "data": {"args": {"roots": [str(tmp_path / "a" / "set")], "patch": 28, "stride": 7},
+                       "train": {"normal": {"kind": "pair_windows", "args": {"labels": [0]}, "batch_size": 16}}},
+              "normalization": {"mode": "per-image"}, "threshold": 0.99, "monitor": "auroc",
+              "phases": [{"name": "train", "epochs": 8}, {"name": "calibrate", "epochs": 0}],
+              "optim": {"lr": 0.005}, "seed": 0}
+    train(load_recipe(recipe), tmp_path / "run", quiet=True)
+    _pair_folder(tmp_path / "truth" / "set", 0)
+    from PIL import Image
+
+    truth = np.zeros((84, 84), np.uint8)
+    truth[:, 56:] = 255
+    Image.fromarray(truth).save(tmp_path / "truth" / "set" / "label" / "p.png")
+    scores, rows = evaluate_model(str(tmp_path / "run" / "last.safetensors"), [str(tmp_path / "truth" / "set")],
+                                  pairs=["set/p"])
+    assert scores["auroc"] > 0.8

@@ -71,3 +71,4 @@ def build_dataset(kind: str, *, role: str = "train", seed: int = 0, **kwargs: An
 
 from cdtool.data import images  # noqa: E402,F401  registers "images" (it imports this module's registry)
 from cdtool.data import misaligned  # noqa: E402,F401  registers "misaligned" (paper 001)
+from cdtool.data import pair_windows  # noqa: E402,F401  registers "pair_windows" (issue 17, per-pair one-class)
