@@ -9,6 +9,7 @@ gathered in the first pass) to write the mask and the polygons.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -34,7 +35,7 @@ from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
-from cdtool.io.preview import write_preview
+from cdtool.io.preview import PreviewCanvas, PreviewGrid
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
 from cdtool.io.vectors import Polygonizer, to_geojson
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, read_bands,
@@ -66,6 +67,7 @@ class DetectOptions:
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
     native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
     skip_bad_windows: bool = False  # unreadable windows (a corrupt tile) become nodata instead of an error
+    readers: int | None = None  # threads reading tiles ahead of the model; None: 1 on the CPU, up to 4 on a GPU
     workers: int = 0  # > 0: score tiles as Dask tasks on an embedded local cluster of this many processes
     scheduler: str | None = None  # address of an existing Dask scheduler to score tiles on
     resume: bool = False  # continue an interrupted run into the same folder from its finished row bands
@@ -120,6 +122,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.readers is not None and opts.readers < 1:
+        raise InputError(f"--readers must be at least 1, got {opts.readers}")
     if opts.workers < 0:
         raise InputError(f"--workers must be 0 (in this process) or more, got {opts.workers}")
     if not 0 <= opts.clean <= 10:
@@ -177,9 +181,20 @@ def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
                        gsd if gsd is not None else info.gsd, source)
 
 
-def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
-         scratch: Path) -> DetectResult:
-    info = pair.info
+@dataclass
+class _Plan:
+    """How a pair is scored: the detector as run (rescaled to its GSD where needed) and its tile grid."""
+    detector: Detector
+    predictor: Predictor
+    tile: int
+    overlap: int
+    halo: int
+    pad: int  # columns of circular padding each side (--wrap)
+    rows: list  # the grid: rows of Tiles
+    settings: dict  # what a resumed run must match
+
+
+def _plan(pair: RasterPair, choice: Choice, device, opts: DetectOptions) -> _Plan:
     height, width = pair.shape
     detector = choice.detector
     normalizer = Normalizer(detector.normalization, pair)
@@ -192,7 +207,6 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
                             detector.threshold, detector.bands, detector.meta, detector.card)
         tile = max(32, round(opts.tile / choice.scale))
         overlap = round(opts.overlap / choice.scale)
-    predictor = Predictor(detector, normalizer, device)
     halo = detector.halo
     overlap = max(overlap, 2 * halo)
     if overlap >= tile:
@@ -204,71 +218,94 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     pad = min(-(-overlap // align) * align, width) if opts.wrap else 0
     step = max(align, (tile - overlap) // align * align)
     rows = grid(height, width + 2 * pad, tile, step, col_begin=-pad, align=align)
-    tile_h = rows[0][0].height
-    if halo and tile_h < height and tile_h <= 2 * halo:
+    if halo and rows[0][0].height < height and rows[0][0].height <= 2 * halo:
         raise InputError(f"--tile {tile} is too small for model {detector.name} (halo {halo})")
     settings = {"model": detector.name, "tile": tile, "overlap": overlap, "step": step, "blend": opts.blend,
                 "batch": opts.batch_size, "bands": opts.bands, "align": opts.align, "wrap": opts.wrap,
                 "scale": choice.scale, "device": device.type}
-    checkpoint = [opts.model] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
-    journal = Journal(outs.folder, fingerprint([*pair.sources, *checkpoint], settings), opts.resume)
-    done = journal.rows_done  # rows an interrupted run finished (0 unless --resume)
-    first = next((i for i, row in enumerate(rows) if max(t.row_stop for t in row) > done), len(rows))
-    stitcher = Stitcher(height, width, tile_h, halo=halo, blend=opts.blend, wrap_pad=pad, start_row=done)
+    return _Plan(detector, Predictor(detector, normalizer, device), tile, overlap, halo, pad, rows, settings)
 
-    georef = info.georeferenced
-    # staged in the scratch folder, then copied as Cloud-optimised GeoTIFFs (or PNGs) into the outputs
-    prob_path, mask_path = scratch / "change_prob.tif", scratch / "change_mask.tif"
-    prob = BandWriter(prob_path, height, width, "float32", PROB_NODATA, info.crs, info.transform, "change score")
-    hist = ScoreHistogram()
-    valid_pixels = 0
+
+@dataclass
+class _Scores:
+    """What the scoring pass leaves for the threshold pass."""
+    path: Path  # the staged score map
+    valid_pixels: int
+    histogram: ScoreHistogram
+    resumed_rows: int
+
+
+def _score_pass(pair: RasterPair, plan: _Plan, opts: DetectOptions, journal: Journal, path: Path,
+                canvas: PreviewCanvas | None) -> _Scores:
+    """Tiles read ahead -> model -> stitched row bands -> the staged score map, the journal and the preview;
+    a resumed run replays its journal first and scores only the rows after it."""
+    info, (height, width) = pair.info, pair.shape
+    rows, done = plan.rows, journal.rows_done  # rows an interrupted run finished (0 unless --resume)
+    first = next((i for i, row in enumerate(rows) if max(t.row_stop for t in row) > done), len(rows))
+    stitcher = Stitcher(height, width, rows[0][0].height, halo=plan.halo, blend=opts.blend, wrap_pad=plan.pad,
+                        start_row=done)
+    prob = BandWriter(path, height, width, "float32", PROB_NODATA, info.crs, info.transform, "change score")
+    scores = _Scores(path, 0, ScoreHistogram(), done)
 
     def emit(bands, save: bool = True) -> None:
-        nonlocal valid_pixels
         for band in bands:
             if save:
                 journal.save(band)
-            valid_pixels += int(band.valid.sum())
-            hist.add(band.score[band.valid])
+            scores.valid_pixels += int(band.valid.sum())
+            scores.histogram.add(band.score[band.valid])
             prob.write(np.where(band.valid, band.score, PROB_NODATA))
+            if canvas is not None:
+                canvas.add_band(band.row, band.score, band.valid, "score")
 
     emit(journal.replay(), save=False)
     todo = rows[first:]
+    sampling = canvas.grid if canvas is not None else None
+    readers = opts.readers or (1 if plan.predictor.device.type == "cpu" else min(4, os.cpu_count() or 1))
     bar = tqdm(total=sum(len(r) for r in todo), unit="tile", desc="detect", disable=not opts.progress, leave=False)
-    scored = (dask_rows(pair, predictor, todo, opts.workers, opts.scheduler) if opts.workers or opts.scheduler
-              else local_rows(pair, predictor, todo, opts.batch_size)) if todo else iter(())
+    scored = (dask_rows(pair, plan.predictor, todo, opts.workers, opts.scheduler, sampling)
+              if opts.workers or opts.scheduler
+              else local_rows(pair, plan.predictor, todo, opts.batch_size, readers, sampling)) if todo else iter(())
     for row_index, results in scored:
-        for t, score, valid in results:
+        for t, score, valid, samples in results:
             stitcher.add(t, score, valid)
+            if canvas is not None:
+                canvas.add_inputs(t, samples)
         bar.update(len(results))
         if first + row_index + 1 < len(rows):
             emit(stitcher.flush(rows[first + row_index + 1][0].row))
     emit(stitcher.finish())
     bar.close()
     prob.close()
-    flow_stats = (write_flow(pair, detector.model, normalizer, device, outs.path("flow.tif"), tile, overlap, opts.blend)
-                  if opts.flow else None)
-    if valid_pixels == 0:
-        raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
-                         "(all nodata, masked or NaN)")
+    return scores
 
-    threshold = opts.threshold if opts.threshold is not None else detector.threshold
-    threshold = hist.pick(threshold) if threshold in METHODS else float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
 
+@dataclass
+class _Changes:
+    """What the threshold pass found."""
+    threshold: float
+    changed_pixels: int
+    regions: int
+    min_pixels: int
+    min_area: float
+    largest_regions: list
+
+
+def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: float | None, opts: DetectOptions,
+                    mask_path: Path, gpkg_path: Path, canvas: PreviewCanvas | None) -> _Changes:
+    """The staged score map read back band by band -> the mask (cleaned if asked), its polygons and the
+    preview's mask panel."""
+    info, (height, width) = pair.info, pair.shape
+    georef = info.georeferenced
     mask = BandWriter(mask_path, height, width, "uint8", MASK_NODATA, info.crs, info.transform, "change mask")
     pixel_map_area = abs(info.transform.determinant)
     ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
     min_pixels, min_area = mapping_unit(opts, gsd, georef)
-    gpkg_path = (outs.path("changes.gpkg") if opts.polygons and opts.vector_format == "gpkg"
-                 else scratch / "changes.gpkg")
     polys = (Polygonizer(gpkg_path, info.crs, info.transform if georef else PIXEL_GRID,
                          min_pixels, min_area, ground_scale=ground_scale) if opts.polygons else None)
     changed = 0
 
     def thresholded():
-        for row, score in tqdm(read_bands(prob_path), total=-(-height // BLOCK), desc="mask", unit="band",
+        for row, score in tqdm(read_bands(scores.path), total=-(-height // BLOCK), desc="mask", unit="band",
                                disable=not opts.progress, leave=False):
             valid = score != PROB_NODATA
             yield row, valid & (score >= threshold), valid, score
@@ -276,43 +313,83 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     for row, hit, valid, score in opened_bands(thresholded(), opts.clean):
         changed += int(hit.sum())
         mask.write(np.where(valid, hit, MASK_NODATA).astype(np.uint8))
+        if canvas is not None:
+            canvas.add_band(row, hit, valid, "mask")
         if polys is not None:
             polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
     mask.close()
     regions = polys.close() if polys is not None else 0
-    if polys is not None and opts.vector_format == "geojson":
-        to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
-    pixel_m2 = gsd * gsd if gsd else None
-    summary = {"changed_area_m2": changed * pixel_m2 if pixel_m2 else None,
-               "valid_area_m2": valid_pixels * pixel_m2 if pixel_m2 else None,
-               "min_area_m2": min_area or None, "min_pixels": min_pixels,
-               "largest_regions": polys.largest_regions() if polys is not None else []}
+    return _Changes(threshold, changed, regions, min_pixels, min_area,
+                    polys.largest_regions() if polys is not None else [])
 
-    if georef:
-        tags = {"model": detector.name, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
+
+def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
+         scratch: Path) -> DetectResult:
+    info, (height, width) = pair.info, pair.shape
+    plan = _plan(pair, choice, device, opts)
+    detector = plan.detector
+    checkpoint = [opts.model] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
+    journal = Journal(outs.folder, fingerprint([*pair.sources, *checkpoint], plan.settings), opts.resume)
+    canvas = PreviewCanvas(PreviewGrid.for_raster(height, width, info.band_names)) if opts.preview else None
+    # staged in the scratch folder, then copied as Cloud-optimised GeoTIFFs (or PNGs) into the outputs
+    prob_path, mask_path = scratch / "change_prob.tif", scratch / "change_mask.tif"
+    scores = _score_pass(pair, plan, opts, journal, prob_path, canvas)
+    flow_stats = (write_flow(pair, detector.model, plan.predictor.normalizer, device, outs.path("flow.tif"),
+                             plan.tile, plan.overlap, opts.blend) if opts.flow else None)
+    if scores.valid_pixels == 0:
+        raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
+                         "(all nodata, masked or NaN)")
+
+    threshold = opts.threshold if opts.threshold is not None else detector.threshold
+    threshold = scores.histogram.pick(threshold) if threshold in METHODS else float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
+    gpkg_path = (outs.path("changes.gpkg") if opts.polygons and opts.vector_format == "gpkg"
+                 else scratch / "changes.gpkg")
+    changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
+    georef = info.georeferenced
+    if opts.polygons and opts.vector_format == "geojson":
+        to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
+    _write_rasters(outs, pair, detector.name, scores, changes, mask_path)
+    if opts.polygons:
+        write_text(outs.path("changes.qml"), polygons_qml())
+    if canvas is not None:
+        canvas.fill_missing_inputs(pair)  # rows a resumed run did not read again
+        canvas.write(outs.path("preview.png"), threshold)
+    pixel_m2 = gsd * gsd if gsd else None
+    summary = {"changed_area_m2": changes.changed_pixels * pixel_m2 if pixel_m2 else None,
+               "valid_area_m2": scores.valid_pixels * pixel_m2 if pixel_m2 else None,
+               "min_area_m2": changes.min_area or None, "min_pixels": changes.min_pixels,
+               "largest_regions": changes.largest_regions}
+    return DetectResult({}, detector.name, threshold, height, width, scores.valid_pixels, changes.changed_pixels,
+                        changes.regions, 0.0,
+                        {"tile": plan.tile, "overlap": plan.overlap, "halo": plan.halo, "device": str(device),
+                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
+                         "gsd": gsd, "summary": summary, "model_choice": choice.record(),
+                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats})
+
+
+def _write_rasters(outs: OutputSet, pair: RasterPair, model: str, scores: _Scores, changes: _Changes,
+                   mask_path: Path) -> None:
+    """The staged score map and mask into the outputs: Cloud-optimised GeoTIFFs for georeferenced pairs, else
+    8-bit PNGs with world files; each with its QGIS style."""
+    threshold = changes.threshold
+    if pair.info.georeferenced:
+        tags = {"model": model, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
                 "after": str(pair.after_path), "software": f"cdtool {__version__}"}
-        write_cog(prob_path, outs.path("change_prob.tif"), Resampling.average, tags, hist.statistics())
+        write_cog(scores.path, outs.path("change_prob.tif"), Resampling.average, tags, scores.histogram.statistics())
         write_cog(mask_path, outs.path("change_mask.tif"), Resampling.nearest, tags,
                   {"STATISTICS_MINIMUM": 0, "STATISTICS_MAXIMUM": 1,
-                   "STATISTICS_MEAN": changed / valid_pixels}, MASK_COLORS)
+                   "STATISTICS_MEAN": changes.changed_pixels / scores.valid_pixels}, MASK_COLORS)
         write_text(outs.path("change_prob.qml"), heatmap_qml(threshold))
         write_text(outs.path("change_mask.qml"), mask_qml())
     else:
-        tif_to_png(prob_path, outs.path("change_prob.png"), "prob")
+        tif_to_png(scores.path, outs.path("change_prob.png"), "prob")
         tif_to_png(mask_path, outs.path("change_mask.png"), "mask")
         for name in ("change_prob", "change_mask"):
             write_text(outs.path(f"{name}.pgw"), world_file(PIXEL_GRID))
         write_text(outs.path("change_prob.qml"), heatmap_qml(threshold, scale=255, alpha_band=2))
         write_text(outs.path("change_mask.qml"), mask_qml(changed_value=255, alpha_band=2))
-    if polys is not None:
-        write_text(outs.path("changes.qml"), polygons_qml())
-    if opts.preview:
-        write_preview(outs.path("preview.png"), pair, prob_path, mask_path, threshold)
-    return DetectResult({}, detector.name, threshold, height, width, valid_pixels, changed, regions, 0.0,
-                        {"tile": tile, "overlap": overlap, "halo": halo, "device": str(device),
-                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
-                         "gsd": gsd, "summary": summary, "model_choice": choice.record(),
-                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": done, "flow": flow_stats})
 
 
 def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:

@@ -10,6 +10,8 @@ only a bounded number of rows is in flight, so the driver's memory stays bounded
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -17,49 +19,79 @@ import numpy as np
 import torch
 
 from cdtool.errors import CdtoolError, InputError
+from cdtool.io.preview import PreviewGrid
 from cdtool.windows import Tile
 
-RowResult = list[tuple[Tile, np.ndarray, np.ndarray]]
+# (tile, score, valid, preview samples or None) for each tile of a grid row
+RowResult = list[tuple[Tile, np.ndarray, np.ndarray, np.ndarray | None]]
 
 
-def local_rows(pair, predictor, rows: list[list[Tile]], batch_size: int) -> Iterator[tuple[int, RowResult]]:
-    """Score the grid in this process, a reader thread fetching the next batch while the model runs."""
+def _read_batch(pair, tiles: list[Tile], grid: PreviewGrid | None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Read tiles of a pair: (data, valid, preview samples) each; the samples are taken here, off the driver."""
+    out = []
+    for tile in tiles:
+        data, valid = pair.read(tile)
+        out.append((data, valid, grid.take(tile, data, valid) if grid is not None else None))
+    return out
+
+
+def local_rows(pair, predictor, rows: list[list[Tile]], batch_size: int, readers: int = 1,
+               grid: PreviewGrid | None = None) -> Iterator[tuple[int, RowResult]]:
+    """Score the grid in this process while `readers` threads read the next batches, in order. Each extra
+    reader opens the pair again (GDAL handles are not shared between threads); GDAL decompresses without
+    the GIL, so readers keep a GPU busy where one would not."""
     batches = [(i, row[k:k + batch_size]) for i, row in enumerate(rows) for k in range(0, len(row), batch_size)]
-    read = lambda batch: [pair.read(t) for t in batch]  # noqa: E731
+    local, opened, lock = threading.local(), [], threading.Lock()
+
+    def read(tiles: list[Tile]):
+        own = pair if readers == 1 else getattr(local, "pair", None)
+        if own is None:
+            own = local.pair = pair.reopen()
+            with lock:
+                opened.append(own)
+        return _read_batch(own, tiles, grid)
+
     done: RowResult = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdtool-read") as reader:
-        pending = reader.submit(read, batches[0][1])
-        for k, (row_index, batch) in enumerate(batches):
-            data = pending.result()
-            if k + 1 < len(batches):
-                pending = reader.submit(read, batches[k + 1][1])
-            scores = predictor([d for d, _ in data])
-            done += [(tile, score, valid) for tile, score, (_, valid) in zip(batch, scores, data)]
-            if k + 1 == len(batches) or batches[k + 1][0] != row_index:
-                yield row_index, done
-                done = []
+    pending: deque = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cdtool-read") as pool:
+            for k in range(min(readers + 1, len(batches))):
+                pending.append(pool.submit(read, batches[k][1]))
+            for k, (row_index, batch) in enumerate(batches):
+                data = pending.popleft().result()
+                if k + readers + 1 < len(batches):
+                    pending.append(pool.submit(read, batches[k + readers + 1][1]))
+                scores = predictor([d for d, _, _ in data])
+                done += [(tile, score, valid, thumb) for tile, score, (_, valid, thumb) in zip(batch, scores, data)]
+                if k + 1 == len(batches) or batches[k + 1][0] != row_index:
+                    yield row_index, done
+                    done = []
+    finally:
+        for future in pending:
+            future.cancel()
+        for other in opened:
+            pair.bad_blocks |= other.bad_blocks
+            other.close()
 
 
-_WORKER_PAIRS: dict[tuple, object] = {}  # pairs a worker process has opened, by their open arguments
+_WORKER_PAIRS: dict[str, object] = {}  # pairs a worker process has opened, by their open arguments
 
 
-def _score_row(open_args: tuple, predictor, tiles: list[Tile]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A Dask task: read and score one grid row on the worker."""
+def _score_row(open_args: dict, predictor, tiles: list[Tile], grid: PreviewGrid | None):
+    """A Dask task: read and score one grid row on the worker (the pair opened once per worker process)."""
     from cdtool.io.pair import open_pair
 
-    pair = _WORKER_PAIRS.get(open_args)
-    if pair is None:
-        before, after, bands, align, wrap, skip = open_args
-        pair = _WORKER_PAIRS[open_args] = open_pair(before, after, bands=list(bands) if bands else None,
-                                                    align=align, wrap=wrap, skip_bad_windows=skip)
+    key = repr(sorted(open_args.items()))
+    if key not in _WORKER_PAIRS:
+        _WORKER_PAIRS[key] = open_pair(**open_args)
     torch.set_num_threads(1)
-    data = [pair.read(t) for t in tiles]
-    scores = predictor([d for d, _ in data])
-    return [(s, v) for s, (_, v) in zip(scores, data)]
+    data = _read_batch(_WORKER_PAIRS[key], tiles, grid)
+    scores = predictor([d for d, _, _ in data])
+    return [(s, v, thumb) for s, (_, v, thumb) in zip(scores, data)]
 
 
-def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: str | None
-              ) -> Iterator[tuple[int, RowResult]]:
+def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: str | None,
+              grid: PreviewGrid | None = None) -> Iterator[tuple[int, RowResult]]:
     """Score the grid as one Dask task per grid row, yielding rows in order with at most 2 per worker queued."""
     try:
         from distributed import Client, LocalCluster
@@ -76,13 +108,14 @@ def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: 
     except OSError as exc:
         raise InputError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from None
     try:
-        open_args = (pair.sources[0], pair.sources[1], tuple(pair.requested_bands or ()), pair.align, pair.wrap,
-                     pair.skip_bad_windows)
+        open_args = pair.open_args()
         remote = client.scatter(predictor.portable(), broadcast=True)
         in_flight = max(2, 2 * len(client.scheduler_info()["workers"]))
-        futures = {}
-        for i in range(min(in_flight, len(rows))):
-            futures[i] = client.submit(_score_row, open_args, remote, rows[i], pure=False)
+
+        def submit(i: int):
+            return client.submit(_score_row, open_args, remote, rows[i], grid, pure=False)
+
+        futures = {i: submit(i) for i in range(min(in_flight, len(rows)))}
         for i, row in enumerate(rows):
             try:
                 results = futures.pop(i).result()
@@ -90,10 +123,9 @@ def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: 
                 raise
             except Exception as exc:  # a worker died or the task failed there
                 raise CdtoolError(f"Dask task for tile row {i} failed ({type(exc).__name__}: {exc})") from None
-            nxt = i + in_flight
-            if nxt < len(rows):
-                futures[nxt] = client.submit(_score_row, open_args, remote, rows[nxt], pure=False)
-            yield i, [(t, s, v) for t, (s, v) in zip(row, results)]
+            if i + in_flight < len(rows):
+                futures[i + in_flight] = submit(i + in_flight)
+            yield i, [(t, s, v, thumb) for t, (s, v, thumb) in zip(row, results)]
     finally:
         client.close()
         if cluster is not None:

@@ -258,6 +258,15 @@ class RasterPair:
                     self.bad_blocks.add((ds.name, int(sub.row_off), int(sub.col_off)))
         return data, masks
 
+    def open_args(self) -> dict:
+        """The arguments of `open_pair` that open this pair again, picklable for a Dask worker."""
+        return dict(before=self.sources[0], after=self.sources[1], bands=self.requested_bands, align=self.align,
+                    wrap=self.wrap, skip_bad_windows=self.skip_bad_windows)
+
+    def reopen(self) -> "RasterPair":
+        """The same pair opened again: another reader thread needs its own GDAL handles."""
+        return open_pair(**self.open_args())
+
     def close(self) -> None:
         for ds in reversed(self._open):
             ds.close()

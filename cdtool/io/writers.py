@@ -24,14 +24,15 @@ GDAL_ENV = {"GDAL_CACHEMAX": 128, "COMPRESS_OVERVIEW": "DEFLATE", "GDAL_TIFF_OVR
 
 
 class BandWriter:
-    """Single-band GeoTIFF written row band by row band; rows are buffered up to whole blocks so each
-    compressed block is written once."""
+    """Single-band scratch GeoTIFF written row band by row band; rows are buffered up to whole blocks so each
+    compressed block is written once. Zstandard at level 1: a staging file is read back once or twice and
+    then copied into the deflate outputs, so it compresses for disk space, about 4x faster than deflate."""
 
     def __init__(self, path: Path, height: int, width: int, dtype: str, nodata: float, crs: CRS | None,
                  transform: Affine, description: str = ""):
         tiled = width >= BLOCK and height >= BLOCK
         profile = dict(driver="GTiff", width=width, height=height, count=1, dtype=dtype, nodata=nodata,
-                       crs=crs, transform=transform, compress="deflate",
+                       crs=crs, transform=transform, compress="zstd", zstd_level=1,
                        predictor=3 if dtype.startswith("float") else 2, BIGTIFF="IF_SAFER")
         if tiled:
             profile.update(tiled=True, blockxsize=BLOCK, blockysize=BLOCK)
@@ -83,7 +84,7 @@ def write_cog(src: Path, dst: Path, overview_resampling: Resampling, tags: dict 
               statistics: dict | None = None, colormap: dict | None = None) -> None:
     """Copy a finished single-band GeoTIFF into a Cloud-optimised GeoTIFF (GDAL's COG driver: tiled, deflate,
     internal overviews first), with metadata tags, band statistics and an optional colour table. GDAL copies
-    block by block, so memory stays bounded."""
+    block by block, so memory stays bounded, and compresses blocks on every core."""
     with rasterio.open(src, "r+") as ds:
         if tags:
             ds.update_tags(**{k: str(v) for k, v in tags.items()})
@@ -93,7 +94,8 @@ def write_cog(src: Path, dst: Path, overview_resampling: Resampling, tags: dict 
             ds.write_colormap(1, colormap)
         floating = ds.dtypes[0].startswith("float")
     rio_copy(src, dst, driver="COG", COMPRESS="DEFLATE", PREDICTOR="FLOATING_POINT" if floating else "STANDARD",
-             BLOCKSIZE=BLOCK, OVERVIEW_RESAMPLING=overview_resampling.name.upper(), BIGTIFF="IF_SAFER")
+             BLOCKSIZE=BLOCK, OVERVIEW_RESAMPLING=overview_resampling.name.upper(), BIGTIFF="IF_SAFER",
+             NUM_THREADS="ALL_CPUS")
     for side in dst.parent.glob(dst.name + ".aux.xml"):
         side.unlink()
 

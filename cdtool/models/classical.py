@@ -28,33 +28,51 @@ from cdtool.models.base import ChangeModel
 from cdtool.models.registry import register_model
 
 
-def noise_floor(before: torch.Tensor, after: torch.Tensor, min_change: float) -> torch.Tensor:
+def noise_floor(before: torch.Tensor, after: torch.Tensor, min_change: float,
+                mean_sq: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1, H, W) factor in [0, 1]: a smooth step of the RMS band difference r, 0 for r <= min_change/2,
     1/2 at r = min_change, 1 for r >= 1.5 * min_change. Multiplying a score in [0, 1] by it keeps every
-    pixel that changed by less than min_change (in per-band scene stds) below 0.5."""
+    pixel that changed by less than min_change (in per-band scene stds) below 0.5. `mean_sq`: the mean
+    squared band difference where the caller has it already."""
     if min_change <= 0:
         return torch.ones_like(before[:, :1])
-    r = (after - before).pow(2).mean(dim=1, keepdim=True).sqrt()
-    t = (r / min_change - 0.5).clamp(0.0, 1.0)
+    if mean_sq is None:
+        mean_sq = (after - before).pow(2).mean(dim=1, keepdim=True)
+    t = (mean_sq.sqrt() / min_change - 0.5).clamp(0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 
-def nearest_sq_distance(x: torch.Tensor, y: torch.Tensor, radius: int) -> torch.Tensor:
-    """(B, 1, H, W) mean-over-bands squared distance from each pixel of x to the closest pixel of y within
-    `radius` pixels; a running minimum over the offsets, so memory stays that of one image."""
-    best = (x - y).pow(2).mean(dim=1, keepdim=True)
-    if radius == 0:
-        return best
-    r = radius
-    padded = F.pad(y, (r, r, r, r), mode="replicate")
-    h, w = x.shape[-2:]
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            if dy == r and dx == r:
-                continue
-            d = (x - padded[..., dy:dy + h, dx:dx + w]).pow(2).mean(dim=1, keepdim=True)
-            best = torch.minimum(best, d)
-    return best
+def robust_sq_distance(before: torch.Tensor, after: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RCVA's change magnitude: the larger of the two directions' mean-over-bands squared distance from a pixel
+    of one date to the closest pixel of the other within `radius` (edges replicated), and the plain
+    same-pixel distance; both (B, 1, H, W).
+
+    One pass over the offsets serves both directions: with E_o(q) = |after(q) - before(q + o)|² on the
+    after-date padded by `radius`, the after-to-before minimum at p is min_o E_o(p) and the before-to-after
+    one is min_o E_o(p - o), the same maps shifted. So each offset costs one band difference (not two), and
+    the buffers are reused, keeping memory at a few images."""
+    bands, (h, w), r = before.shape[1], before.shape[-2:], radius
+    if r == 0:
+        d = (after - before).square_().sum(dim=1, keepdim=True).div_(bands)
+        return d, d
+    a = F.pad(after, (r, r, r, r), mode="replicate")
+    b = F.pad(before, (2 * r, 2 * r, 2 * r, 2 * r), mode="replicate")
+    hp, wp = h + 2 * r, w + 2 * r
+    diff, e = torch.empty_like(a), torch.empty_like(a[:, :1])
+    forward = backward = same = None
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            torch.sub(a, b[..., r + dy:r + dy + hp, r + dx:r + dx + wp], out=diff)
+            torch.sum(diff.square_(), dim=1, keepdim=True, out=e)
+            at_p, at_p_minus_o = e[..., r:r + h, r:r + w], e[..., r - dy:r - dy + h, r - dx:r - dx + w]
+            if forward is None:
+                forward, backward = at_p.clone(), at_p_minus_o.clone()
+            else:
+                torch.minimum(forward, at_p, out=forward)
+                torch.minimum(backward, at_p_minus_o, out=backward)
+            if dy == 0 and dx == 0:
+                same = at_p.clone()
+    return torch.maximum(forward, backward).div_(bands), same.div_(bands)
 
 
 class ChangeVectorAnalysis(ChangeModel):
@@ -70,9 +88,8 @@ class ChangeVectorAnalysis(ChangeModel):
         self.halo = self.radius
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        m2 = torch.maximum(nearest_sq_distance(after, before, self.radius),
-                           nearest_sq_distance(before, after, self.radius))
-        return (1.0 - torch.exp(-0.5 * m2)) * noise_floor(before, after, self.min_change)
+        m2, same = robust_sq_distance(before, after, self.radius)
+        return (1.0 - torch.exp(-0.5 * m2)) * noise_floor(before, after, self.min_change, same)
 
 
 @register_model("cva", paper="Malila 1980, change vector analysis; RCVA neighbourhood, Thonfeld et al. 2016; Otsu 1979")
