@@ -8,7 +8,10 @@ import pkgutil
 
 import typer
 
+from cdtool.cli.options import Debug, OneLineUsageErrors
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="cdtool",
     help="Change detection between two images of the same place taken at two times.",
     no_args_is_help=True,
@@ -16,7 +19,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
 
 
 def _version(value: bool) -> None:
@@ -30,8 +32,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="On an error, print the full traceback before its one line."),
 ) -> None:
     """Change detection between two images of the same place taken at two times."""
+    Debug.enabled = debug
 
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import functools
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from cdtool.errors import CdtoolError
+
+# click's UsageError, from whichever click this typer runs on (its own copy in recent versions)
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
@@ -48,22 +54,67 @@ def parse_threshold(text: str | None) -> float | str | None:
     return value
 
 
+class Debug:
+    """Whether `cdtool --debug` asked for full tracebacks (set by the root callback for each invocation)."""
+
+    enabled = False
+
+
 def friendly_errors(fn: Callable) -> Callable:
-    """Turn library errors into one line on stderr and their exit code (1 failed, 2 bad input);
-    an interrupt exits 130 after the library has removed its partial outputs."""
+    """Turn errors into one line on stderr and an exit code (1 failed, 2 bad input): library errors with
+    their own message, system errors with the file they concern, anything else as an unexpected error;
+    `--debug` prints the traceback first. An interrupt exits 130 after the library has removed its partial
+    outputs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except CdtoolError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True)
-            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, UsageError):
+            raise
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
+        except CdtoolError as exc:
+            error, message, code = exc, str(exc), exc.exit_code
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else "system error"
+            error, message, code = exc, f"{where}: {exc.strerror or exc}", 1
+        except Exception as exc:  # a bug: still one line, the traceback with --debug
+            error, message = exc, f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            code = 1
+        if Debug.enabled:
+            traceback.print_exception(error)
+        err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", markup=True)
+        raise typer.Exit(code) from None
 
     return wrapper
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The command group whose usage errors (unknown option, bad value, missing argument) are one line on
+    stderr, exit 2, like every other refusal; bare `cdtool` still shows the help."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as exc:
+            if not standalone_mode:
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `cdtool`: typer shows the help its own way
+                return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+            hint = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {escape(' '.join(exc.format_message().split()))}{hint}",
+                              markup=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            err_console.print("aborted")
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def show_progress(quiet: bool) -> bool:
