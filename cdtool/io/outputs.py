@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cdtool.errors import InputError
+from cdtool.errors import InputError, write_failure
 
 
 LOCK = ".cdtool.lock"
@@ -26,8 +26,13 @@ def replaced_when_done(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder: there is nothing to remove
+            pass
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -55,6 +60,7 @@ class FolderLock:
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise InputError(f"{self.folder}: is a file, not an output folder")
+        self.created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -86,7 +92,13 @@ class FolderLock:
         raise InputError(f"{self.folder}: could not lock the output folder")
 
     def release(self) -> None:
+        """Unlock; the folder goes too when this run created it and left it empty (it failed before writing)."""
         self.path.unlink(missing_ok=True)
+        if self.created:
+            try:
+                self.folder.rmdir()
+            except OSError:  # not empty: the run's outputs are there
+                pass
 
     def __enter__(self) -> "FolderLock":
         return self
