@@ -245,6 +245,7 @@ def make_footprints(before_vec: Path, after_vec: Path, out: Path, opts: Footprin
         missing = before_vec if b_gdf.crs is None else after_vec
         raise InputError(f"{missing}: layer has no CRS while the other has one; assign it first (e.g. ogr2ogr -a_srs)")
     pair = open_pair(before_image, after_image) if before_image else None
+    store = None
     try:
         crs = (pair.info.crs if pair is not None else None) or b_gdf.crs
         if crs is not None:
@@ -281,7 +282,7 @@ def make_footprints(before_vec: Path, after_vec: Path, out: Path, opts: Footprin
         extra["changed_pixels"] = write_mask(out / "change_mask.tif", changed_shapes, transform, height, width, crs)
         splitter = BlockSplitter("footprints", 4 * opts.patch, opts.seed, opts.fractions)
         writer = store.unit("buildings")
-        half = opts.patch // 2
+        half, channels = opts.patch // 2, 1  # channels: of the last patch written (none: every group dropped)
         if height < opts.patch or width < opts.patch:
             raise InputError(f"{before_image or before_vec}: grid {width}x{height} is smaller than --patch {opts.patch}")
         for k, g in enumerate(groups):
@@ -298,14 +299,19 @@ def make_footprints(before_vec: Path, after_vec: Path, out: Path, opts: Footprin
             else:
                 image = np.stack([_burn(list(b_gdf.geometry.values), transform, tile),
                                   _burn(list(a_gdf.geometry.values), transform, tile)])[:, None]
+            channels = int(image.shape[1])
             writer.add({"sample": f"group{k}", "group": k, "class": g["class"], "label": int(g["class"] != "unchanged"),
                         "row": r, "col": c, "height": opts.patch, "width": opts.patch, "iou": g["iou"],
                         "changed_share": float(mask.mean()), "split": split,
                         "footprint": footprint(tile, transform).wkt}, image, mask=mask)
         writer.close()
         extra["dropped_guard"] = len(groups) - len(store.rows())
-        summary = store.finish(crs=crs, channels=int(image.shape[1]) if groups else 1, extra=extra)
+        summary = store.finish(crs=crs, channels=channels, extra=extra)
         return {**summary, "seconds": round(time.perf_counter() - t0, 2)}
+    except BaseException:
+        if store is not None:
+            store.abandon()
+        raise
     finally:
         if pair is not None:
             pair.close()

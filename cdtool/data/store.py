@@ -208,6 +208,17 @@ class DatasetWriter:
     def summary(self) -> dict:
         return json.loads((self.root / "dataset.json").read_text())
 
+    def abandon(self) -> None:
+        """After a failure: unlock, and when no sample was kept (nothing for a rerun to resume) remove the
+        scaffolding this writer made, so the folder is as it was (the lock removes a folder it created)."""
+        if not self.complete:
+            if not self.rows():
+                for name in ("shards", "parts"):
+                    shutil.rmtree(self.root / name, ignore_errors=True)
+                for name in DATASET_FILES:
+                    (self.root / name).unlink(missing_ok=True)
+            self.lock.release()
+
 
 def write_index(path: Path, rows: Iterable[dict], crs: Any) -> None:
     """The index as a GeoPackage (layer "samples"): QGIS shows where every chip came from."""

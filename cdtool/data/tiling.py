@@ -54,12 +54,11 @@ def footprint(tile: Tile, transform) -> Polygon:
 def make_tiles(pairs: list[PairSource], out: Path, opts: TileOptions, *, overwrite: bool = False,
                progress: bool = False) -> dict:
     """Tile every pair into `out` (see cdtool.data.store for the format); returns counts."""
-    from cdtool.io.pair import open_pair
-    from cdtool.normalization import statistics_record
-
     t0 = time.perf_counter()
     if opts.size <= 0 or opts.stride <= 0:
         raise InputError(f"--size and --stride must be positive, got {opts.size} and {opts.stride}")
+    if opts.block < 0:
+        raise InputError(f"--block must not be negative (0: 4 x --size), got {opts.block}")
     if not 0.0 <= opts.max_nodata <= 1.0:
         raise InputError(f"--max-nodata must lie in [0, 1], got {opts.max_nodata}")
     bands = list(opts.bands) if opts.bands else None
@@ -83,12 +82,26 @@ def make_tiles(pairs: list[PairSource], out: Path, opts: TileOptions, *, overwri
               "pairs": [[p.name, str(p.before), str(p.after), str(p.mask) if p.mask else None] for p in pairs]}
     store = DatasetWriter(out, "tiles", params, overwrite=overwrite,
                           image_dtype=dtypes.pop() if len(dtypes) == 1 else "float32")
-    stats = {"skipped_nodata": 0, "dropped_guard": 0, "skipped_small_pairs": 0}
     if store.complete:
         return {**store.summary(), "resumed": False, "already_complete": True}
+    try:
+        return _fill(store, pairs, metas, opts, bands, split_by, block, crss, progress, t0)
+    except BaseException:
+        store.abandon()
+        raise
+
+
+def _fill(store, pairs, metas, opts: TileOptions, bands, split_by: str, block: int, crss: set, progress: bool,
+          t0: float) -> dict:
+    """Write the tiles of every unfinished unit, then the index (the body of `make_tiles`)."""
+    from cdtool.io.pair import open_pair
+    from cdtool.normalization import statistics_record
+
+    out = store.root
     total = sum(len(tile_grid(h, w, opts.size, opts.stride, opts.wrap)) *
                 len(tile_grid(h, w, opts.size, opts.stride, opts.wrap)[0])
                 for h, w, *_ in metas if h >= opts.size and (opts.wrap or w >= opts.size))
+    stats = {"skipped_nodata": 0, "dropped_guard": 0, "skipped_small_pairs": 0}
     resumed = any(p.name != "_params.json" for p in (out / "parts").glob("*.json"))
     bar = tqdm(total=total, desc="tiles", unit="tile", disable=not progress)
     for pair, (height, width, count, crs, _) in zip(pairs, metas):
