@@ -186,7 +186,13 @@ class Training:
         rf.check_manifest(self.run_dir)
         states, _ = load_checkpoint(self.run_dir / "last.safetensors")
         for name, mod in self.modules.items():
-            mod.load_state_dict(states[name])
+            try:
+                mod.load_state_dict(states[name])
+            except (KeyError, RuntimeError) as exc:  # --set changed the model, or another task's run
+                first = str(exc).replace("Error(s) in loading state_dict for", "").split("\n\t")[:2]
+                raise InputError(f"{self.run_dir}: its weights do not fit the recipe's model {name!r} "
+                                 f"({' '.join(first).strip()}); resume with the settings the run was made "
+                                 "with") from None
         st = self.state = rf.load_state(self.run_dir / rf.STATE_FILE)
         if self.amp and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])

@@ -59,7 +59,11 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.001")
-        set_key(tree, key.strip(), yaml.safe_load(text))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set {item!r}: the value is not valid YAML ({_first_line(exc)})") from None
+        set_key(tree, key.strip(), value)
     return tree
 
 
@@ -122,12 +126,24 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -
             raise InputError(f"{path}: no such recipe file")
         try:
             tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid YAML ({_first_line(exc)})") from None
         if not isinstance(tree, dict):
             raise InputError(f"{path}: a recipe is a mapping of keys (name, task, model, loss, data, ...)")
         tree = resolve_paths(tree, path.resolve().parent)
+        try:
+            return parse_recipe(apply_overrides(tree, overrides or []))
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
     return parse_recipe(apply_overrides(tree, overrides or []))
+
+
+def _first_line(exc: Exception) -> str:
+    """A YAML error's problem and where, without its multi-line excerpt of the text."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 PATH_KEYS = ("roots", "root", "path", "source", "init")

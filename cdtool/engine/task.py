@@ -196,7 +196,12 @@ def load_init(model: nn.Module, path: str, key: str = "init") -> tuple[list[str]
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        flat = load_file(str(p))
+        from safetensors import SafetensorError
+
+        try:
+            flat = load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise InputError(f"{key}: {p}: not a readable safetensors file ({exc})") from None
         state = {k.removeprefix("model."): v for k, v in flat.items()}
     else:
         try:
