@@ -38,6 +38,8 @@ def evaluate(
     from cdtool.engine import evaluate as ev
 
     thr = parse_threshold(threshold)
+    if split not in ("train", "val", "test", "all"):
+        raise typer.BadParameter(f"expected train, val, test or all, got {split!r}", param_hint="--split")
     if json_out is not None:
         if json_out.exists() and not overwrite:
             raise InputError(f"{json_out}: already exists (use --overwrite to replace it)")

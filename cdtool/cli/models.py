@@ -23,7 +23,11 @@ def models(
     recipes: Annotated[Optional[Path], typer.Option("--recipes", help="Folder of recipes to list (default recipes/).")] = None,
 ) -> None:
     """List registered models (name, output kind, paper), losses, tasks and the recipes found."""
+    from cdtool.errors import InputError
     from cdtool.losses.base import loss_entry, loss_names
+
+    if recipes is not None and not recipes.is_dir():
+        raise InputError(f"{recipes}: no such folder of recipes")
     from cdtool.models.registry import create_model, model_entry, model_names
 
     t = Table("model", "output", "trainable", "paper", "summary", title="models")

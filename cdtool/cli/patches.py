@@ -27,6 +27,16 @@ def _count(text: str | None, what: str) -> int | None:
     return n
 
 
+def _positive(value: float, what: str) -> None:
+    if not value > 0 or value == float("inf"):
+        raise typer.BadParameter(f"must be a positive number, got {value}", param_hint=what)
+
+
+def _share(value: float, what: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"must be a share in [0, 1], got {value}", param_hint=what)
+
+
 def patches(
     inputs: Annotated[list[Path], typer.Argument(help=(
         "pcd: BEFORE AFTER (with --mask) or an A/ B/ label/ folder; footprints: BEFORE.gpkg AFTER.gpkg "
@@ -84,6 +94,9 @@ def patches(
 
         if len(inputs) != 2:
             raise InputError("footprints takes two vector layers: BEFORE AFTER")
+        _share(min_overlap, "--min-overlap")
+        _share(min_iou, "--min-iou")
+        _positive(resolution, "--resolution")
         opts = FootprintOptions(min_overlap=min_overlap, min_iou=min_iou, patch=patch, resolution=resolution,
                                 fractions=fractions, seed=seed)
         s = make_footprints(inputs[0], inputs[1], out, opts, before_image=before_image, after_image=after_image, **kw)
@@ -101,6 +114,8 @@ def patches(
 
         if not objects:
             raise InputError("synthetic needs --objects FOLDER (A/ B/ label/) for object shapes")
+        _positive(samples, "--samples")
+        _positive(size, "--size")
         bank = [p for f in objects for p in pairs_from_folder(f, require_mask=True)]
         opts = SyntheticOptions(samples=samples, size=size, fractions=fractions, seed=seed)
         s = make_synthetic(inputs, bank, out, opts, **kw)

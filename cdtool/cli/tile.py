@@ -35,7 +35,7 @@ def tile(
     from cdtool.data.tiling import TileOptions, make_tiles
 
     pairs = collect_pairs(before, after, mask)
-    opts = TileOptions(size=size, stride=stride or size, max_nodata=max_nodata, split_by=split_by, block=block,
+    opts = TileOptions(size=size, stride=size if stride is None else stride, max_nodata=max_nodata, split_by=split_by, block=block,
                        fractions=parse_fractions(split), seed=seed,
                        bands=tuple(parse_int_list(bands, "--bands") or ()) or None, align=align, wrap=wrap)
     s = make_tiles(pairs, out, opts, overwrite=overwrite, progress=show_progress(quiet))

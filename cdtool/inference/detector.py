@@ -179,6 +179,8 @@ def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:
             expected = {k: tuple(v.shape) for k, v in create_model(name, **args).state_dict().items()}
     except (TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{path}: model arguments do not fit {name!r} ({str(exc).splitlines()[0]})") from None
+    except InputError as exc:  # e.g. a model name that is not registered
+        raise InputError(f"{path}: {exc}") from None
     if expected and not weights:
         raise InputError(f"{path}: checkpoint holds no 'model' weights")
     for key, shape in expected.items():

@@ -46,6 +46,8 @@ def stack_vrt(files: list[Path], resampling: str = "bilinear") -> str:
     All files must share a CRS and cover the same area (as the bands of one product do)."""
     metas = []
     for f in files:
+        if Path(f).exists() and not Path(f).is_file():  # a pipe would block the read forever
+            raise InputError(f"{f}: not a regular file (a pipe or device cannot be read as a raster)")
         try:
             with rasterio.open(f) as ds:
                 metas.append((Path(f).resolve(), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0],
