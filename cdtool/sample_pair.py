@@ -49,24 +49,55 @@ def _changes(row0: int, col0: int, height: int, width: int, seed: int, rate: flo
     return mask
 
 
+def _lattice(i: np.ndarray, j: np.ndarray, seed: int) -> np.ndarray:
+    """A value in [0, 1) for each integer lattice point, the same whichever window asks (a hash, no state)."""
+    h = (i.astype(np.uint64) * np.uint64(0x9E3779B1) ^ j.astype(np.uint64) * np.uint64(0x85EBCA77)
+         ^ np.uint64(seed * 0xC2B2AE3D + 1))
+    h ^= h >> np.uint64(15)
+    h *= np.uint64(0x2C1B3C6D)
+    h ^= h >> np.uint64(12)
+    return (h & np.uint64(0xFFFFFF)).astype(np.float32) / np.float32(1 << 24)
+
+
+def _detail(rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
+    """(h, w) multi-octave value noise around 0 (cells of 256 to 4 pixels): fields, roofs and grain, so a
+    detector's score map has the structure of real imagery rather than smooth waves."""
+    out = np.zeros((len(rows), len(cols)), np.float32)
+    for octave, (cell, amp) in enumerate(((256, 0.30), (64, 0.20), (16, 0.15), (4, 0.08))):
+        y, x = rows / cell, cols / cell
+        i, j = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+        fy, fx = (y - i).astype(np.float32), (x - j).astype(np.float32)
+        fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)
+        corner = lambda di, dj: _lattice(i[:, None] + di, j[None, :] + dj, seed * 7 + octave)  # noqa: E731
+        top = corner(0, 0) * (1 - fx) + corner(0, 1) * fx
+        bottom = corner(1, 0) * (1 - fx) + corner(1, 1) * fx
+        out += amp * ((top * (1 - fy[:, None]) + bottom * fy[:, None]) - 0.5)
+    return out
+
+
 def write_pair(folder: str | Path, size: int = 1024, bands: int = 3, seed: int = 0, rate: float = 0.3,
-               dtype: str = "uint8", crs: str | None = "EPSG:32632", block: int = 1024) -> tuple[Path, Path, Path]:
-    """Write before.tif, after.tif and truth.tif (0/1) of size×size into `folder`; returns their paths."""
+               dtype: str = "uint8", crs: str | None = "EPSG:32632", block: int = 1024, width: int | None = None,
+               detail: bool = False) -> tuple[Path, Path, Path]:
+    """Write before.tif, after.tif and truth.tif (0/1) of size rows × `width` columns (default: square) into
+    `folder`; returns their paths. `detail` adds multi-octave texture (benchmarks: realistic write costs)."""
+    height, width = size, width or size
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     scale = 255.0 if dtype == "uint8" else 10000.0
     transform = Affine(0.5, 0, 500000.0, 0, -0.5, 5400000.0) if crs else Affine.identity()
-    common = dict(driver="GTiff", width=size, height=size, crs=crs, transform=transform, tiled=True,
+    common = dict(driver="GTiff", width=width, height=height, crs=crs, transform=transform, tiled=True,
                   blockxsize=256, blockysize=256, compress="deflate")
     paths = folder / "before.tif", folder / "after.tif", folder / "truth.tif"
     with rasterio.open(paths[0], "w", count=bands, dtype=dtype, **common) as b, \
             rasterio.open(paths[1], "w", count=bands, dtype=dtype, **common) as a, \
             rasterio.open(paths[2], "w", count=1, dtype="uint8", **common) as t:
-        for r in range(0, size, block):
-            for c in range(0, size, block):
-                h, w = min(block, size - r), min(block, size - c)
+        for r in range(0, height, block):
+            for c in range(0, width, block):
+                h, w = min(block, height - r), min(block, width - c)
                 rows, cols = np.arange(r, r + h), np.arange(c, c + w)
                 base = _texture(rows, cols, bands, seed)
+                if detail:
+                    base += _detail(rows, cols, seed)[None] * np.linspace(0.8, 1.2, bands, dtype=np.float32)[:, None, None]
                 rng = np.random.default_rng([seed, r, c])
                 before = base + rng.normal(0, 0.02, base.shape).astype(np.float32)
                 after = 0.9 * base + 0.05 + rng.normal(0, 0.02, base.shape).astype(np.float32)

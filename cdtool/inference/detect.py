@@ -182,7 +182,7 @@ def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
 
 
 @dataclass
-class _Plan:
+class ScoringPlan:
     """How a pair is scored: the detector as run (rescaled to its GSD where needed) and its tile grid."""
     detector: Detector
     predictor: Predictor
@@ -194,7 +194,7 @@ class _Plan:
     settings: dict  # what a resumed run must match
 
 
-def _plan(pair: RasterPair, choice: Choice, device, opts: DetectOptions) -> _Plan:
+def plan_scoring(pair: RasterPair, choice: Choice, device, opts: DetectOptions) -> ScoringPlan:
     height, width = pair.shape
     detector = choice.detector
     normalizer = Normalizer(detector.normalization, pair)
@@ -223,7 +223,7 @@ def _plan(pair: RasterPair, choice: Choice, device, opts: DetectOptions) -> _Pla
     settings = {"model": detector.name, "tile": tile, "overlap": overlap, "step": step, "blend": opts.blend,
                 "batch": opts.batch_size, "bands": opts.bands, "align": opts.align, "wrap": opts.wrap,
                 "scale": choice.scale, "device": device.type}
-    return _Plan(detector, Predictor(detector, normalizer, device), tile, overlap, halo, pad, rows, settings)
+    return ScoringPlan(detector, Predictor(detector, normalizer, device), tile, overlap, halo, pad, rows, settings)
 
 
 @dataclass
@@ -235,7 +235,7 @@ class _Scores:
     resumed_rows: int
 
 
-def _score_pass(pair: RasterPair, plan: _Plan, opts: DetectOptions, journal: Journal, path: Path,
+def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journal: Journal, path: Path,
                 canvas: PreviewCanvas | None) -> _Scores:
     """Tiles read ahead -> model -> stitched row bands -> the staged score map, the journal and the preview;
     a resumed run replays its journal first and scores only the rows after it."""
@@ -265,15 +265,18 @@ def _score_pass(pair: RasterPair, plan: _Plan, opts: DetectOptions, journal: Jou
     scored = (dask_rows(pair, plan.predictor, todo, opts.workers, opts.scheduler, sampling)
               if opts.workers or opts.scheduler
               else local_rows(pair, plan.predictor, todo, opts.batch_size, readers, sampling)) if todo else iter(())
-    for row_index, results in scored:
-        for t, score, valid, samples in results:
-            stitcher.add(t, score, valid)
-            if canvas is not None:
-                canvas.add_inputs(t, samples)
-        bar.update(len(results))
-        if first + row_index + 1 < len(rows):
-            emit(stitcher.flush(rows[first + row_index + 1][0].row))
-    emit(stitcher.finish())
+    try:
+        for row_index, results in scored:
+            for t, score, valid, samples in results:
+                stitcher.add(t, score, valid)
+                if canvas is not None:
+                    canvas.add_inputs(t, samples)
+            bar.update(len(results))
+            if first + row_index + 1 < len(rows):
+                emit(stitcher.flush(rows[first + row_index + 1][0].row))
+        emit(stitcher.finish())
+    finally:
+        journal.close()  # on failure too: what was finished stays resumable
     bar.close()
     prob.close()
     return scores
@@ -326,7 +329,7 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
 def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
          scratch: Path) -> DetectResult:
     info, (height, width) = pair.info, pair.shape
-    plan = _plan(pair, choice, device, opts)
+    plan = plan_scoring(pair, choice, device, opts)
     detector = plan.detector
     checkpoint = [opts.model] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
     journal = Journal(outs.folder, fingerprint([*pair.sources, *checkpoint], plan.settings), opts.resume)

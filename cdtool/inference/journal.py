@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,12 @@ def fingerprint(paths: list[Path], settings: dict) -> dict:
 
 
 class Journal:
+    """Bands are compressed and written on a background thread (zlib drops the GIL), at most two behind the
+    scoring pass, so keeping a run resumable costs it no time on a machine with a core to spare."""
+
     def __init__(self, folder: Path, prints: dict, resume: bool):
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdtool-journal")
+        self._pending: deque = deque()
         self.dir = Path(folder) / JOURNAL
         self.prints = prints
         self.bands: list[int] = []  # start rows of the saved bands, in order
@@ -71,6 +78,21 @@ class Journal:
             yield Band(row, score.copy(), valid.copy())
 
     def save(self, band: Band) -> None:
+        """Queue a finished band; waits only while two are already queued. A failed write raises here or at
+        close()."""
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(self._writer.submit(self._store, band))
+
+    def close(self) -> None:
+        """Wait for the queued bands (an interrupted run keeps what was finished) and stop the writer."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._writer.shutdown(wait=True)
+
+    def _store(self, band: Band) -> None:
         h, w = band.score.shape
         body = zlib.compress(np.ascontiguousarray(band.score, np.float32).tobytes()
                              + np.ascontiguousarray(band.valid, bool).tobytes(), 1)

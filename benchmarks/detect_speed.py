@@ -1,0 +1,253 @@
+"""Speed and memory of `cdtool detect` beside the tools analysts would use instead (issue 20).
+
+Run by hand; each measurement runs in a fresh process, so its peak RSS (ru_maxrss) is its own, and the modes
+of one comparison run interleaved (A B C A B C ...) so a busy machine slows them alike. Medians with the
+range over repeats. Pairs are generated once per --workdir (seeded, structured texture, deflate, tiled).
+
+    python benchmarks/detect_speed.py compare --size 8192 --model cva --repeats 3
+    python benchmarks/detect_speed.py compare --size 4096 --model siam_diff_unet_rgb --device cuda
+    python benchmarks/detect_speed.py memory --shapes 2048x2048 4096x4096 8192x8192 16384x4096 4096x16384
+    python benchmarks/detect_speed.py throughput --size 4096 --models cva pca_kmeans irmad
+    python benchmarks/detect_speed.py workers --size 8192 --workers 0 1 2 4 8
+
+Modes of `compare`:
+  detect     `cdtool detect` as a user runs it (score + mask COGs, polygons, preview)
+  lean       the same without polygons and preview (score and mask COGs only)
+  model      the model alone on the same tiles: the time inside the predictor calls (normalise, transfer,
+             forward), the tiles read beforehand and not timed; pipeline efficiency = detect / model
+  read       a read-only pass over the same tiles: the limit for a model cheaper than the disk
+  monai      MONAI sliding_window_inference (Gaussian blending, same model, weights, tile, overlap and batch),
+             the rasters loaded whole as its users do, then the score map written (deflate GeoTIFF)
+  naive      the whole raster through the model in one call, then the score map written
+Every mode runs the model chosen by --model with --native-scale semantics (no resampling), so all see the
+same pixels. Fixed settings are printed with each result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, os, resource, sys, threading, time
+spec = json.loads(sys.argv[1])
+mode, before, after, out = spec["mode"], spec["before"], spec["after"], spec["out"]
+util = []
+def watch_gpu():
+    try:
+        import pynvml
+        pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        while not done.is_set():
+            util.append(pynvml.nvmlDeviceGetUtilizationRates(h).gpu); time.sleep(0.1)
+    except Exception:
+        pass
+done = threading.Event()
+if spec["device"].startswith("cuda"):
+    threading.Thread(target=watch_gpu, daemon=True).start()
+import numpy as np, torch
+from cdtool.inference.detect import DetectOptions, detect, plan_scoring, input_domain
+from cdtool.inference.detector import choose_detector, pick_device
+from cdtool.io.pair import open_pair
+opts = DetectOptions(model=spec["model"], tile=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch"],
+                     device=spec["device"], native_scale=True, overwrite=True, workers=spec.get("workers", 0),
+                     readers=spec.get("readers"), polygons=mode == "detect", preview=mode == "detect")
+t = time.perf_counter()
+extra = {}
+if mode in ("detect", "lean"):
+    r = detect(before, after, out, opts)
+    extra = {"regions": r.regions, "changed_share": round(r.changed_share, 4), "threshold": round(r.threshold, 4)}
+else:
+    device = pick_device(opts.device)
+    with open_pair(before, after) as pair:
+        choice = choose_detector(opts.model, input_domain(pair, None), True)
+        plan = plan_scoring(pair, choice, device, opts)
+        tiles = [t_ for row in plan.rows for t_ in row]
+        batches = [tiles[k:k + opts.batch_size] for k in range(0, len(tiles), opts.batch_size)]
+        if mode in ("model", "read"):
+            t = time.perf_counter(); busy = 0.0
+            for batch in batches:
+                data = [pair.read(t_)[0] for t_ in batch]
+                if mode == "model":
+                    t0 = time.perf_counter(); plan.predictor(data); busy += time.perf_counter() - t0
+            if mode == "model":
+                t = time.perf_counter() - busy
+        else:  # monai, naive: the rasters whole in memory, as their users load them
+            import rasterio
+            with rasterio.open(before) as b, rasterio.open(after) as a:
+                stack = np.stack([b.read(), a.read()]); profile = b.profile
+            x = torch.from_numpy(plan.predictor.normalizer(stack))[None]  # (1, 2, C, H, W)
+            del stack
+            model = plan.predictor.model
+            dev = plan.predictor.device
+            amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+            c = x.shape[2]
+            with torch.inference_mode(), torch.autocast(**amp):
+                if mode == "monai":
+                    from monai.inferers import sliding_window_inference
+                    flat = x.reshape(1, 2 * c, *x.shape[-2:])
+                    del x
+                    y = sliding_window_inference(flat, (plan.tile, plan.tile), opts.batch_size,
+                                                 lambda z: model(z[:, :c], z[:, c:]).float(),
+                                                 overlap=plan.overlap / plan.tile, mode="gaussian",
+                                                 sw_device=dev, device=torch.device("cpu"))
+                else:
+                    y = model(x[:, 0].to(dev), x[:, 1].to(dev)).float().cpu()
+            score = y[0, 0].numpy().astype("float32")
+            profile.update(count=1, dtype="float32", compress="deflate", predictor=3, tiled=True, blockxsize=256,
+                           blockysize=256, BIGTIFF="IF_SAFER", nodata=None)
+            with rasterio.open(os.path.join(out, "score.tif"), "w", **profile) as ds:
+                ds.write(score, 1)
+done.set()
+res = {"seconds": time.perf_counter() - t, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+       **extra}
+if util:
+    res["gpu_util_mean"] = round(sum(util) / len(util), 1)
+if spec["device"].startswith("cuda"):
+    res["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps(res))
+"""
+
+
+def pair(workdir: Path, height: int, width: int, bands: int = 3, dtype: str = "uint8") -> tuple[Path, Path]:
+    """The seeded generated pair of that shape, written once per workdir."""
+    from cdtool.sample_pair import write_pair
+
+    folder = workdir / f"pair_{height}x{width}_{bands}{dtype}"
+    if not (folder / "truth.tif").exists():
+        t = time.perf_counter()
+        write_pair(folder, size=height, width=width, bands=bands, dtype=dtype, seed=0, detail=True)
+        print(f"generated {folder.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return folder / "before.tif", folder / "after.tif"
+
+
+def measure(spec: dict, timeout: float) -> dict:
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"]
+        killed = proc.returncode < 0 or "MemoryError" in proc.stderr or "out of memory" in proc.stderr
+        return {"error": ("out of memory: " if killed else "") + lines[-1][:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summary(runs: list[dict], key: str) -> str:
+    vals = [r[key] for r in runs if key in r]
+    if not vals:
+        errors = {r.get("error", "?") for r in runs}
+        return "; ".join(sorted(errors))
+    med = statistics.median(vals)
+    return f"{med:.1f} ({min(vals):.1f}–{max(vals):.1f})" if len(vals) > 1 else f"{med:.1f}"
+
+
+def interleaved(specs: dict[str, dict], repeats: int, timeout: float) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {name: [] for name in specs}
+    for rep in range(repeats):
+        for name, spec in specs.items():
+            res = measure(spec, timeout)
+            runs[name].append(res)
+            print(json.dumps({"run": name, "repeat": rep, **res}), flush=True)
+    return runs
+
+
+def base_spec(args, before: Path, after: Path, work: Path, name: str, **over) -> dict:
+    return {"mode": name, "before": str(before), "after": str(after), "out": str(work / f"out_{name}"),
+            "model": args.model, "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
+            "device": args.device, **over}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["compare", "memory", "throughput", "workers"])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--bands", type=int, default=3)
+    parser.add_argument("--dtype", default="uint8")
+    parser.add_argument("--model", default="cva")
+    parser.add_argument("--models", nargs="+", default=["cva", "pca_kmeans", "irmad"])
+    parser.add_argument("--modes", nargs="+", default=["detect", "lean", "model", "read", "monai", "naive"])
+    parser.add_argument("--shapes", nargs="+", default=["2048x2048", "4096x4096", "8192x8192", "16384x4096",
+                                                        "4096x16384", "16384x16384"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="cdtool-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    import os
+
+    settings = {"model": args.model, "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
+                "device": args.device, "threads": os.environ.get("OMP_NUM_THREADS", "all"),
+                "gdal_cache_mb": 128, "cpus": os.cpu_count()}
+    print(json.dumps({"settings": settings}), flush=True)
+    mpx = args.size * args.size / 1e6
+    if args.what == "compare":
+        before, after = pair(work, args.size, args.size, args.bands, args.dtype)
+        runs = interleaved({m: base_spec(args, before, after, work, m) for m in args.modes}, args.repeats, args.timeout)
+        model_med = statistics.median([r["seconds"] for r in runs.get("model", []) if "seconds" in r] or [float("nan")])
+        print(f"\n{args.size}² × {args.bands} {args.dtype}, {json.dumps(settings)}")
+        print("| mode | wall s | peak RSS MiB | Mpx/s | / model-only |")
+        print("|---|---|---|---|---|")
+        for name, rs in runs.items():
+            secs = [r["seconds"] for r in rs if "seconds" in r]
+            rate = f"{mpx / statistics.median(secs):.2f}" if secs else "–"
+            ratio = f"{statistics.median(secs) / model_med:.2f}" if secs and model_med == model_med else "–"
+            print(f"| {name} | {summary(rs, 'seconds')} | {summary(rs, 'peak_mib')} | {rate} | {ratio} |")
+    elif args.what == "memory":
+        specs = {}
+        for shape in args.shapes:
+            h, w = (int(v) for v in shape.split("x"))
+            before, after = pair(work, h, w, args.bands, args.dtype)
+            specs[shape] = base_spec(args, before, after, work, "detect", out=str(work / f"out_mem_{shape}"))
+        runs = interleaved(specs, args.repeats, args.timeout)
+        print("\n| rows × columns | Mpx | wall s | peak RSS MiB |\n|---|---|---|---|")
+        for shape, rs in runs.items():
+            h, w = (int(v) for v in shape.split("x"))
+            print(f"| {shape} | {h * w / 1e6:.0f} | {summary(rs, 'seconds')} | {summary(rs, 'peak_mib')} |")
+    elif args.what == "throughput":
+        before, after = pair(work, args.size, args.size, args.bands, args.dtype)
+        specs = {}
+        for model in args.models:
+            for mode in ("lean", "model"):
+                specs[f"{model}/{mode}"] = base_spec(args, before, after, work, mode, model=model,
+                                                     out=str(work / f"out_{model}_{mode}"))
+        specs["read"] = base_spec(args, before, after, work, "read")
+        runs = interleaved(specs, args.repeats, args.timeout)
+        print(f"\n{args.size}² × {args.bands}: Mpx/s (median)\n| method | detect (lean) | model only | GPU util % |\n|---|---|---|---|")
+        for model in args.models:
+            cells = []
+            for mode in ("lean", "model"):
+                secs = [r["seconds"] for r in runs[f"{model}/{mode}"] if "seconds" in r]
+                cells.append(f"{mpx / statistics.median(secs):.2f}" if secs else "–")
+            util = [r["gpu_util_mean"] for r in runs[f"{model}/lean"] if "gpu_util_mean" in r]
+            print(f"| {model} | {cells[0]} | {cells[1]} | {statistics.median(util) if util else '–'} |")
+        secs = [r["seconds"] for r in runs["read"] if "seconds" in r]
+        print(f"| read-only pass | {mpx / statistics.median(secs):.2f} | | |" if secs else "| read-only pass | – | | |")
+    else:
+        before, after = pair(work, args.size, args.size, args.bands, args.dtype)
+        specs = {f"workers={n}": base_spec(args, before, after, work, "lean", workers=n,
+                                           out=str(work / f"out_workers{n}")) for n in args.workers}
+        runs = interleaved(specs, args.repeats, args.timeout)
+        print(f"\n{args.size}², {args.model}: wall s (median, range) by Dask workers (0: in process)\n| workers | wall s | Mpx/s |\n|---|---|---|")
+        for name, rs in runs.items():
+            secs = [r["seconds"] for r in rs if "seconds" in r]
+            print(f"| {name.split('=')[1]} | {summary(rs, 'seconds')} | {mpx / statistics.median(secs):.2f} |" if secs
+                  else f"| {name.split('=')[1]} | {summary(rs, 'seconds')} | – |")
+
+
+if __name__ == "__main__":
+    main()
