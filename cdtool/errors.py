@@ -13,12 +13,28 @@ class InputError(CdtoolError):
     exit_code = 2
 
 
-def write_failure(path, exc: OSError) -> CdtoolError:
-    """A write that the system refused, as one line naming the file: a read-only or forbidden place is bad
-    input (exit 2), a full disk or any other failure is a failure (exit 1)."""
+def disk_full(path) -> bool:
+    """Whether the file system holding `path` has (almost) no space left: libraries that write through their
+    own I/O (numpy, GDAL, SQLite, safetensors) report a full disk in words of their own."""
+    import shutil
+    from pathlib import Path
+
+    try:
+        return shutil.disk_usage(Path(path).parent).free < 1 << 20
+    except OSError:
+        return False
+
+
+def write_failure(path, exc: Exception) -> CdtoolError:
+    """A write that failed, as one line naming the file: a read-only or forbidden place is bad input (exit 2),
+    a full disk or any other failure is a failure (exit 1)."""
     import errno
 
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENOENT):
-        return InputError(f"{path}: cannot write here ({reason})")
+    code = getattr(exc, "errno", None)
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENOENT):
+        return InputError(f"{path}: cannot write here ({exc.strerror or exc})")
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or disk_full(path):
+        reason = exc.strerror if code is not None and exc.strerror else "the disk is full"
+    else:
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
     return CdtoolError(f"{path}: cannot write ({reason}); nothing was replaced")

@@ -34,7 +34,7 @@ from cdtool.engine.recipe import Recipe, dump_recipe
 from cdtool.engine.task import TASKS, PhaseContext, Task, TrainOutputs
 from cdtool.errors import CdtoolError, InputError
 from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
-from cdtool.io.outputs import FolderLock
+from cdtool.io.outputs import FolderLock, write_text_atomic
 from cdtool.metrics import best_threshold
 
 
@@ -171,7 +171,7 @@ class Training:
         if resume:
             self._restore()
         if self.dd.main:
-            (run_dir / "recipe.yaml").write_text(dump_recipe(self.recipe))
+            write_text_atomic(run_dir / "recipe.yaml", dump_recipe(self.recipe))
 
     def _check_run_dir(self, resume: bool) -> None:
         if self.dd.main:

@@ -15,21 +15,24 @@ import numpy as np
 import torch
 
 from cdtool.errors import InputError
+from cdtool.errors import write_failure
 from cdtool.io.outputs import replaced_when_done, write_text_atomic
 
 STATE_FILE = "last.state.pt"
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+    """metrics.json, metrics.csv and curves.png, each replaced whole (a full disk leaves the previous one)."""
+    write_text_atomic(run_dir / "metrics.json", json.dumps(history, indent=1))
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
+    with replaced_when_done(run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    plot_curves(run_dir / "curves.png", history)
+    with replaced_when_done(run_dir / "curves.png") as tmp:
+        plot_curves(tmp, history)
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
@@ -95,7 +98,10 @@ def save_state(path: Path, optims, scheds, scaler, epoch: int, phase: str, best:
           "epoch": epoch, "phase": phase, "best": best, "best_epoch": best_epoch, "best_threshold": best_thr,
           "history": json.dumps(history)}
     with replaced_when_done(path) as tmp:
-        torch.save(st, tmp)
+        try:
+            torch.save(st, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError
+            raise write_failure(path, exc) from None
 
 
 def progress(loader, desc: str, quiet: bool):

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cdtool.errors import InputError
+from cdtool.errors import InputError, write_failure
 from cdtool.io.outputs import replaced_when_done
 
 META_KEY = "cdtool"
@@ -32,7 +32,10 @@ def save_checkpoint(path: str | os.PathLike, states: dict[str, dict[str, torch.T
                 flat[f"{state_name}.{k}"] = v.detach().cpu().contiguous()
     path = Path(path)
     with replaced_when_done(path) as tmp:
-        save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        try:
+            save_file(flat, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        except SafetensorError as exc:  # its I/O errors (a full disk) are not OSErrors
+            raise write_failure(path, exc) from None
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import sqlite3
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from rasterio.crs import CRS
 from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
+
+from cdtool.errors import write_failure
 
 LAYER = "changes"
 FLUSH_EVERY = 5000
@@ -65,6 +68,16 @@ class Region:
         self.pixels += other.pixels
         self.score_sum += other.score_sum
         self.score_max = max(self.score_max, other.score_max)
+
+
+@contextmanager
+def writing(path: Path):
+    """A failed write of polygons as one line naming the file: GDAL and SQLite report a full disk as their own
+    errors (a missing table, a failed insert), so the free space is named when it has run out."""
+    try:
+        yield
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, sqlite3.Error, OSError) as exc:
+        raise write_failure(path, exc) from None
 
 
 class Polygonizer:
@@ -203,9 +216,10 @@ class Polygonizer:
         gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([r["geometry"] for r in self.rows], crs=crs), crs=crs)
         with warnings.catch_warnings():  # pixel-space polygons of non-georeferenced pairs have no CRS
             warnings.filterwarnings("ignore", message="'crs' was not provided")
-            pyogrio.write_dataframe(gdf, self.path, layer=LAYER, driver="GPKG", append=self.written,
-                                    promote_to_multi=True, geometry_type="MultiPolygon",
-                                    dataset_options=None if self.written else {"VERSION": "1.2"})
+            with writing(self.path):
+                pyogrio.write_dataframe(gdf, self.path, layer=LAYER, driver="GPKG", append=self.written,
+                                        promote_to_multi=True, geometry_type="MultiPolygon",
+                                        dataset_options=None if self.written else {"VERSION": "1.2"})
         self.count += len(self.rows)
         self.rows = []
         self.written = True
@@ -217,7 +231,7 @@ class Polygonizer:
         self._write()
         if self.areas:
             order = sorted(self.areas, key=lambda a: (-a[0], a[1]))
-            with sqlite3.connect(self.path) as db:  # a GeoPackage is SQLite: set the ranks in place
+            with writing(self.path), sqlite3.connect(self.path) as db:  # a GeoPackage is SQLite: ranks in place
                 _register_gpkg_functions(db)
                 db.executemany(f'UPDATE "{LAYER}" SET rank = ? WHERE id = ?',
                                [(rank, fid) for rank, (_, fid) in enumerate(order, start=1)])
@@ -232,7 +246,7 @@ def to_geojson(gpkg: Path, dst: Path, georeferenced: bool) -> None:
     """The polygons as GeoJSON: RFC 7946 (WGS84 longitude/latitude) when georeferenced, pixel coordinates
     (x = column, y = -row) otherwise."""
     df = pyogrio.read_dataframe(gpkg, layer=LAYER)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), writing(dst):
         warnings.filterwarnings("ignore", message="'crs' was not provided")
         pyogrio.write_dataframe(df, dst, driver="GeoJSON", layer=LAYER,
                                 layer_options={"RFC7946": "YES"} if georeferenced and df.crs else None)
