@@ -26,6 +26,7 @@ same pixels. Fixed settings are printed with each result.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import subprocess
@@ -121,7 +122,8 @@ def pair(workdir: Path, height: int, width: int, bands: int = 3, dtype: str = "u
     folder = workdir / f"pair_{height}x{width}_{bands}{dtype}"
     if not (folder / "truth.tif").exists():
         t = time.perf_counter()
-        write_pair(folder, size=height, width=width, bands=bands, dtype=dtype, seed=0, detail=True)
+        write_pair(folder, size=height, width=width, bands=bands, dtype=dtype, seed=0, detail=True,
+                   processes=os.cpu_count() or 1)
         print(f"generated {folder.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return folder / "before.tif", folder / "after.tif"
 
@@ -188,7 +190,6 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cdtool-speed-"))
     work.mkdir(parents=True, exist_ok=True)
-    import os
 
     settings = {"model": args.model, "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
                 "device": args.device, "threads": os.environ.get("OMP_NUM_THREADS", "all"),

@@ -75,37 +75,55 @@ def _detail(rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
+def pair_block(r: int, c: int, h: int, w: int, bands: int, seed: int, rate: float, dtype: str,
+               detail: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(before, after, change) of the window at row r, column c: a pure function of its arguments, so blocks
+    can be made in any order or process."""
+    scale = 255.0 if dtype == "uint8" else 10000.0
+    rows, cols = np.arange(r, r + h), np.arange(c, c + w)
+    base = _texture(rows, cols, bands, seed)
+    if detail:
+        base += _detail(rows, cols, seed)[None] * np.linspace(0.8, 1.2, bands, dtype=np.float32)[:, None, None]
+    rng = np.random.default_rng([seed, r, c])
+    before = base + rng.normal(0, 0.02, base.shape).astype(np.float32)
+    after = 0.9 * base + 0.05 + rng.normal(0, 0.02, base.shape).astype(np.float32)
+    change = _changes(r, c, h, w, seed, rate)
+    roof = rng.uniform(0.1, 0.9, (bands, 1, 1)).astype(np.float32)
+    after = np.where(change, roof + rng.normal(0, 0.02, base.shape).astype(np.float32), after)
+    return (np.clip(before * scale, 0, scale).astype(dtype), np.clip(after * scale, 0, scale).astype(dtype),
+            change.astype("uint8")[None])
+
+
 def write_pair(folder: str | Path, size: int = 1024, bands: int = 3, seed: int = 0, rate: float = 0.3,
                dtype: str = "uint8", crs: str | None = "EPSG:32632", block: int = 1024, width: int | None = None,
-               detail: bool = False) -> tuple[Path, Path, Path]:
+               detail: bool = False, processes: int = 1) -> tuple[Path, Path, Path]:
     """Write before.tif, after.tif and truth.tif (0/1) of size rows × `width` columns (default: square) into
-    `folder`; returns their paths. `detail` adds multi-octave texture (benchmarks: realistic write costs)."""
+    `folder`; returns their paths. `detail` adds multi-octave texture (benchmarks: realistic write costs);
+    `processes` > 1 makes the blocks in that many processes (large benchmark pairs)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     height, width = size, width or size
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    scale = 255.0 if dtype == "uint8" else 10000.0
     transform = Affine(0.5, 0, 500000.0, 0, -0.5, 5400000.0) if crs else Affine.identity()
     common = dict(driver="GTiff", width=width, height=height, crs=crs, transform=transform, tiled=True,
                   blockxsize=256, blockysize=256, compress="deflate")
     paths = folder / "before.tif", folder / "after.tif", folder / "truth.tif"
+    windows = [(r, c, min(block, height - r), min(block, width - c))
+               for r in range(0, height, block) for c in range(0, width, block)]
+    args = [(r, c, h, w, bands, seed, rate, dtype, detail) for r, c, h, w in windows]
     with rasterio.open(paths[0], "w", count=bands, dtype=dtype, **common) as b, \
             rasterio.open(paths[1], "w", count=bands, dtype=dtype, **common) as a, \
             rasterio.open(paths[2], "w", count=1, dtype="uint8", **common) as t:
-        for r in range(0, height, block):
-            for c in range(0, width, block):
-                h, w = min(block, height - r), min(block, width - c)
-                rows, cols = np.arange(r, r + h), np.arange(c, c + w)
-                base = _texture(rows, cols, bands, seed)
-                if detail:
-                    base += _detail(rows, cols, seed)[None] * np.linspace(0.8, 1.2, bands, dtype=np.float32)[:, None, None]
-                rng = np.random.default_rng([seed, r, c])
-                before = base + rng.normal(0, 0.02, base.shape).astype(np.float32)
-                after = 0.9 * base + 0.05 + rng.normal(0, 0.02, base.shape).astype(np.float32)
-                change = _changes(r, c, h, w, seed, rate)
-                roof = rng.uniform(0.1, 0.9, (bands, 1, 1)).astype(np.float32)
-                after = np.where(change, roof + rng.normal(0, 0.02, base.shape).astype(np.float32), after)
+        pool = ProcessPoolExecutor(processes) if processes > 1 else None
+        try:
+            blocks = pool.map(pair_block, *zip(*args)) if pool else (pair_block(*x) for x in args)
+            for (r, c, h, w), (before, after, change) in zip(windows, blocks):
                 win = Window(c, r, w, h)
-                b.write(np.clip(before * scale, 0, scale).astype(dtype), window=win)
-                a.write(np.clip(after * scale, 0, scale).astype(dtype), window=win)
-                t.write(change.astype("uint8")[None], window=win)
+                b.write(before, window=win)
+                a.write(after, window=win)
+                t.write(change, window=win)
+        finally:
+            if pool:
+                pool.shutdown()
     return paths

@@ -171,3 +171,20 @@ def test_polygons_as_geojson(small_pair, tmp_path):
     assert b.crs.to_epsg() == 4326 and b.total_bounds[0] > -180 and b.total_bounds[3] < 90  # RFC 7946
     with pytest.raises(InputError, match="--format"):
         detect(before, after, tmp_path / "x", DetectOptions(vector_format="shp"))
+
+
+def test_detect_without_polygons_needs_no_vector_stack(small_pair, tmp_path):
+    """Score and mask only (--no-polygons) must run where GDAL's vector stack (pyogrio, geopandas) is missing,
+    as on a bare GPU machine; polygon code loads only when asked for."""
+    import subprocess
+    import sys
+
+    before, after, _ = small_pair
+    code = ("import sys; sys.modules['pyogrio'] = sys.modules['geopandas'] = None\n"
+            "from cdtool.inference.detect import DetectOptions, detect\n"
+            f"r = detect({str(before)!r}, {str(after)!r}, {str(tmp_path / 'out')!r}, "
+            "DetectOptions(polygons=False, preview=True))\n"
+            "print(r.changed_pixels)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert (tmp_path / "out" / "change_mask.tif").is_file() and not (tmp_path / "out" / "changes.gpkg").exists()

@@ -37,7 +37,6 @@ from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import PreviewCanvas, PreviewGrid
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
-from cdtool.io.vectors import Polygonizer, to_geojson
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, read_bands,
                                tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
@@ -303,6 +302,8 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
     pixel_map_area = abs(info.transform.determinant)
     ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
     min_pixels, min_area = mapping_unit(opts, gsd, georef)
+    if opts.polygons:
+        from cdtool.io.vectors import Polygonizer  # GDAL's vector stack loads only where polygons are asked for
     polys = (Polygonizer(gpkg_path, info.crs, info.transform if georef else PIXEL_GRID,
                          min_pixels, min_area, ground_scale=ground_scale) if opts.polygons else None)
     changed = 0
@@ -352,6 +353,8 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
     georef = info.georeferenced
     if opts.polygons and opts.vector_format == "geojson":
+        from cdtool.io.vectors import to_geojson
+
         to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
     _write_rasters(outs, pair, detector.name, scores, changes, mask_path)
     if opts.polygons:
