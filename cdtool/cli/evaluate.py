@@ -41,7 +41,7 @@ def evaluate(
     if split not in ("train", "val", "test", "all"):
         raise typer.BadParameter(f"expected train, val, test or all, got {split!r}", param_hint="--split")
     if json_out is not None:
-        if json_out.exists() and not overwrite:
+        if json_out.exists() and not json_out.is_dir() and not overwrite:
             raise InputError(f"{json_out}: already exists (use --overwrite to replace it)")
         if json_out.is_dir() or not json_out.parent.is_dir():
             raise InputError(f"{json_out}: cannot write the scores there (a folder, or its folder is missing)")

@@ -232,8 +232,9 @@ class RasterPair:
                 masks = ds.read_masks(bands, window=win)
             except RasterioIOError as exc:
                 if not self.skip_bad_windows:
+                    cause = exc.__cause__ or exc  # rasterio's own text only points at GDAL's, its cause
                     raise InputError(f"{name}: cannot read rows {win.row_off}-{win.row_off + height - 1}, columns "
-                                     f"{win.col_off}-{win.col_off + width - 1} ({str(exc).splitlines()[0]}); "
+                                     f"{win.col_off}-{win.col_off + width - 1} ({str(cause).splitlines()[0]}); "
                                      "--skip-bad-windows writes nodata there instead") from None
                 data, masks = self._salvage(ds, bands, win)
             valid &= (masks > 0).all(axis=0) & np.isfinite(data).all(axis=0)

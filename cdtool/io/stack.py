@@ -99,10 +99,10 @@ def write_stack(out: str | os.PathLike, sources: list[str | os.PathLike], overwr
     for s in sources:
         files.extend(band_files(s) if Path(s).is_dir() else [Path(s)])
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists (use --overwrite to replace it)")
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give the VRT file to write")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (use --overwrite to replace it)")
     if not out.parent.is_dir():
         raise InputError(f"{out.parent}: no such folder to write {out.name} into")
     xml = stack_vrt(files, resampling)
