@@ -265,19 +265,19 @@ def tables(a) -> list[dict]:
     rows = [r for f in a.inputs for r in json.loads(Path(f).read_text())["rows"]]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        kind = "self" if "f1_otsu" in r else "pcd" if r["cls"] == "pcd" else "classes"
+        kind = ("self" if "f1_otsu" in r else "pcd" if r["cls"] == "pcd" else
+                "p003" if r["method"] in ABLATION else "p004")
         groups.setdefault((kind, r.get("source")), []).append(r)
     for (kind, source), rs in groups.items():
         print(f"\n## {kind}{f' ({source})' if source else ''}: {len(rs)} rows")
         if kind == "self":
             print(self_table(rs))
             continue
-        if kind == "classes":
+        if kind in ("p003", "p004"):
             print(per_class(rs))
-        paper = P004_PAPER.get(source) if all(r["method"] in P004_PAPER["mnist"] for r in rs) else None
-        print(summarise(rs, paper))
+        print(summarise(rs, P004_PAPER.get(source) if kind == "p004" else None))
         seeds = sorted({r["seed"] for r in rs})
-        if kind == "classes" and len(seeds) > 1:  # the spread of the class-mean AUROC across seeds
+        if kind in ("p003", "p004") and len(seeds) > 1:  # the spread of the class-mean AUROC across seeds
             out = ["| method | class-mean AUROC per seed | mean ± std over seeds |", "|---|---|---|"]
             for m in dict.fromkeys(r["method"] for r in rs):
                 per = [statistics.mean(r["auroc"] for r in rs if r["method"] == m and r["seed"] == s)
