@@ -198,8 +198,10 @@ def main() -> None:
     mpx = args.size * args.size / 1e6
     if args.what == "compare":
         before, after = pair(work, args.size, args.size, args.bands, args.dtype)
-        runs = interleaved({m: base_spec(args, before, after, work, m) for m in args.modes}, args.repeats, args.timeout)
-        model_med = statistics.median([r["seconds"] for r in runs.get("model", []) if "seconds" in r] or [float("nan")])
+        specs = {m: base_spec(args, before, after, work, m) for m in args.modes}
+        runs = interleaved(specs, args.repeats, args.timeout)
+        model_secs = [r["seconds"] for r in runs.get("model", []) if "seconds" in r]
+        model_med = statistics.median(model_secs) if model_secs else float("nan")
         print(f"\n{args.size}² × {args.bands} {args.dtype}, {json.dumps(settings)}")
         print("| mode | wall s | peak RSS MiB | Mpx/s | / model-only |")
         print("|---|---|---|---|---|")
@@ -228,7 +230,8 @@ def main() -> None:
                                                      out=str(work / f"out_{model}_{mode}"))
         specs["read"] = base_spec(args, before, after, work, "read")
         runs = interleaved(specs, args.repeats, args.timeout)
-        print(f"\n{args.size}² × {args.bands}: Mpx/s (median)\n| method | detect (lean) | model only | GPU util % |\n|---|---|---|---|")
+        print(f"\n{args.size}² × {args.bands}: Mpx/s (median)")
+        print("| method | detect (lean) | model only | GPU util % |\n|---|---|---|---|")
         for model in args.models:
             cells = []
             for mode in ("lean", "model"):
@@ -243,7 +246,8 @@ def main() -> None:
         specs = {f"workers={n}": base_spec(args, before, after, work, "lean", workers=n,
                                            out=str(work / f"out_workers{n}")) for n in args.workers}
         runs = interleaved(specs, args.repeats, args.timeout)
-        print(f"\n{args.size}², {args.model}: wall s (median, range) by Dask workers (0: in process)\n| workers | wall s | Mpx/s |\n|---|---|---|")
+        print(f"\n{args.size}², {args.model}: wall s (median, range) by Dask workers (0: in process)")
+        print("| workers | wall s | Mpx/s |\n|---|---|---|")
         for name, rs in runs.items():
             secs = [r["seconds"] for r in rs if "seconds" in r]
             print(f"| {name.split('=')[1]} | {summary(rs, 'seconds')} | {mpx / statistics.median(secs):.2f} |" if secs

@@ -1134,15 +1134,7 @@ def test_there_are_at_least_130_kinds_of_probe():
     assert len(PROBES) >= 130, len(PROBES)
 
 
-# Refusals that belong in cdtool/inference/detect.py (DetectOptions), which another change is rewriting:
-# until they land these probes fail as expected, and pass (then failing as unexpected) once they do.
-DETECT_OPTIONS_UNCHECKED = {"detect --overlap -1", "detect --min-pixels -1", "detect --min-area nan",
-                            "detect --gsd inf"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="DetectOptions does not check this value yet")) if n in DETECT_OPTIONS_UNCHECKED else n
-                                  for n in PROBES])
+@pytest.mark.parametrize("name", list(PROBES))
 def test_probe(name, world, monkeypatch):
     monkeypatch.chdir(world.root)  # nothing may land in the working directory either
     expect = PROBES[name](world)

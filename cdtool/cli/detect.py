@@ -42,7 +42,7 @@ def detect(
     native_scale: Annotated[bool, typer.Option("--native-scale", help="Run the model on the input's pixels, never resampled to its training GSD.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per model call.")] = 8,
     blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
-    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4).")] = 1,
+    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4, or 1 with --min-area).")] = 1,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="Skip preview.png.")] = False,

@@ -9,6 +9,7 @@ gathered in the first pass) to write the mask and the polygons.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -129,8 +130,14 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
     if opts.vector_format not in VECTOR_FORMATS:
         raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
-    if opts.gsd is not None and not opts.gsd > 0:
+    if opts.gsd is not None and not (math.isfinite(opts.gsd) and opts.gsd > 0):
         raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
+    if opts.overlap < 0:
+        raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
+    if opts.min_pixels < 1:
+        raise InputError(f"--min-pixels must be at least 1, got {opts.min_pixels}")
+    if opts.min_area is not None and not (math.isfinite(opts.min_area) and opts.min_area >= 0):
+        raise InputError(f"--min-area must be zero or a positive area in square metres, got {opts.min_area}")
     device = pick_device(opts.device)
     from rasterio import Env
 
@@ -243,41 +250,41 @@ def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journa
     first = next((i for i, row in enumerate(rows) if max(t.row_stop for t in row) > done), len(rows))
     stitcher = Stitcher(height, width, rows[0][0].height, halo=plan.halo, blend=opts.blend, wrap_pad=plan.pad,
                         start_row=done)
-    prob = BandWriter(path, height, width, "float32", PROB_NODATA, info.crs, info.transform, "change score")
     scores = _Scores(path, 0, ScoreHistogram(), done)
+    with BandWriter(path, height, width, "float32", PROB_NODATA, info.crs, info.transform, "change score") as prob:
 
-    def emit(bands, save: bool = True) -> None:
-        for band in bands:
-            if save:
-                journal.save(band)
-            scores.valid_pixels += int(band.valid.sum())
-            scores.histogram.add(band.score[band.valid])
-            prob.write(np.where(band.valid, band.score, PROB_NODATA))
-            if canvas is not None:
-                canvas.add_band(band.row, band.score, band.valid, "score")
-
-    emit(journal.replay(), save=False)
-    todo = rows[first:]
-    sampling = canvas.grid if canvas is not None else None
-    readers = opts.readers or (1 if plan.predictor.device.type == "cpu" else min(4, os.cpu_count() or 1))
-    bar = tqdm(total=sum(len(r) for r in todo), unit="tile", desc="detect", disable=not opts.progress, leave=False)
-    scored = (dask_rows(pair, plan.predictor, todo, opts.workers, opts.scheduler, sampling)
-              if opts.workers or opts.scheduler
-              else local_rows(pair, plan.predictor, todo, opts.batch_size, readers, sampling)) if todo else iter(())
-    try:
-        for row_index, results in scored:
-            for t, score, valid, samples in results:
-                stitcher.add(t, score, valid)
+        def emit(bands, save: bool = True) -> None:
+            for band in bands:
+                if save:
+                    journal.save(band)
+                scores.valid_pixels += int(band.valid.sum())
+                scores.histogram.add(band.score[band.valid])
+                prob.write(np.where(band.valid, band.score, PROB_NODATA))
                 if canvas is not None:
-                    canvas.add_inputs(t, samples)
-            bar.update(len(results))
-            if first + row_index + 1 < len(rows):
-                emit(stitcher.flush(rows[first + row_index + 1][0].row))
-        emit(stitcher.finish())
-    finally:
-        journal.close()  # on failure too: what was finished stays resumable
-    bar.close()
-    prob.close()
+                    canvas.add_band(band.row, band.score, band.valid, "score")
+
+        emit(journal.replay(), save=False)
+        todo = rows[first:]
+        sampling = canvas.grid if canvas is not None else None
+        readers = opts.readers or (1 if plan.predictor.device.type == "cpu" else min(4, os.cpu_count() or 1))
+        bar = tqdm(total=sum(len(r) for r in todo), unit="tile", desc="detect", disable=not opts.progress, leave=False)
+        scored = (dask_rows(pair, plan.predictor, todo, opts.workers, opts.scheduler, sampling)
+                  if opts.workers or opts.scheduler
+                  else local_rows(pair, plan.predictor, todo, opts.batch_size, readers, sampling)) if todo else iter(())
+        try:
+            for row_index, results in scored:
+                for t, score, valid, samples in results:
+                    stitcher.add(t, score, valid)
+                    if canvas is not None:
+                        canvas.add_inputs(t, samples)
+                bar.update(len(results))
+                if first + row_index + 1 < len(rows):
+                    emit(stitcher.flush(rows[first + row_index + 1][0].row))
+            emit(stitcher.finish())
+        finally:
+            journal.close()  # on failure too: what was finished stays resumable
+        bar.close()
+        prob.close()
     return scores
 
 
@@ -298,7 +305,6 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
     preview's mask panel."""
     info, (height, width) = pair.info, pair.shape
     georef = info.georeferenced
-    mask = BandWriter(mask_path, height, width, "uint8", MASK_NODATA, info.crs, info.transform, "change mask")
     pixel_map_area = abs(info.transform.determinant)
     ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
     min_pixels, min_area = mapping_unit(opts, gsd, georef)
@@ -314,14 +320,15 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
             valid = score != PROB_NODATA
             yield row, valid & (score >= threshold), valid, score
 
-    for row, hit, valid, score in opened_bands(thresholded(), opts.clean):
-        changed += int(hit.sum())
-        mask.write(np.where(valid, hit, MASK_NODATA).astype(np.uint8))
-        if canvas is not None:
-            canvas.add_band(row, hit, valid, "mask")
-        if polys is not None:
-            polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
-    mask.close()
+    with BandWriter(mask_path, height, width, "uint8", MASK_NODATA, info.crs, info.transform, "change mask") as mask:
+        for row, hit, valid, score in opened_bands(thresholded(), opts.clean):
+            changed += int(hit.sum())
+            mask.write(np.where(valid, hit, MASK_NODATA).astype(np.uint8))
+            if canvas is not None:
+                canvas.add_band(row, hit, valid, "mask")
+            if polys is not None:
+                polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
+        mask.close()
     regions = polys.close() if polys is not None else 0
     return _Changes(threshold, changed, regions, min_pixels, min_area,
                     polys.largest_regions() if polys is not None else [])

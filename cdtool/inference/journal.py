@@ -36,7 +36,7 @@ def fingerprint(paths: list[Path], settings: dict) -> dict:
 
 
 class Journal:
-    """Bands are compressed and written on a background thread (zlib drops the GIL), at most two behind the
+    """Bands are compressed and written on a background thread (zlib drops the GIL), at most one behind the
     scoring pass, so keeping a run resumable costs it no time on a machine with a core to spare."""
 
     def __init__(self, folder: Path, prints: dict, resume: bool):
@@ -78,9 +78,9 @@ class Journal:
             yield Band(row, score.copy(), valid.copy())
 
     def save(self, band: Band) -> None:
-        """Queue a finished band; waits only while two are already queued. A failed write raises here or at
+        """Queue a finished band; waits while one is still being written. A failed write raises here or at
         close()."""
-        while len(self._pending) >= 2:
+        while self._pending:
             self._pending.popleft().result()
         self._pending.append(self._writer.submit(self._store, band))
 

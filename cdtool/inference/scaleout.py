@@ -26,7 +26,7 @@ from cdtool.windows import Tile
 RowResult = list[tuple[Tile, np.ndarray, np.ndarray, np.ndarray | None]]
 
 
-def _read_batch(pair, tiles: list[Tile], grid: PreviewGrid | None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+def _read_batch(pair, tiles: list[Tile], grid: PreviewGrid | None) -> list[tuple]:
     """Read tiles of a pair: (data, valid, preview samples) each; the samples are taken here, off the driver."""
     out = []
     for tile in tiles:

@@ -48,10 +48,11 @@ class Band:
 
 class Stitcher:
     def __init__(self, height: int, width: int, tile_height: int, halo: int = 0, blend: str = "cosine",
-                 wrap_pad: int = 0, start_row: int = 0):
+                 wrap_pad: int = 0, start_row: int = 0, band_rows: int = 256):
         if wrap_pad > width:
             raise ValueError("wrap padding cannot exceed the image width")
         self.height, self.width, self.halo, self.blend, self.pad = height, width, halo, blend, wrap_pad
+        self.band_rows = band_rows  # finished rows leave in bands of at most this many: bounds what consumers copy
         self.top = start_row  # raster row of buffer row 0
         self.start = start_row  # rows above were finished by an earlier run (resume): tiles' parts there are dropped
         cw = width + 2 * wrap_pad
@@ -100,7 +101,7 @@ class Stitcher:
         n = min(until_row, self.height) - self.top
         if n <= 0:
             return
-        acc, wsum, valid = self.acc[:n], self.wsum[:n], self.valid[:n].copy()
+        acc, wsum, valid = self.acc[:n], self.wsum[:n], self.valid[:n]
         if self.pad:
             acc, wsum = acc.copy(), wsum.copy()
             p, w = self.pad, self.width
@@ -109,10 +110,12 @@ class Stitcher:
             acc[:, p:2 * p] += acc[:, w + p:]
             wsum[:, p:2 * p] += wsum[:, w + p:]
             acc, wsum, valid = acc[:, p:w + p], wsum[:, p:w + p], valid[:, p:w + p]
-        covered = wsum > 0
-        score = np.zeros(acc.shape, np.float32)
-        np.divide(acc, wsum, out=score, where=covered)
-        yield Band(self.top, score, valid & covered)
+        for r0 in range(0, n, self.band_rows):
+            rows = slice(r0, min(n, r0 + self.band_rows))
+            covered = wsum[rows] > 0
+            score = np.zeros(covered.shape, np.float32)
+            np.divide(acc[rows], wsum[rows], out=score, where=covered)
+            yield Band(self.top + r0, score, valid[rows] & covered)
         for buf in (self.acc, self.wsum, self.valid):
             if n < buf.shape[0]:
                 buf[:-n] = buf[n:]  # overlapping copy: numpy handles the overlap

@@ -59,6 +59,17 @@ class BandWriter:
             self.pending = [rest] if rest.shape[0] else []
             self.pending_rows = rest.shape[0]
 
+    def __enter__(self) -> "BandWriter":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        """On failure close the file quietly (no half-written block flushed at exit, no second error)."""
+        if kind is not None and not self.ds.closed:
+            try:
+                self.ds.close()
+            except Exception:
+                pass
+
     def close(self, overview_resampling: Resampling | None = None) -> None:
         if self.pending_rows:
             raise RuntimeError(f"{self.ds.name}: {self.pending_rows} rows were never written")
