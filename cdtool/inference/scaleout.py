@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cdtool.errors import CdtoolError, InputError
+from cdtool.inference.predictor import cpu_threads_beside
 from cdtool.io.preview import PreviewGrid
 from cdtool.windows import Tile
 
@@ -53,8 +54,10 @@ def local_rows(pair, predictor, rows: list[list[Tile]], batch_size: int, readers
 
     done: RowResult = []
     pending: deque = deque()
+    on_cpu = predictor.device.type == "cpu"
     try:
-        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cdtool-read") as pool:
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cdtool-read") as pool, \
+                cpu_threads_beside(readers if on_cpu else 0):
             for k in range(min(readers + 1, len(batches))):
                 pending.append(pool.submit(read, batches[k][1]))
             for k, (row_index, batch) in enumerate(batches):
