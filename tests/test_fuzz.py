@@ -1,5 +1,5 @@
-"""A bounded fuzz of the loaders a stranger's file reaches: recipes and checkpoints, mutated at random
-(hypothesis). Whatever the mutation, the loader returns a valid object or refuses with an InputError (one
+"""A bounded fuzz of the loaders a stranger's file reaches: recipes, checkpoints, rasters and vectors, mutated
+at random (hypothesis). Whatever the mutation, the loader returns a valid object or refuses with an InputError (one
 line, exit 2 in the CLI); nothing else escapes, nothing runs, nothing large is allocated."""
 
 import json
@@ -120,3 +120,61 @@ def test_truncated_or_corrupted_checkpoint_bytes_are_refused(tmp_path, checkpoin
         load_detector(str(path))
     except InputError as exc:
         assert "\n" not in str(exc)
+
+
+RASTER_FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def geotiff_bytes(tmp_path_factory):
+    """A small tiled, deflated 3-band GeoTIFF, the kind of file a stranger sends, as bytes to mutate."""
+    from cdtool.sample_pair import write_pair
+
+    before, _, _ = write_pair(tmp_path_factory.mktemp("fuzz_pair"), size=96, bands=3, seed=2, block=96)
+    return before.read_bytes()
+
+
+@RASTER_FUZZ
+@given(cut=st.floats(0.05, 1.0), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=12))
+def test_mutated_rasters_detect_or_are_refused_in_one_line(tmp_path, geotiff_bytes, cut, flips):
+    """A truncated or corrupted GeoTIFF as the BEFORE date: detect succeeds (a flip in pixel data) or exits 2
+    with one line naming the file, no traceback, and no outputs left."""
+    from typer.testing import CliRunner
+
+    from cdtool.cli import app
+
+    raw = bytearray(geotiff_bytes[:max(8, int(len(geotiff_bytes) * cut))])
+    for where, value in flips:
+        raw[min(len(raw) - 1, int(where * len(raw)))] = value
+    work = tmp_path / f"case{abs(hash((cut, tuple(flips)))) % 10**8}"
+    work.mkdir()
+    (work / "before.tif").write_bytes(bytes(raw))
+    (work / "after.tif").write_bytes(geotiff_bytes)
+    result = CliRunner().invoke(app, ["detect", str(work / "before.tif"), str(work / "after.tif"), "--out",
+                                      str(work / "out"), "--model", "cva", "--no-preview", "--quiet"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "before.tif" in lines[0], result.stderr
+        assert not (work / "out").exists() or not any((work / "out").iterdir())
+
+
+@RASTER_FUZZ
+@given(text=st.one_of(st.text(max_size=300), st.binary(max_size=300).map(lambda b: b.decode("utf-8", "replace")),
+                      st.sampled_from(['{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": '
+                                       '{"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 1], [1, 1], [0, 0]]]}'
+                                       ', "properties": {}}]}', '{"type": "FeatureCollection", "features": []}',
+                                       '{"type": "Point", "coordinates": [0]}'])))
+def test_mutated_vectors_load_or_are_refused_in_one_line(tmp_path, text):
+    """Building footprints from a stranger: any text as GeoJSON reads as polygons or is one InputError."""
+    from cdtool.data.footprints import read_footprints
+
+    path = tmp_path / "footprints.geojson"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        gdf, report = read_footprints(path)
+    except InputError as exc:
+        assert "\n" not in str(exc) and str(path) in str(exc)
+    else:
+        assert len(gdf) > 0 and all(g.geom_type in ("Polygon", "MultiPolygon") for g in gdf.geometry)
