@@ -272,13 +272,13 @@ def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journa
                   if opts.workers or opts.scheduler
                   else local_rows(pair, plan.predictor, todo, opts.batch_size, readers, sampling)) if todo else iter(())
         try:
-            for row_index, results in scored:
+            for row_index, results, row_complete in scored:
                 for t, score, valid, samples in results:
                     stitcher.add(t, score, valid)
                     if canvas is not None:
                         canvas.add_inputs(t, samples)
                 bar.update(len(results))
-                if first + row_index + 1 < len(rows):
+                if row_complete and first + row_index + 1 < len(rows):
                     emit(stitcher.flush(rows[first + row_index + 1][0].row))
             emit(stitcher.finish())
         finally:

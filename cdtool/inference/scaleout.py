@@ -1,11 +1,12 @@
-"""Where the tiles are scored: in this process (a reader thread fetching ahead of the model), or as Dask tasks
+"""Where the tiles are scored: in this process (reader threads fetching ahead of the model), or as Dask tasks
 on an embedded local cluster (`--workers N`) or an existing one (`--scheduler ADDRESS`).
 
-Either way the result is a stream of grid rows, in order, each a list of (tile, score, valid); the caller
-stitches and writes them exactly as before, so the outputs are the same and the polygons of regions that
-cross task borders come out whole (they are built afterwards, from the stitched map). A Dask task is one grid
-row: the worker opens the pair itself (once per worker process) and runs the detector it was sent once;
-only a bounded number of rows is in flight, so the driver's memory stays bounded by the window.
+Either way the result is a stream, in grid order, of (row, [(tile, score, valid, preview samples)], whether
+the row is complete): batches in this process, whole rows from Dask. The caller stitches and writes them
+exactly as before, so the outputs are the same and the polygons of regions that cross task borders come out
+whole (they are built afterwards, from the stitched map). A Dask task is one grid row: the worker opens the
+pair itself (once per worker process) and runs the detector it was sent once; only a bounded number of rows
+is in flight, so the driver's memory stays bounded by the window.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def _read_batch(pair, tiles: list[Tile], grid: PreviewGrid | None) -> list[tuple
 
 
 def local_rows(pair, predictor, rows: list[list[Tile]], batch_size: int, readers: int = 1,
-               grid: PreviewGrid | None = None) -> Iterator[tuple[int, RowResult]]:
-    """Score the grid in this process while `readers` threads read the next batches, in order. Each extra
+               grid: PreviewGrid | None = None) -> Iterator[tuple[int, RowResult, bool]]:
+    """Score the grid in this process while `readers` threads read the next batches, in order, yielding each
+    batch as (grid row, results, whether the row is complete) so no more than a batch waits. Each extra
     reader opens the pair again (GDAL handles are not shared between threads); GDAL decompresses without
     the GIL, so readers keep a GPU busy where one would not."""
     batches = [(i, row[k:k + batch_size]) for i, row in enumerate(rows) for k in range(0, len(row), batch_size)]
@@ -52,7 +54,6 @@ def local_rows(pair, predictor, rows: list[list[Tile]], batch_size: int, readers
                 opened.append(own)
         return _read_batch(own, tiles, grid)
 
-    done: RowResult = []
     pending: deque = deque()
     on_cpu = predictor.device.type == "cpu"
     try:
@@ -65,10 +66,8 @@ def local_rows(pair, predictor, rows: list[list[Tile]], batch_size: int, readers
                 if k + readers + 1 < len(batches):
                     pending.append(pool.submit(read, batches[k + readers + 1][1]))
                 scores = predictor([d for d, _, _ in data])
-                done += [(tile, score, valid, thumb) for tile, score, (_, valid, thumb) in zip(batch, scores, data)]
-                if k + 1 == len(batches) or batches[k + 1][0] != row_index:
-                    yield row_index, done
-                    done = []
+                results = [(tile, score, valid, thumb) for tile, score, (_, valid, thumb) in zip(batch, scores, data)]
+                yield row_index, results, k + 1 == len(batches) or batches[k + 1][0] != row_index
     finally:
         for future in pending:
             future.cancel()
@@ -94,7 +93,7 @@ def _score_row(open_args: dict, predictor, tiles: list[Tile], grid: PreviewGrid 
 
 
 def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: str | None,
-              grid: PreviewGrid | None = None) -> Iterator[tuple[int, RowResult]]:
+              grid: PreviewGrid | None = None) -> Iterator[tuple[int, RowResult, bool]]:
     """Score the grid as one Dask task per grid row, yielding rows in order with at most 2 per worker queued."""
     try:
         from distributed import Client, LocalCluster
@@ -128,7 +127,7 @@ def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: 
                 raise CdtoolError(f"Dask task for tile row {i} failed ({type(exc).__name__}: {exc})") from None
             if i + in_flight < len(rows):
                 futures[i + in_flight] = submit(i + in_flight)
-            yield i, [(t, s, v, thumb) for t, (s, v, thumb) in zip(row, results)]
+            yield i, [(t, s, v, thumb) for t, (s, v, thumb) in zip(row, results)], True
     finally:
         client.close()
         if cluster is not None:
