@@ -64,8 +64,10 @@ if mode in ("detect", "lean"):
     r = detect(before, after, out, opts)
     extra = {"regions": r.regions, "changed_share": round(r.changed_share, 4), "threshold": round(r.threshold, 4)}
 else:
+    import rasterio
+    from cdtool.io.writers import GDAL_ENV
     device = pick_device(opts.device)
-    with open_pair(before, after) as pair:
+    with rasterio.Env(**GDAL_ENV), open_pair(before, after) as pair:  # detect's GDAL settings (block cache)
         choice = choose_detector(opts.model, input_domain(pair, None), True)
         plan = plan_scoring(pair, choice, device, opts)
         tiles = [t_ for row in plan.rows for t_ in row]
