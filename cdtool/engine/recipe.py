@@ -73,7 +73,8 @@ def _format(exc: ValidationError, family: type[BaseModel] | None) -> str:
         parts = list(err["loc"])
         if family is not None and parts and parts[0] == family.model_fields["task"].annotation.__args__[0]:
             parts = parts[1:]  # the union's tag
-        loc = ".".join(str(p) for p in parts) or "recipe"
+        # a key with a line break or other control character is quoted, so the message stays one line
+        loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in parts) or "recipe"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             loc, msg = "task", f"unknown task {err['input'].get('task')!r}; allowed: {', '.join(TASKS.names())}"
