@@ -38,6 +38,8 @@ from pathlib import Path
 CHILD = r"""
 import json, os, resource, sys, threading, time
 spec = json.loads(sys.argv[1])
+if spec.get("memory_limit_gb"):  # an address-space ceiling: running out is a MemoryError, not the OOM killer
+    resource.setrlimit(resource.RLIMIT_AS, (int(spec["memory_limit_gb"] * 2**30),) * 2)
 mode, before, after, out = spec["mode"], spec["before"], spec["after"], spec["out"]
 util = []
 def watch_gpu():
@@ -142,7 +144,8 @@ def measure(spec: dict, timeout: float) -> dict:
         return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"]
-        killed = proc.returncode < 0 or "MemoryError" in proc.stderr or "out of memory" in proc.stderr
+        killed = proc.returncode < 0 or any(k in proc.stderr for k in ("MemoryError", "out of memory",
+                                                                        "Unable to allocate", "can't allocate"))
         return {"error": ("out of memory: " if killed else "") + lines[-1][:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -169,7 +172,7 @@ def interleaved(specs: dict[str, dict], repeats: int, timeout: float) -> dict[st
 def base_spec(args, before: Path, after: Path, work: Path, name: str, **over) -> dict:
     return {"mode": name, "before": str(before), "after": str(after), "out": str(work / f"out_{name}"),
             "model": args.model, "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
-            "device": args.device, **over}
+            "device": args.device, "memory_limit_gb": args.memory_limit_gb, **over}
 
 
 def main() -> None:
@@ -191,6 +194,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="address-space ceiling per run (a run past it fails with MemoryError)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cdtool-speed-"))
     work.mkdir(parents=True, exist_ok=True)
