@@ -1,9 +1,10 @@
 """`cdtool detect` as a library call: two images in, change score map, mask and polygons out.
 
-open_pair → tile grid → batches (read ahead on a thread) → model → stitcher → writers, every stage
-streaming, so peak memory depends on tile size, batch and raster width, not on raster size. A second
-streaming pass over the written score map applies the threshold (fixed, or Otsu's from the histogram
-gathered in the first pass) to write the mask and the polygons.
+open_pair → tile grid (plan_scoring) → batches (read ahead by reader threads) → model → stitcher → staged
+score map, journal and preview samples (_score_pass), every stage streaming, so peak memory depends on tile
+size, batch and raster width, not on raster size. A second streaming pass over the staged score map applies
+the threshold (fixed, or Otsu's from the histogram gathered in the first pass) to write the mask and the
+polygons (_threshold_pass); the staged maps are then copied into the outputs (_write_rasters).
 """
 
 from __future__ import annotations
