@@ -28,3 +28,16 @@ def test_workers_must_not_be_negative(small_pair, tmp_path):
     before, after, _ = small_pair
     with pytest.raises(InputError, match="--workers"):
         detect(before, after, tmp_path / "o", DetectOptions(workers=-1))
+
+
+@pytest.mark.parametrize("how", [dict(readers=2), pytest.param(dict(workers=2), marks=pytest.mark.slow)])
+def test_blocks_skipped_by_other_readers_or_workers_are_counted(tmp_path, how):
+    """A corrupt block read as nodata by a second reader thread or a Dask worker still reaches detect.json."""
+    from test_faults import _corrupt_tif
+
+    bad = _corrupt_tif(tmp_path / "bad.tif")
+    opts = dict(model="cva", tile=128, overlap=16, preview=False, polygons=False, skip_bad_windows=True)
+    one = detect(bad, bad, tmp_path / "one", DetectOptions(**opts))
+    other = detect(bad, bad, tmp_path / "other", DetectOptions(**opts, **how))
+    assert one.extra["bad_blocks"] == other.extra["bad_blocks"] == 1
+    assert one.valid_pixels == other.valid_pixels == 512 * 512 - 256 * 256

@@ -72,8 +72,8 @@ def detect(
     for warning in choice["warnings"]:  # shown even with --quiet
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     if result.extra.get("bad_blocks"):
-        err_console.print(f"[yellow]warning:[/] {result.extra['bad_blocks']} unreadable block(s) of up to 256x256 "
-                          "pixels written as nodata", markup=True)
+        err_console.print(f"[yellow]warning:[/] {result.extra['bad_blocks']} unreadable block(s) of the "
+                          "input files written as nodata", markup=True)
     if not quiet:
         if result.extra.get("resumed_rows"):
             out_console.print(f"resumed: rows 0-{result.extra['resumed_rows'] - 1} kept from the interrupted run")

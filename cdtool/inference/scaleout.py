@@ -87,9 +87,12 @@ def _score_row(open_args: dict, predictor, tiles: list[Tile], grid: PreviewGrid 
     if key not in _WORKER_PAIRS:
         _WORKER_PAIRS[key] = open_pair(**open_args)
     torch.set_num_threads(1)
-    data = _read_batch(_WORKER_PAIRS[key], tiles, grid)
+    own = _WORKER_PAIRS[key]
+    known = set(own.bad_blocks)
+    data = _read_batch(own, tiles, grid)
     scores = predictor([d for d, _, _ in data])
-    return [(s, v, thumb) for s, (_, v, thumb) in zip(scores, data)]
+    # blocks read as nodata (--skip-bad-windows) in this task travel back, so detect.json counts them
+    return [(s, v, thumb) for s, (_, v, thumb) in zip(scores, data)], own.bad_blocks - known
 
 
 def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: str | None,
@@ -120,13 +123,14 @@ def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: 
         futures = {i: submit(i) for i in range(min(in_flight, len(rows)))}
         for i, row in enumerate(rows):
             try:
-                results = futures.pop(i).result()
+                results, bad_blocks = futures.pop(i).result()
             except InputError:
                 raise
             except Exception as exc:  # a worker died or the task failed there
                 raise CdtoolError(f"Dask task for tile row {i} failed ({type(exc).__name__}: {exc})") from None
             if i + in_flight < len(rows):
                 futures[i + in_flight] = submit(i + in_flight)
+            pair.bad_blocks |= bad_blocks
             yield i, [(t, s, v, thumb) for t, (s, v, thumb) in zip(row, results)], True
     finally:
         client.close()

@@ -243,20 +243,24 @@ class RasterPair:
         pair[:, :, ~valid] = 0.0
         return pair, valid
 
-    def _salvage(self, ds, bands: list[int], win: Window, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Read a window that failed block by block; blocks that still fail become nodata and are recorded."""
-        h, w = int(win.height), int(win.width)
+    def _salvage(self, ds, bands: list[int], win: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window that failed block by block of the file's own block grid; blocks that still fail become
+        nodata and are recorded by their place in that grid, so a block met by several windows counts once."""
+        bh, bw = ds.block_shapes[0]
+        r0, c0, h, w = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
         data = np.zeros((len(bands), h, w), np.float32)
         masks = np.zeros((len(bands), h, w), np.uint8)
-        for r in range(0, h, block):
-            for c in range(0, w, block):
-                sub = Window(win.col_off + c, win.row_off + r, min(block, w - c), min(block, h - r))
-                sl = (slice(None), slice(r, r + int(sub.height)), slice(c, c + int(sub.width)))
+        for br in range(r0 // bh, (r0 + h - 1) // bh + 1):
+            for bc in range(c0 // bw, (c0 + w - 1) // bw + 1):
+                top, left = max(r0, br * bh), max(c0, bc * bw)
+                bottom, right = min(r0 + h, (br + 1) * bh), min(c0 + w, (bc + 1) * bw)
+                sub = Window(left, top, right - left, bottom - top)
+                sl = (slice(None), slice(top - r0, bottom - r0), slice(left - c0, right - c0))
                 try:
                     data[sl] = ds.read(bands, window=sub, out_dtype="float32")
                     masks[sl] = ds.read_masks(bands, window=sub)
                 except RasterioIOError:
-                    self.bad_blocks.add((ds.name, int(sub.row_off), int(sub.col_off)))
+                    self.bad_blocks.add((ds.name, br, bc))
         return data, masks
 
     def open_args(self) -> dict:
