@@ -105,6 +105,8 @@ class PreviewCanvas:
     def fill_missing_inputs(self, pair) -> None:
         """Read the sampled rows no tile delivered (those a resumed run did not score again), one at a time."""
         for i in np.flatnonzero(~self.sampled_rows):
+            if int(i) * self.grid.k + self.grid.k // 2 >= self.grid.height:
+                continue  # a raster fewer rows tall than a cell: its one panel row stays blank
             tile = Tile(int(i) * self.grid.k + self.grid.k // 2, 0, 1, self.grid.width)
             data, valid = pair.read(tile)
             self.add_inputs(tile, self.grid.take(tile, data, valid))
