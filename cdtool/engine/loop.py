@@ -281,6 +281,7 @@ class Training:
         if improved:
             self.best, self.best_epoch, self.best_thr = score, epoch + 1, row["threshold"]
         if self.dd.main:
+            rf.keep_previous(self.run_dir)  # a kill between the two saves falls back to this pair
             self._save(row, ph.name, epoch + 1, row["threshold"], best=improved)
             rf.save_state(self.run_dir / rf.STATE_FILE, optims, scheds, self.scaler if self.amp else None, epoch,
                           ph.name, self.best, self.best_epoch, self.best_thr, self.history)

@@ -9,6 +9,8 @@ import csv
 import hashlib
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +71,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+PREVIOUS = ".prev-"  # the last consistent pair, kept (as hard links) while a new one is written
+
+
+def keep_previous(run_dir: Path) -> None:
+    """Before the resume files are replaced: link the current pair under hidden names, so a crash between the
+    two saves still leaves the pair the manifest (written last) describes."""
+    for name in RESUME_FILES:
+        prev = run_dir / (PREVIOUS + name)
+        prev.unlink(missing_ok=True)
+        if (run_dir / name).is_file():
+            try:
+                os.link(run_dir / name, prev)
+            except OSError:  # a file system without hard links
+                shutil.copy2(run_dir / name, prev)
+
+
 def write_manifest(run_dir: Path, epoch: int, phase: str) -> None:
-    """Checksums of the resume files, written after both: resume trusts the pair only when they match."""
+    """Checksums of the resume files, written after both: resume trusts the pair only when they match. The
+    previous pair is dropped once the new one is on record."""
     manifest = {"epoch": epoch, "phase": phase, "sha256": {n: _sha256(run_dir / n) for n in RESUME_FILES}}
     write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1))
+    for name in RESUME_FILES:
+        (run_dir / (PREVIOUS + name)).unlink(missing_ok=True)
 
 
 def check_manifest(run_dir: Path) -> None:
@@ -84,10 +105,16 @@ def check_manifest(run_dir: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{run_dir}: no readable {MANIFEST}: the last save did not finish (or an older cdtool "
                          "made this run); start a new run") from None
-    for name in RESUME_FILES:
-        if _sha256(run_dir / name) != sums.get(name):
-            raise InputError(f"{run_dir / name}: does not match {MANIFEST} (epoch {manifest.get('epoch', '?')}); "
-                             "the last save was torn, so resuming would diverge: start a new run")
+    torn = [n for n in RESUME_FILES if not (run_dir / n).is_file() or _sha256(run_dir / n) != sums.get(n)]
+    if not torn:
+        return
+    previous = [run_dir / (PREVIOUS + n) for n in RESUME_FILES]
+    if all(p.is_file() and _sha256(p) == sums.get(n) for p, n in zip(previous, RESUME_FILES)):
+        for p, name in zip(previous, RESUME_FILES):  # a crash between the saves: back to the recorded pair
+            os.replace(p, run_dir / name)
+        return
+    raise InputError(f"{run_dir / torn[0]}: does not match {MANIFEST} (epoch {manifest.get('epoch', '?')}); "
+                     "the last save was torn, so resuming would diverge: start a new run")
 
 
 def save_state(path: Path, optims, scheds, scaler, epoch: int, phase: str, best: float, best_epoch: int,
