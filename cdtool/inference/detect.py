@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -29,7 +28,7 @@ from cdtool.errors import InputError
 from cdtool.inference.cleanup import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
 from cdtool.inference.flow import flow_model, write_flow
-from cdtool.inference.predictor import Predictor, fit_to_pair
+from cdtool.inference.predictor import Predictor, fit_to_pair, usable_cores
 from cdtool.inference.rescale import Rescaled
 from cdtool.inference.scaleout import dask_rows, local_rows
 from cdtool.inference.journal import Journal, discard_journal, fingerprint
@@ -135,10 +134,6 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
     if opts.overlap < 0:
         raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
-    if opts.min_pixels < 1:
-        raise InputError(f"--min-pixels must be at least 1, got {opts.min_pixels}")
-    if opts.min_area is not None and not (math.isfinite(opts.min_area) and opts.min_area >= 0):
-        raise InputError(f"--min-area must be zero or a positive area in square metres, got {opts.min_area}")
     device = pick_device(opts.device)
     from rasterio import Env
 
@@ -170,8 +165,10 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
 def mapping_unit(opts: DetectOptions, gsd: float | None, georeferenced: bool) -> tuple[int, float]:
     """(minimum pixels, minimum m²) of a polygon: the options given, else the defaults; for PNG pairs the
     area becomes pixels through --gsd. Checked before any work, so a bad value costs nothing."""
+    if opts.min_pixels < 1:
+        raise InputError(f"--min-pixels must be at least 1, got {opts.min_pixels}")
     min_area = opts.min_area if opts.min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
-    if min_area < 0:
+    if not (math.isfinite(min_area) and min_area >= 0):
         raise InputError(f"--min-area must be zero or a positive area in square metres, got {min_area}")
     if min_area and not gsd:
         raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
@@ -267,7 +264,7 @@ def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journa
         emit(journal.replay(), save=False)
         todo = rows[first:]
         sampling = canvas.grid if canvas is not None else None
-        readers = opts.readers or (1 if plan.predictor.device.type == "cpu" else min(4, os.cpu_count() or 1))
+        readers = opts.readers or (1 if plan.predictor.device.type == "cpu" else min(4, usable_cores()))
         bar = tqdm(total=sum(len(r) for r in todo), unit="tile", desc="detect", disable=not opts.progress, leave=False)
         scored = (dask_rows(pair, plan.predictor, todo, opts.workers, opts.scheduler, sampling)
                   if opts.workers or opts.scheduler

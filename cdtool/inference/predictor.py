@@ -49,14 +49,18 @@ def pad_to_multiple(before: torch.Tensor, after: torch.Tensor, multiple: int) ->
     return before, after
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @contextmanager
 def cpu_threads_beside(busy: int):
     """Run torch's CPU kernels on the cores that `busy` other threads (readers, writers) leave free, at least
     one: OpenMP threads that share a core with a reader wait at every barrier, which more than doubled the
     model's time in detect on 2 cores. Restores the setting after."""
     before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(before, cores - busy)))
+    torch.set_num_threads(max(1, min(before, usable_cores() - busy)))
     try:
         yield
     finally:
