@@ -309,8 +309,9 @@ def pcd_rows(args, results: dict, record) -> None:
             run = args.out / key
             wall = _train(tree, run)
             scores = detect_score(run / "last.safetensors", pairs, run / "detect")
+            levels = tree["models"]["model"]["args"].get("levels") if row == "full" else None
             record(key, {**scores, "row": f"pcd_{row}", "distance": None, "labels": 50, "seed": seed,
-                         "wall_s": round(wall, 1), "test_pairs": len(pairs),
+                         "wall_s": round(wall, 1), "test_pairs": len(pairs), "levels": levels,
                          "command": f"python benchmarks/vae_table.py --pcd --seeds {seed}"})
 
 
@@ -352,7 +353,10 @@ def write_tables(out: Path, results: dict) -> None:
                   "|---|---|---|---|---|---|---|---|"]
         for row, es in pcd.items():
             if es:
-                lines.append(f"| {'Under samp. (siamese CNN)' if row == 'under' else 'VLAE-style w/ sim. (ours)'} | {len(es)} | "
+                lv = sorted({e.get("levels") or 3 for e in es})  # entries before `levels` was recorded: 3
+                name = ("Under samp. (siamese CNN)" if row == "under"
+                        else f"VLAE-style, {'/'.join(map(str, lv))} levels, w/ sim. (ours)")
+                lines.append(f"| {name} | {len(es)} | "
                              f"{_ms([e['oa'] for e in es])} | {_ms([e['miou'] for e in es])} | {_ms([e['iou'] for e in es])} | "
                              f"{_ms([e['changed_share'] for e in es])} | {PAPER_T4_PCD[row]} | {np.mean([e['wall_s'] for e in es]):.0f} |")
     text = "\n".join(lines) + "\n"

@@ -48,6 +48,12 @@ def test_shapes_digits_and_scene():
     o = s.forward_vae(x, y)
     assert o["recon"][1].shape == y.shape and o["mu_c"][0].shape == (2, 8) and o["mu_s"][0].shape == (2, 9)
     assert s(x, y).shape == (2, 1, 1, 1)
+    # the paper's 5 levels on 112 patches: padded inside to 128, the reconstruction cropped back
+    s5 = create_model("disentangled_vae", in_channels=3, patch=112, arch="scene", zc=8, zs=10, width=4, levels=5,
+                      hidden=16)
+    o5 = s5.forward_vae(x, y)
+    assert o5["recon"][0].shape == x.shape and o5["mu_c"][0].shape == (2, 8) and o5["mu_s"][0].shape == (2, 10)
+    assert s5(x, y).shape == (2, 1, 1, 1)
     with pytest.raises(ValueError):
         create_model("disentangled_vae", patch=30)
 

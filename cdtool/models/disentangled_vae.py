@@ -8,7 +8,7 @@ priors and the decoder takes [zc, zs]. A 3-layer classifier on [µc_A, µc_B] sc
 Encoders:
   * ``arch="digits"`` (28×28): C-P-C-P-C-H, the hidden layer H being four convolutions (µc, log σc², µs,
     log σs²) spanning the 7×7 map; the decoder mirrors it.
-  * ``arch="scene"`` (patch sizes divisible by 2^levels, e.g. 112): a small ladder / VLAE-style model
+  * ``arch="scene"`` (any patch side, e.g. 112; padded inside to a multiple of 2^levels): a ladder / VLAE-style model
     (Zhao et al. 2017): `levels` stride-2 stages, a Gaussian latent read off each stage's pooled features;
     the top two levels carry the common latent (their halves concatenated), every level a specific one;
     the decoder runs top-down, adding each level's latents back in.
@@ -104,11 +104,15 @@ class _LadderCoder(nn.Module):
 
     def __init__(self, cin: int, patch: int, zc: int, zs: int, width: int, levels: int):
         super().__init__()
-        if levels < 2 or patch % 2 ** levels:
-            raise ValueError(f"arch 'scene' needs levels >= 2 and a patch side divisible by 2^levels; got "
-                             f"patch {patch}, levels {levels}")
+        if levels < 2:
+            raise ValueError(f"arch 'scene' needs levels >= 2; got {levels}")
         if zc % 2 or zs % levels:
             raise ValueError(f"arch 'scene': zc ({zc}) must be even and zs ({zs}) divisible by levels ({levels})")
+        # a patch side not divisible by 2^levels (112 with 5 levels) is zero-padded (the per-image mean) to the
+        # next multiple inside the coder; the reconstruction is cropped back to the patch
+        self.patch, side = patch, -(-patch // 2 ** levels) * 2 ** levels
+        self.pad = side - patch
+        patch = side
         self.levels, self.top = levels, patch // 2 ** levels
         self.widths = [min(width * 2 ** k, 8 * width) for k in range(levels)]
         self.zc_per, self.zs_per = zc // 2, zs // levels
@@ -138,7 +142,7 @@ class _LadderCoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mus_c, lvs_c, mus_s, lvs_s = [], [], [], []
-        h = x
+        h = F.pad(x, (self.pad // 2, self.pad - self.pad // 2) * 2) if self.pad else x
         for k in range(self.levels):
             h = self.down[k](h)
             p = self.heads[k](h.mean((2, 3)))
@@ -162,7 +166,11 @@ class _LadderCoder(nn.Module):
                 pat = v.view(-1, self.widths[k], 2, 2)
                 h = h + pat.repeat(1, 1, h.shape[2] // 2, h.shape[3] // 2)
             h = self.up[j](h)
-        return self.out(h)
+        h = self.out(h)
+        if self.pad:
+            a = self.pad // 2
+            h = h[:, :, a:a + self.patch, a:a + self.patch]
+        return h
 
 
 class DisentangledVAE(ChangeModel):
