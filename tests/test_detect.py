@@ -188,3 +188,42 @@ def test_detect_without_polygons_needs_no_vector_stack(small_pair, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-500:]
     assert (tmp_path / "out" / "change_mask.tif").is_file() and not (tmp_path / "out" / "changes.gpkg").exists()
+
+
+@pytest.mark.parametrize("dtypes", [("uint8", "uint8"), ("uint16", "uint16"), ("int16", "uint8"), ("float32", "uint16")])
+def test_tiles_travel_in_the_files_compact_type_and_score_the_same(make_tif, dtypes):
+    """Detect reads tiles in the files' own integer type and converts them where they are scored: the values
+    the model sees are those of a float32 read, uint16 above 32767 included (sent as its int16 bit pattern)."""
+    from cdtool.inference.predictor import float_on_device
+    from cdtool.io.pair import open_pair
+    from cdtool.windows import Tile
+
+    rng = np.random.default_rng(3)
+    top = {"uint8": 255, "uint16": 65535, "int16": 32767, "float32": 1000}
+    arrays = [rng.integers(0, top[d], (2, 40, 50)).astype(d) for d in dtypes]
+    arrays[0][:, :5, :5] = 0
+    pair = open_pair(make_tif("b.tif", arrays[0], nodata=0), make_tif("a.tif", arrays[1]))
+    tile = Tile(3, 4, 30, 40)
+    native, valid = pair.read(tile, native=True)
+    exact, valid_f = pair.read(tile)
+    expected = {("uint8", "uint8"): "uint8", ("uint16", "uint16"): "uint16", ("int16", "uint8"): "int16",
+                ("float32", "uint16"): "float32"}[dtypes]
+    assert native.dtype == expected and exact.dtype == np.float32
+    np.testing.assert_array_equal(valid, valid_f)
+    back = float_on_device(np.stack([native]), torch.device("cpu"))
+    assert back.dtype == torch.float32
+    np.testing.assert_array_equal(back[0].numpy(), exact)
+
+
+def test_uint16_pair_scores_as_its_float_copy(make_tif, tmp_path):
+    rng = np.random.default_rng(4)
+    b = rng.integers(0, 65535, (3, 90, 110)).astype("uint16")
+    a = b.copy()
+    a[:, 30:60, 40:80] = rng.integers(0, 65535, (3, 30, 40))
+    opts = DetectOptions(model="cva", tile=64, overlap=16, polygons=False, preview=False)
+    native = detect(make_tif("b.tif", b), make_tif("a.tif", a), tmp_path / "n", opts)
+    floats = detect(make_tif("bf.tif", b.astype("float32")), make_tif("af.tif", a.astype("float32")), tmp_path / "f",
+                    opts)
+    score = read(native.outputs["change_prob.tif"])[0]
+    assert score[35:55, 45:75].mean() > 0.2 > 0.01 > score[:20, :20].mean()
+    np.testing.assert_array_equal(score, read(floats.outputs["change_prob.tif"])[0])

@@ -29,10 +29,11 @@ RowResult = list[tuple[Tile, np.ndarray, np.ndarray, np.ndarray | None]]
 
 
 def _read_batch(pair, tiles: list[Tile], grid: PreviewGrid | None) -> list[tuple]:
-    """Read tiles of a pair: (data, valid, preview samples) each; the samples are taken here, off the driver."""
+    """Read tiles of a pair: (data in the files' compact type, valid, preview samples) each; the samples are taken
+    here, off the driver."""
     out = []
     for tile in tiles:
-        data, valid = pair.read(tile)
+        data, valid = pair.read(tile, native=True)
         out.append((data, valid, grid.take(tile, data, valid) if grid is not None else None))
     return out
 

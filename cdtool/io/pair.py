@@ -188,6 +188,8 @@ class RasterPair:
         self.info = PairInfo(height, width, len(self.bands_before), b.crs if georef else None, transform,
                              georef, names, colors, b.dtypes[self.bands_before[0] - 1], gsd)
         self.profile = b.profile
+        self.native_dtype = compact_dtype([b.dtypes[i - 1] for i in self.bands_before]
+                                          + [a.dtypes[i - 1] for i in self.bands_after])
 
     def _common_window(self, b, a) -> Window:
         left, bottom, right, top = transform_bounds(a.crs, b.crs, *a.bounds)
@@ -208,27 +210,31 @@ class RasterPair:
     def shape(self) -> tuple[int, int]:
         return self.info.height, self.info.width
 
-    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels of both dates in `tile` as float32 (2, C, h, w), and where both are valid (h, w).
+    def read(self, tile: Tile, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of both dates in `tile` as float32 (2, C, h, w), and where both are valid (h, w); 0 where
+        invalid. `native` keeps the files' own integer type where it is compact (`native_dtype`): a uint8
+        tile is a quarter of the bytes to read, queue and send to a GPU, converted once where it is scored.
 
         With `wrap`, columns outside [0, width) wrap around (360° panoramas); rows must lie inside."""
         if tile.row < 0 or tile.row_stop > self.info.height:
             raise ValueError(f"{tile} reaches outside rows 0..{self.info.height}")
         if not self.wrap and (tile.col < 0 or tile.col_stop > self.info.width):
             raise ValueError(f"{tile} reaches outside columns 0..{self.info.width}")
-        pieces = [self._read_inside(tile.row, c0, tile.height, c1 - c0)
+        dtype = self.native_dtype if native else np.dtype(np.float32)
+        pieces = [self._read_inside(tile.row, c0, tile.height, c1 - c0, dtype)
                   for c0, c1 in wrapped_runs(tile.col, tile.col_stop, self.info.width)]
         if len(pieces) == 1:
             return pieces[0]
         return (np.concatenate([p[0] for p in pieces], axis=-1), np.concatenate([p[1] for p in pieces], axis=-1))
 
-    def _read_inside(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read_inside(self, row: int, col: int, height: int, width: int,
+                     dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         win = Window(col + self.origin[1], row + self.origin[0], width, height)
         stack, valid = [], np.ones((height, width), bool)
         for ds, bands, name in ((self.before, self.bands_before, self.sources[0]),
                                 (self.after, self.bands_after, self.sources[1])):
             try:
-                data = ds.read(bands, window=win, out_dtype="float32")
+                data = ds.read(bands, window=win, out_dtype=dtype)
                 masks = ds.read_masks(bands, window=win)
             except RasterioIOError as exc:
                 if not self.skip_bad_windows:
@@ -236,19 +242,21 @@ class RasterPair:
                     raise InputError(f"{name}: cannot read rows {win.row_off}-{win.row_off + height - 1}, columns "
                                      f"{win.col_off}-{win.col_off + width - 1} ({str(cause).splitlines()[0]}); "
                                      "--skip-bad-windows writes nodata there instead") from None
-                data, masks = self._salvage(ds, bands, win)
-            valid &= (masks > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+                data, masks = self._salvage(ds, bands, win, dtype)
+            valid &= (masks > 0).all(axis=0)
+            if dtype.kind == "f":
+                valid &= np.isfinite(data).all(axis=0)
             stack.append(data)
         pair = np.stack(stack)
-        pair[:, :, ~valid] = 0.0
+        pair[:, :, ~valid] = 0
         return pair, valid
 
-    def _salvage(self, ds, bands: list[int], win: Window) -> tuple[np.ndarray, np.ndarray]:
+    def _salvage(self, ds, bands: list[int], win: Window, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """Read a window that failed block by block of the file's own block grid; blocks that still fail become
         nodata and are recorded by their place in that grid, so a block met by several windows counts once."""
         bh, bw = ds.block_shapes[0]
         r0, c0, h, w = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
-        data = np.zeros((len(bands), h, w), np.float32)
+        data = np.zeros((len(bands), h, w), dtype)
         masks = np.zeros((len(bands), h, w), np.uint8)
         for br in range(r0 // bh, (r0 + h - 1) // bh + 1):
             for bc in range(c0 // bw, (c0 + w - 1) // bw + 1):
@@ -257,7 +265,7 @@ class RasterPair:
                 sub = Window(left, top, right - left, bottom - top)
                 sl = (slice(None), slice(top - r0, bottom - r0), slice(left - c0, right - c0))
                 try:
-                    data[sl] = ds.read(bands, window=sub, out_dtype="float32")
+                    data[sl] = ds.read(bands, window=sub, out_dtype=dtype)
                     masks[sl] = ds.read_masks(bands, window=sub)
                 except RasterioIOError:
                     self.bad_blocks.add((ds.name, br, bc))
@@ -282,6 +290,18 @@ class RasterPair:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# integer types that hold every value of the files' bands in at most 4 bytes and that torch casts everywhere
+# (uint16 travels as its int16 bit pattern: see `as_float_tensor`)
+COMPACT_TYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32"))
+
+
+def compact_dtype(dtypes: list[str]) -> np.dtype:
+    """The type a tile of these bands is read in natively: their common type where it is a compact integer,
+    float32 otherwise (floats, and integers such as uint32 that float32 would round anyway)."""
+    common = np.result_type(*dtypes)
+    return common if common in COMPACT_TYPES else np.dtype(np.float32)
 
 
 def open_pair(before: str | Path, after: str | Path, *, bands: list[int] | None = None, align: bool = False,
