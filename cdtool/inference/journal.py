@@ -94,10 +94,13 @@ class Journal:
 
     def _store(self, band: Band) -> None:
         h, w = band.score.shape
-        body = zlib.compress(np.ascontiguousarray(band.score, np.float32).tobytes()
-                             + np.ascontiguousarray(band.valid, bool).tobytes(), 1)
-        with replaced_when_done(self.dir / f"{band.row:09d}.band") as tmp:
-            tmp.write_bytes(np.array([h, w], np.int64).tobytes() + body)
+        # one zlib stream of the score bytes then the validity bytes, fed from the arrays' own buffers: a wide
+        # band is not copied whole on its way to the file
+        stream = zlib.compressobj(1)
+        parts = [np.array([h, w], np.int64).tobytes(), stream.compress(np.ascontiguousarray(band.score, np.float32)),
+                 stream.compress(np.ascontiguousarray(band.valid, bool)), stream.flush()]
+        with replaced_when_done(self.dir / f"{band.row:09d}.band") as tmp, open(tmp, "wb") as f:
+            f.writelines(parts)
         self.bands.append(band.row)
         self._write_state()  # after the band: a kill in between leaves the band unlisted, so unused
 

@@ -18,6 +18,8 @@ METHODS = ("otsu", "kmeans", "gmm")
 class ScoreHistogram:
     """Histogram of scores in [0, 1], filled band by band so a per-image threshold needs no full copy."""
 
+    CHUNK = 1 << 20
+
     def __init__(self, bins: int = 1024):
         self.edges = np.linspace(0.0, 1.0, bins + 1)
         self.counts = np.zeros(bins, np.int64)
@@ -32,10 +34,13 @@ class ScoreHistogram:
         return h
 
     def add(self, scores: np.ndarray) -> None:
-        self.counts += np.histogram(np.clip(scores, 0.0, 1.0), bins=self.edges)[0]
-        if scores.size:
-            s = scores.astype(np.float64)
-            self._moments += (s.sum(), (s * s).sum())
+        """Count `scores` (any shape); in chunks, so the float64 moments never copy a whole band of a wide raster."""
+        flat = scores.reshape(-1)
+        for i in range(0, flat.size, self.CHUNK):
+            s = flat[i:i + self.CHUNK]
+            self.counts += np.histogram(np.clip(s, 0.0, 1.0), bins=self.edges)[0]
+            wide = s.astype(np.float64)
+            self._moments += (wide.sum(), np.dot(wide, wide))
             self._range = (min(self._range[0], float(s.min())), max(self._range[1], float(s.max())))
 
     def statistics(self) -> dict:
