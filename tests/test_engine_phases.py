@@ -124,3 +124,57 @@ def test_a_phase_may_train_on_other_data(pairs, tmp_path):
     train(recipe, tmp_path / "run", quiet=True, resume=True)
     assert load_checkpoint(tmp_path / "run" / "last.safetensors")[1]["train_pairs"] == ["pairs/p0", "pairs/p1",
                                                                                        "pairs/p2"]
+
+
+def test_multistep_schedule_halves_at_its_milestones_and_resumes_exactly(pairs, tmp_path):
+    recipe = load_recipe(phased(pairs, phases=[{"name": "warm", "epochs": 5, "lr": 0.01}],
+                                schedule={"scheduler": "multistep", "milestones": [1, 3], "gamma": 0.5}))
+    train(recipe, tmp_path / "a", quiet=True)
+    hist = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert [h.get("lr", h.get("lr_model")) for h in hist] == pytest.approx([0.01, 0.005, 0.005, 0.0025, 0.0025])
+    train(recipe, tmp_path / "b", quiet=True, stop_after=2)  # resume between the milestones
+    train(recipe, tmp_path / "b", quiet=True, resume=True)
+    wa, _ = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    wb, _ = load_checkpoint(tmp_path / "b" / "last.safetensors")
+    assert all(torch.equal(v, wb["model"][k]) for k, v in wa["model"].items())
+    with pytest.raises(InputError, match="needs schedule.milestones"):
+        load_recipe(phased(pairs, schedule={"scheduler": "multistep"}))
+    with pytest.raises(InputError, match="increasing epochs"):
+        load_recipe(phased(pairs, schedule={"scheduler": "step", "milestones": [3, 2]}))
+
+
+class TwoSourceTask(CriticTask):
+    """CriticTask with a second source; records which sources each step was given."""
+
+    name = "two_source_test"
+    sources = {"pairs": "labelled pairs", "extra": "more pairs"}
+    seen: list[tuple[str, ...]] = []
+
+    def training_step(self, wrapped, batches, phase):
+        TwoSourceTask.seen.append((phase, *sorted(batches)))
+        yield from super().training_step(wrapped, batches, phase)
+
+
+def test_a_phase_draws_only_its_sources(pairs, tmp_path):
+    two = {"pairs": {"kind": "folder", "args": {"exclude": ["pairs/p3"], "crop": 24, "samples": 8}, "batch_size": 4},
+           "extra": {"kind": "folder", "args": {"exclude": ["pairs/p3"], "crop": 24, "samples": 4}, "batch_size": 2}}
+    with TASKS.temporary("two_source_test", TwoSourceTask):
+        recipe = load_recipe(phased(pairs, **{"task": "two_source_test", "data.train": two, "phases": [
+            {"name": "warm", "epochs": 1, "lr": 0.01, "sources": ["pairs"]}, {"name": "duel", "epochs": 1}]}))
+        TwoSourceTask.seen = []
+        train(recipe, tmp_path / "run", quiet=True)
+        assert set(TwoSourceTask.seen) == {("warm", "pairs"), ("duel", "extra", "pairs")}
+        # the task's default for a phase (phase_sources) applies when the recipe's phase names none
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(TwoSourceTask, "phase_sources", {"warm": ("pairs",)})
+            TwoSourceTask.seen = []
+            train(load_recipe(phased(pairs, **{"task": "two_source_test", "data.train": two})), tmp_path / "run2",
+                  quiet=True)
+            assert set(TwoSourceTask.seen) == {("warm", "pairs"), ("duel", "extra", "pairs")}
+            TwoSourceTask.seen = []  # and the recipe's phase overrides the task's default
+            train(load_recipe(phased(pairs, **{"task": "two_source_test", "data.train": two, "phases": [
+                {"name": "warm", "epochs": 1, "sources": ["pairs", "extra"]}]})), tmp_path / "run3", quiet=True)
+            assert set(TwoSourceTask.seen) == {("warm", "extra", "pairs")}
+        with pytest.raises(InputError, match="phases.warm.sources"):
+            load_recipe(phased(pairs, **{"task": "two_source_test", "data.train": two,
+                                         "phases": [{"name": "warm", "epochs": 1, "sources": ["nope"]}]}))

@@ -73,11 +73,17 @@ class SourceDraw:
 class EpochDraw:
     """The step-by-step dict of batches ({source: batch}) of one epoch, on the training device."""
 
-    def __init__(self, datasets: dict[str, Dataset], recipe, phase, epoch: int, device: torch.device, dd):
+    def __init__(self, datasets: dict[str, Dataset], recipe, phase, epoch: int, device: torch.device, dd,
+                 sources: list[str] | None = None):
+        """`sources`: the ones this phase draws (default all); each keeps its index in data.train for its seeds,
+        and the phase's `sampler` applies to the first of them."""
         self.device = device
-        first = recipe.primary_source()
+        drawn = [n for n in datasets if sources is None or n in sources]
+        first = drawn[0]
         self.sources = {}
         for i, (name, data) in enumerate(datasets.items()):
+            if name not in drawn:
+                continue
             cfg = recipe.data.train[name]
             kind = (phase.sampler if name == first and phase.sampler else None) or cfg.sampler
             self.sources[name] = SourceDraw(i, data, cfg, kind, recipe.seed, epoch, recipe.data.workers, dd)

@@ -124,6 +124,8 @@ def _scheduler(opt: torch.optim.Optimizer, recipe: Recipe, epochs: int):
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     if s.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
+    if s.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(s.milestones), gamma=s.gamma)
     return None
 
 
@@ -265,6 +267,8 @@ class Training:
         acc = self.task.validate(self.val_loader, self.device, self.amp)
         if recipe.threshold == "tune":
             thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
+            # never 0: that flags every pixel of every pair, identical dates included; the first bin edge at least
+            thr = max(thr, 1 / len(acc.pos_hist))
         row.update({f"val_{k}": v for k, v in acc.at_threshold(float(thr)).compute().items()})
         for warning in rf.degenerate_validation(acc.pos_hist, acc.neg_hist, float(thr)):
             if self.dd.main and warning not in warned:
@@ -317,7 +321,7 @@ def _train_epoch(run: Training, wrapped: dict[str, nn.Module], optims: dict, ph,
     for data in run.datasets.values():
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)
-    draw = EpochDraw(run.datasets, run.recipe, ph, epoch, run.device, run.dd)
+    draw = EpochDraw(run.datasets, run.recipe, ph, epoch, run.device, run.dd, run.recipe.phase_sources(ph))
     _set_modes(run.modules, ph.freeze)
     total, count, parts_sum = 0.0, 0, {}
     bar = rf.progress(draw, f"epoch {epoch + 1}/{run.total}", run.quiet or not run.dd.main)

@@ -154,10 +154,22 @@ class OptimConfig(Strict):
 
 class ScheduleConfig(Strict):
     epochs: int = Field(10, ge=1, description="Number of epochs (when no phases are given).")
-    scheduler: Literal["none", "cosine", "step"] = Field("cosine", description="Learning-rate schedule per epoch.")
+    scheduler: Literal["none", "cosine", "step", "multistep"] = Field(
+        "cosine", description="Learning-rate schedule per epoch, restarted in each phase.")
     step_size: int = Field(10, ge=1, description="Epochs between decays (step).")
-    gamma: float = Field(0.1, gt=0, description="Decay factor (step).")
+    gamma: float = Field(0.1, gt=0, description="Decay factor (step, multistep).")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs of a phase (counted from its "
+                                  "start) after which the lr is multiplied by gamma, e.g. [3, 6, 9].")
     clip_grad: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+
+    @model_validator(mode="after")
+    def _milestones(self) -> "ScheduleConfig":
+        m = self.milestones
+        if self.scheduler == "multistep" and not m:
+            raise ValueError("schedule.scheduler multistep needs schedule.milestones, e.g. [3, 6, 9]")
+        if any(v < 1 for v in m) or m != sorted(set(m)):
+            raise ValueError(f"schedule.milestones must be increasing epochs >= 1, got {m}")
+        return self
 
 
 class PhaseConfig(Strict):
@@ -172,6 +184,8 @@ class PhaseConfig(Strict):
                               "in this phase: eval mode, no gradients, not optimised, not DDP-wrapped.")
     groups: dict[str, float] | None = Field(None, description="Learning-rate factors of this phase "
                                             "(default: optim.groups).")
+    sources: list[str] | None = Field(None, description="The training sources drawn in this phase, in the order of "
+                                      "data.train (default: those the task's phase uses, else all).")
 
 
 class RecipeBase(Strict):
@@ -226,6 +240,11 @@ class RecipeBase(Strict):
                                  f"({', '.join(fam.phases)}), each at most once")
             if not any(ph.epochs for ph in self.phases):
                 raise ValueError("phases: every phase has 0 epochs; nothing would be trained")
+            for ph in self.phases:
+                unknown = sorted(set(ph.sources or []) - set(self.data.train))
+                if unknown or ph.sources == []:
+                    raise ValueError(f"phases.{ph.name}.sources: {unknown or 'none'} given; the training sources "
+                                     f"are {list(self.data.train)}")
         fam.check(self)
         return self
 
@@ -234,6 +253,13 @@ class RecipeBase(Strict):
         if self.phases:
             return list(self.phases)
         return [PhaseConfig(name=type(self).family.phases[0], epochs=self.schedule.epochs)]
+
+    def phase_sources(self, phase: PhaseConfig) -> list[str]:
+        """The training sources a phase draws, in data.train's order: the phase's `sources`, else the task's
+        for that phase (`phase_sources`), else all of them."""
+        fam = type(self).family
+        want = phase.sources or (getattr(fam, "phase_sources", {}).get(phase.name) if fam else None)
+        return [n for n in self.data.train if want is None or n in want]
 
     def primary_source(self) -> str:
         return next(iter(self.data.train))

@@ -90,6 +90,8 @@ class Task:
     models: ClassVar[dict[str, str]] = {"model": "the change detector"}
     losses: ClassVar[dict[str, str]] = {}
     sources: ClassVar[dict[str, str]] = {}
+    # the sources a phase draws when the recipe's phase does not say (default: every source)
+    phase_sources: ClassVar[dict[str, tuple[str, ...]]] = {}
     detector: ClassVar[str] = "model"  # the role whose module `cdtool detect` runs
 
     @classmethod
