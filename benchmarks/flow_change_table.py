@@ -1,7 +1,7 @@
 """Paper 001 ablation, scaled to a CPU: F1 on the same misaligned test pairs and flow end-point error against
 the simulated flow, for every recipe variant, per seed; plus CVA and a supervised FC-Siam on the same pairs.
 
-    python benchmarks/flow_change_table.py --seeds 0 1 2          # everything (prints one command per row)
+    python benchmarks/flow_change_table.py --seeds 0 1 2 --fcsiam --cosimnet   # everything (prints each command)
     python benchmarks/flow_change_table.py --seeds 0 --rows simsac_full simsac_unsup
     python benchmarks/flow_change_table.py --table-only            # re-score existing runs
 
@@ -13,10 +13,13 @@ up to 4 px per corner plus a smooth local warp of up to 2 px, and photometricall
 64x64 misaligned crops (sample_seed 2024) of the 6 test pairs, labels on AFTER's grid; val: 32 fixed crops
 of the 2 validation pairs.
 
-Each seed: `simsac_pretrain` (6 epochs of L_sup on synthetic pairs), then each ablation recipe for 4 adapt
-epochs from its last.safetensors. Scores: F1 at the checkpoint's validation-tuned threshold, for the
+Each seed: `simsac_pretrain` (L_sup on synthetic pairs), then each ablation recipe's adapt epochs from its
+last.safetensors; `--fcsiam` / `--cosimnet`: the supervised FC-Siam-diff / CosimNet trained with the labels of
+the misaligned training crops. Scores: F1 at the checkpoint's validation-tuned threshold, for the
 best-validation checkpoint and for the last epoch, pooled over the test pixels; EPE (px) of the detecting
-decoders' flow against the simulated flow over valid pixels. Writes <out>/table.md and <out>/scores.json.
+decoders' flow against the simulated flow over valid pixels; and on identical dates (each test crop's BEFORE
+as both dates) the share flagged at that threshold and the mean |flow|. Writes <out>/table.md and
+<out>/scores.json.
 """
 
 from __future__ import annotations
@@ -66,9 +69,25 @@ def make_data() -> None:
                     link = src / sub / f"{ds}_{f.name}"
                     if not link.exists():
                         link.symlink_to((SHARED / ds / sub / f.name).resolve())
-    if not (ROOT / "patches" / "simsac_synth64" / "dataset.json").is_file():
-        run(["cdtool", "patches", "-p", "synthetic", "patches/simsac_src/A", "--objects", "patches/simsac_src",
-             "--samples", "400", "--size", "64", "-o", "patches/simsac_synth64"], Path("/tmp/simsac_synth.log"))
+    if not (ROOT / SYNTH / "dataset.json").is_file():
+        make_synthetic_set()
+
+
+SYNTH = "patches/simsac_synth64m"
+
+
+def make_synthetic_set() -> None:
+    """The labelled synthetic set, displacements matched to the target's few pixels (rotation <= 3 deg, scale
+    <= 5 %, shift <= 4 px, against the patches defaults 10 deg, 10 %, 16 px), 20 % no-change pairs
+    (identical, or a global radiometric change; zero flow), and 16 px of real context around each crop so
+    that AFTER has no empty border (whose width would give the shift away)."""
+    from cdtool.data.sources import pairs_from_folder
+    from cdtool.data.synthetic import SyntheticOptions, make_synthetic
+
+    src = ROOT / "patches" / "simsac_src"
+    opts = SyntheticOptions(samples=400, size=64, max_rotation=3.0, max_scale=0.05, max_shift=4.0, still=0.2,
+                            margin=16)
+    print(make_synthetic([src / "A"], pairs_from_folder(src, require_mask=True), ROOT / SYNTH, opts))
 
 
 def test_set(samples: int = 96):
@@ -130,8 +149,23 @@ def score_simsac(path: Path, data) -> dict:
     prob, truth, valid = np.concatenate(probs), np.concatenate(truths), np.concatenate(valids).astype(bool)
     thr = float(meta.get("threshold", 0.5))
     f1, prec, rec = _f1(prob, truth, valid, thr)
+    flagged, mag = identical(model, data, thr, flow=True)
     return {"f1": f1, "precision": prec, "recall": rec, "auroc": _auroc(prob, truth, valid), "threshold": thr,
-            "epe": sum(epes) / max(sum(ws), 1), "epoch": meta.get("epoch")}
+            "epe": sum(epes) / max(sum(ws), 1), "epoch": meta.get("epoch"), "identical_flagged": flagged,
+            "identical_flow": mag}
+
+
+def identical(model, data, thr: float, flow: bool = False) -> tuple[float, float | None]:
+    """Each test crop's BEFORE as both dates: the share of pixels flagged at `thr`, and the mean |flow| (px)."""
+    flagged, mags, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for b, _, _, _, _ in _batches(data):
+            prob = model(b, b)
+            flagged += float((prob >= thr).float().sum())
+            n += prob.numel()
+            if flow:
+                mags += float(model.forward_flow(b, b).norm(dim=1).sum())
+    return flagged / n, (mags / n if flow else None)
 
 
 def zero_flow_epe(data) -> float:
@@ -185,7 +219,8 @@ def score_dense(path: Path, data) -> dict:
     prob, truth, valid = np.concatenate(probs), np.concatenate(truths), np.concatenate(valids).astype(bool)
     thr = float(meta.get("threshold", 0.5))
     f1, prec, rec = _f1(prob, truth, valid, thr)
-    return {"f1": f1, "precision": prec, "recall": rec, "auroc": _auroc(prob, truth, valid), "threshold": thr}
+    return {"f1": f1, "precision": prec, "recall": rec, "auroc": _auroc(prob, truth, valid), "threshold": thr,
+            "identical_flagged": identical(model, data, thr)[0]}
 
 
 def main() -> None:
@@ -194,6 +229,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=[r for r, _ in ROWS])
     ap.add_argument("--out", default="runs/flow_change_table")
     ap.add_argument("--fcsiam", action="store_true", help="also train the supervised FC-Siam on misaligned pairs")
+    ap.add_argument("--cosimnet", action="store_true", help="also train the supervised CosimNet on misaligned pairs")
     ap.add_argument("--table-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -214,10 +250,11 @@ def main() -> None:
             jobs.append((r, d, ["cdtool", "train", f"recipes/{r}.yaml", "--set", f"seed={s}", "--set",
                                 f"models.model.init={(pre / 'last.safetensors').relative_to(ROOT)}",
                                 "--out", str(d.relative_to(ROOT))]))
-        if a.fcsiam:
-            d = out / f"simsac_fcsiam_s{s}"
-            jobs.append(("simsac_fcsiam", d, ["cdtool", "train", "recipes/simsac_fcsiam.yaml", "--set", f"seed={s}",
-                                              "--out", str(d.relative_to(ROOT))]))
+        for flag, r in ((a.fcsiam, "simsac_fcsiam"), (a.cosimnet, "simsac_cosimnet")):
+            if flag:
+                d = out / f"{r}_s{s}"
+                jobs.append((r, d, ["cdtool", "train", f"recipes/{r}.yaml", "--set", f"seed={s}",
+                                    "--out", str(d.relative_to(ROOT))]))
         for name, d, cmd in jobs:
             if a.table_only or (d / "last.safetensors").is_file():
                 continue
@@ -232,13 +269,15 @@ def main() -> None:
     scores: dict = {"zero_flow_epe": zero_flow_epe(data), "cva": score_cva(data), "rows": {},
                     "changed_share": share, "all_changed_f1": 2 * share / (1 + share)}
     names = [("simsac_pretrain", "pretrain checkpoint (synthetic only, no adapt epochs)")] + \
-        [(r, lab) for r, lab in ROWS if r in a.rows] + [("simsac_fcsiam", "FC-Siam-diff, supervised on misaligned target pairs")]
+        [(r, lab) for r, lab in ROWS if r in a.rows] + \
+        [("simsac_fcsiam", "FC-Siam-diff, supervised on misaligned target pairs"),
+         ("simsac_cosimnet", "CosimNet, supervised on misaligned target pairs")]
     for r, _ in names:
         for s in a.seeds:
             d = out / f"{r}_s{s}"
             if not (d / "last.safetensors").is_file():
                 continue
-            fn = score_dense if r == "simsac_fcsiam" else score_simsac
+            fn = score_dense if r in ("simsac_fcsiam", "simsac_cosimnet") else score_simsac
             scores["rows"].setdefault(r, {})[s] = {"best": fn(d / "best.safetensors", data),
                                                    "last": fn(d / "last.safetensors", data),
                                                    "seconds": times.get(f"{r}_s{s}", {}).get("seconds")}
@@ -250,19 +289,24 @@ def main() -> None:
             return "-"
         return f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")
 
-    lines = ["| configuration | recipe | seeds | F1 (best val) | F1 (last) | AUROC (last) | flow EPE px (last) | wall s / run |",
-             "|---|---|---|---|---|---|---|---|",
+    lines = ["| configuration | recipe | seeds | F1 (best val) | F1 (last) | AUROC (last) | flow EPE px (last) | "
+             "identical dates: flagged / mean flow px (last) | wall s / run |",
+             "|---|---|---|---|---|---|---|---|---|",
              f"| CVA (Otsu per crop) | `cva` | - | {scores['cva']['f1']:.3f} | - | {scores['cva']['auroc']:.3f} | "
-             f"{scores['zero_flow_epe']:.3f} (zero flow) | - |"]
-    lines.append(f"| every pixel 'changed' (reference) | - | - | {scores['all_changed_f1']:.3f} | - | 0.500 | - | - |")
+             f"{scores['zero_flow_epe']:.3f} (zero flow) | - | - |"]
+    lines.append(f"| every pixel 'changed' (reference) | - | - | {scores['all_changed_f1']:.3f} | - | 0.500 | - | - "
+                 "| - |")
     for r, lab in names:
         per = scores["rows"].get(r)
         if not per:
             continue
         v = list(per.values())
-        epe = ms([x["last"].get("epe") for x in v]) if r != "simsac_fcsiam" else "-"
+        epe = ms([x["last"].get("epe") for x in v]) if "epe" in v[0]["last"] else "-"
+        ident = ms([100 * x["last"]["identical_flagged"] for x in v]) + " %"
+        if "identical_flow" in v[0]["last"]:
+            ident += " / " + ms([x["last"]["identical_flow"] for x in v])
         lines.append(f"| {lab} | `{r}` | {len(v)} | {ms([x['best']['f1'] for x in v])} | {ms([x['last']['f1'] for x in v])} | "
-                     f"{ms([x['last']['auroc'] for x in v])} | {epe} | {ms([x['seconds'] for x in v])} |")
+                     f"{ms([x['last']['auroc'] for x in v])} | {epe} | {ident} | {ms([x['seconds'] for x in v])} |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     print(table)

@@ -176,3 +176,92 @@ def test_detect_writes_the_estimated_flow_and_refuses_models_without_one(tmp_pat
     assert (tmp_path / "out" / "flow.qml").is_file()
     r = runner.invoke(app, ["detect", str(before), str(after), "--model", "cva", "--flow", "-o", str(tmp_path / "c")])
     assert r.exit_code == 2 and "estimates no flow" in r.output and not (tmp_path / "c" / "change_prob.tif").exists()
+
+
+def test_true_flow_of_each_source_warps_before_onto_after():
+    """Both sources follow BEFORE(p + flow(p)) = AFTER(p): warping BEFORE by the true flow reproduces AFTER,
+    while the opposite sign or no flow does not (a sign mismatch between the synthetic labels and the target
+    pairs would teach the model the wrong direction)."""
+    from cdtool.data.misaligned import MisalignedDataset
+    from cdtool.data.synthetic import SyntheticOptions, synth_pair
+
+    rng = np.random.default_rng(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12) * 200, size=(64, 64), mode="bicubic",
+                                             align_corners=False)[0].clamp(0, 255)
+
+    class NoObjects:
+        def draw(self, rng, size):
+            return None
+
+    def errors(before, after, flow, keep):
+        out = []
+        for f in (flow, -flow, torch.zeros_like(flow)):
+            w, inb = warp(before[None], f[None])
+            m = keep & (inb[0, 0] > 0)
+            out.append(float((w[0] - after).abs().mean(0)[m].mean()))
+        return out
+
+    big = torch.nn.functional.interpolate(smooth[None], size=(96, 96), mode="bicubic")[0].clamp(0, 255)
+    for bg in (smooth, big):  # no margin, and 16 px of context around the crop
+        img, _, valid, flow = synth_pair(bg.permute(1, 2, 0).numpy(), NoObjects(), rng,
+                                         SyntheticOptions(size=64, objects=(0, 0), max_shift=8.0))
+        right, wrong, zero = errors(torch.tensor(img[0]).float(), torch.tensor(img[1]).float(), torch.tensor(flow),
+                                    torch.tensor(valid))
+        assert right < 1.0 and right < wrong / 5 and right < zero / 5, (right, wrong, zero)
+    assert valid.all() and (img[1].max(0) > 0).all()  # with context: no empty border in AFTER to read the shift off
+
+    class Same(MisalignedDataset):  # both dates the same image: only the simulated warp differs
+        def __init__(self):
+            self.crop, self.samples, self.seed, self.fixed, self.epoch = 48, 4, 0, True, 0
+            self.shift, self.local, self.gain, self.offset, self.gamma = 4.0, 2.0, 0.0, 0.0, 0.0
+            self.records = [None]
+            big = torch.nn.functional.interpolate(smooth[None], size=(96, 96), mode="bicubic")[0]
+            self._data = [(torch.stack([big, big]), torch.ones(96, 96, dtype=torch.bool),
+                           torch.zeros(96, 96, dtype=torch.bool))]
+
+    d = Same()
+    for i in range(3):
+        s = d[i]
+        inner = torch.zeros(48, 48, dtype=torch.bool)
+        inner[6:-6, 6:-6] = True
+        right, wrong, zero = errors(s["image"][0], s["image"][1], s["flow"], inner)
+        assert right < wrong / 4 and right < zero / 4, (i, right, wrong, zero)  # bilinear twice: not 0
+
+
+def test_synthetic_still_pairs_are_no_change_and_no_motion():
+    from cdtool.data.synthetic import SyntheticOptions, synth_pair
+
+    rng = np.random.default_rng(1)
+    bg = (np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)
+    same = 0
+    for _ in range(8):
+        img, mask, valid, flow = synth_pair(bg, None, rng, SyntheticOptions(size=32, still=1.0))
+        assert not mask.any() and valid.all() and not flow.any()
+        same += bool((img[0] == img[1]).all())
+    assert 0 < same < 8  # identical dates, and dates that differ only radiometrically
+
+
+def test_identical_dates_flag_nothing_through_detect(tmp_path):
+    """The project's invariance for a simsac model, whatever it learned: identical BEFORE and AFTER give a zero
+    change map through `cdtool detect`, even at a low tuned threshold (the difference gate: no input
+    difference, no change). An untrained model scores ~0.5 everywhere without the gate."""
+    from cdtool.inference.detect import DetectOptions, detect
+    from cdtool.io.checkpoint import save_checkpoint
+    from tests.conftest import write_tif
+
+    torch.manual_seed(0)
+    args = {"in_channels": 3, "width": 4, "hidden": 8, "decoders": "separate"}
+    model = create_model("simsac", **args)
+    with torch.no_grad():  # as if training had pushed every logit up
+        model.student.h.heads[-1][-1].bias.fill_(5.0)
+    ckpt = save_checkpoint(tmp_path / "simsac.safetensors", {"model": model.state_dict()},
+                           {"model": {"name": "simsac", "args": args}, "normalization": {"mode": "per-image"},
+                            "threshold": 0.05})
+    a = (np.random.default_rng(0).random((3, 64, 80)) * 200).astype(np.uint8)
+    before = write_tif(tmp_path / "a.tif", a)
+    r = detect(before, before, tmp_path / "same", DetectOptions(model=str(ckpt), polygons=False, gsd=None))
+    assert r.changed_share == 0.0
+    x = torch.tensor(a[None]).float()
+    with torch.no_grad():
+        assert float(model.eval()(x, x).max()) < 1e-6
+        assert float(model(x, x * 1.1 + 5).mean()) > 0.5  # a difference opens the gate again

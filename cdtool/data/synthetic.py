@@ -8,7 +8,15 @@ scale, shift about the centre) to give AFTER:
     AFTER(p) = composite(A p)     mask(p) = pasted(A p)     flow(p) = A p - p   (dx, dy in pixels)
 
 so BEFORE(p + flow(p)) equals AFTER(p) wherever nothing was pasted, which is the flow a change model
-has to recover. Pixels whose source A p falls outside the crop are marked invalid.
+has to recover. Pixels whose source A p falls outside the crop are marked invalid. With `margin` m > 0 the
+background is cut m pixels larger on every side and objects are pasted over all of it: BEFORE is its centre,
+and AFTER samples real content wherever A p lies within the margin, instead of an empty (black) border whose
+width would give the shift away (a shortcut that does not exist in real misregistered pairs).
+
+A share `still` of the samples are no-change pairs: nothing pasted and no motion (A the identity, flow 0,
+mask 0); half of them are identical dates, the other half get a global photometric change of AFTER (gain
+1 ± 0.2, offset ± 10 grey levels), so a model learns that neither identical dates nor a radiometric
+difference alone are change or motion.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ class SyntheticOptions:
     max_shift: float = 16.0               # pixels
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
+    still: float = 0.0                    # share of no-change pairs (no object, no motion)
+    margin: int = 0                       # background context around each crop (pixels per side)
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -97,10 +107,21 @@ def random_similarity(rng: np.random.Generator, size: int, opts: SyntheticOption
 
 
 def synth_pair(bg: np.ndarray, bank: ObjectBank, rng: np.random.Generator, opts: SyntheticOptions):
-    """(image (2, 3, S, S) uint8, mask (S, S), valid (S, S), flow (2, S, S)) for one background crop."""
+    """(image (2, 3, S, S) uint8, mask (S, S), valid (S, S), flow (2, S, S)) for one background crop: bg is
+    (S + 2m, S + 2m, 3), m the margin of context around the crop."""
     size = opts.size
-    before = bg.astype(np.float32)
-    comp, pasted = before.copy(), np.zeros((size, size), bool)
+    m = (bg.shape[0] - size) // 2
+    full = bg.astype(np.float32)
+    before = full[m:m + size, m:m + size]
+    if opts.still and rng.random() < opts.still:  # a no-change pair: identical, or a global radiometric change
+        after = before.transpose(2, 0, 1)
+        if rng.random() < 0.5:
+            after = after * rng.uniform(0.8, 1.2) + rng.uniform(-10, 10)
+        image = np.stack([before.transpose(2, 0, 1), after]).clip(0, 255).round().astype(np.uint8)
+        return (image, np.zeros((size, size), bool), np.ones((size, size), bool),
+                np.zeros((2, size, size), np.float32))
+    big = full.shape[0]
+    comp, pasted = full.copy(), np.zeros((big, big), bool)
     want = int(rng.integers(opts.objects[0], opts.objects[1] + 1))
     for _ in range(want * 4):
         if want == 0:
@@ -109,7 +130,7 @@ def synth_pair(bg: np.ndarray, bank: ObjectBank, rng: np.random.Generator, opts:
         if obj is None:
             continue
         pix, shape = obj
-        r, c = int(rng.integers(0, size - shape.shape[0] + 1)), int(rng.integers(0, size - shape.shape[1] + 1))
+        r, c = int(rng.integers(0, big - shape.shape[0] + 1)), int(rng.integers(0, big - shape.shape[1] + 1))
         region = comp[r:r + shape.shape[0], c:c + shape.shape[1]]
         region[shape] = pix[shape]
         pasted[r:r + shape.shape[0], c:c + shape.shape[1]] |= shape
@@ -118,10 +139,10 @@ def synth_pair(bg: np.ndarray, bank: ObjectBank, rng: np.random.Generator, opts:
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     sx = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
     sy = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
-    coords = np.stack([sy, sx])
+    coords = np.stack([sy + m, sx + m])  # composite coordinates
     after = np.stack([map_coordinates(comp[..., ch], coords, order=1, mode="constant") for ch in range(3)])
     mask = map_coordinates(pasted.astype(np.float32), coords, order=0, mode="constant") > 0.5
-    valid = (sx >= 0) & (sx <= size - 1) & (sy >= 0) & (sy <= size - 1)
+    valid = (sx >= -m) & (sx <= size - 1 + m) & (sy >= -m) & (sy <= size - 1 + m)
     flow = np.stack([sx - xs, sy - ys]).astype(np.float32)
     image = np.stack([before.transpose(2, 0, 1), after]).clip(0, 255).round().astype(np.uint8)
     return image, mask & valid, valid, flow
@@ -140,14 +161,16 @@ def make_synthetic(backgrounds: list[Path], objects: list[PairSource], out: Path
     for f in files:
         with Image.open(f) as im:
             sizes[f] = im.size
-    files = [f for f in files if min(sizes[f]) >= opts.size]
+    cut = opts.size + 2 * opts.margin
+    files = [f for f in files if min(sizes[f]) >= cut]
     if not files:
-        raise InputError(f"{backgrounds[0]}: no background image is at least {opts.size}x{opts.size}")
+        raise InputError(f"{backgrounds[0]}: no background image is at least {cut}x{cut}")
     bank = ObjectBank(objects, opts.min_object)
     params = {"backgrounds": [str(f) for f in files], "objects": [str(p.mask) for p in bank.pairs],
               "samples": opts.samples, "size": opts.size, "objects_per_sample": list(opts.objects),
               "min_object": opts.min_object, "max_rotation": opts.max_rotation, "max_scale": opts.max_scale,
-              "max_shift": opts.max_shift, "fractions": list(opts.fractions), "seed": opts.seed}
+              "max_shift": opts.max_shift, "fractions": list(opts.fractions), "seed": opts.seed,
+              **({"still": opts.still} if opts.still else {}), **({"margin": opts.margin} if opts.margin else {})}
     store = DatasetWriter(out, "synthetic", params, overwrite=overwrite, image_dtype="uint8")
     if store.complete:
         return {**store.summary(), "already_complete": True}
@@ -157,11 +180,11 @@ def make_synthetic(backgrounds: list[Path], objects: list[PairSource], out: Path
         for k in samples:
             f = files[int(rng.integers(len(files)))]
             w, h = sizes[f]
-            r, c = int(rng.integers(0, h - opts.size + 1)), int(rng.integers(0, w - opts.size + 1))
-            bg = _load_rgb(f)[r:r + opts.size, c:c + opts.size]
+            r, c = int(rng.integers(0, h - cut + 1)), int(rng.integers(0, w - cut + 1))
+            bg = _load_rgb(f)[r:r + cut, c:c + cut]
             image, mask, valid, flow = synth_pair(bg, bank, rng, opts)
-            writer.add({"sample": f"{k}", "background": str(f), "row": r, "col": c, "height": opts.size,
-                        "width": opts.size, "changed_share": float(mask.mean()), "label": -1,
+            writer.add({"sample": f"{k}", "background": str(f), "row": r + opts.margin, "col": c + opts.margin,
+                        "height": opts.size, "width": opts.size, "changed_share": float(mask.mean()), "label": -1,
                         "split": split_of(f.name, opts.seed, opts.fractions)},
                        image, mask=mask, valid=valid, flow=flow)
             bar.update(1)

@@ -17,6 +17,12 @@ lies in BEFORE, BEFORE(p + flow(p)) = AFTER(p); flows are in full-resolution pix
 map lies on AFTER's grid (the query), as in SimSaC; for the small misregistrations `cdtool detect` handles
 the two grids are nominally the same.
 
+No difference, no change: every level's change logit gets log g added, where g = 1 - exp(-D / tau) and D is
+the mean absolute difference of the two (normalised) input images over a 5x5 neighbourhood, area-averaged to
+the level (tau learned, 0.05 at the start). Wherever the inputs differ at all g is ~1 and the logit is the
+decoder's; where they are equal g = 0 and the change probability is 0 whatever the decoders learned, so
+identical dates flag nothing by construction (a misregistered or changed pair always differs).
+
 `decoders="separate"` holds a teacher pair (g_t, h_t) and a student pair (g_s, h_s) on the one encoder
 (paper 001, Sec. 3.3); the teacher reads the encoder's features detached unless `teacher_grad` (eq. 8: the
 teacher's losses train the teacher decoders φ only, the encoder belongs to the student's θ); `forward` (what `cdtool detect` runs) returns the student's change probability, or
@@ -180,6 +186,17 @@ class Decoders(nn.Module):
         return {"flows": flows, "logits": logits}
 
 
+def difference_gate(before: torch.Tensor, after: torch.Tensor, log_tau: torch.Tensor) -> torch.Tensor:
+    """log g (B, 1, H, W), g = 1 - exp(-D / tau): D the channel-mean |after - before| averaged over 5x5; log g
+    is -inf-free (at most about -27.6 where the inputs are equal) and ~0 wherever they differ."""
+    d = F.avg_pool2d((after - before).abs().mean(1, keepdim=True), 5, stride=1, padding=2, count_include_pad=False)
+    return torch.log((-torch.expm1(-d / torch.exp(log_tau))).clamp_min(1e-12))
+
+
+def _gated(logits: list[torch.Tensor], log_g: torch.Tensor) -> list[torch.Tensor]:
+    return [lg + F.adaptive_avg_pool2d(log_g.exp(), lg.shape[-2:]).clamp_min(1e-12).log() for lg in logits]
+
+
 class SimSaC(ChangeModel):
     """Shared encoder, flow and change decoders (shared, or teacher and student pairs)."""
 
@@ -198,6 +215,7 @@ class SimSaC(ChangeModel):
         ch = self.encoder.channels
         self.teacher = Decoders(ch, radius, hidden)  # the shared decoders when not separate
         self.student = Decoders(ch, radius, hidden) if self.separate else None
+        self.log_tau = nn.Parameter(torch.tensor(-3.0))  # tau 0.05 (normalised units) of the difference gate
 
     def encode(self, before: torch.Tensor, after: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n = before.shape[0]
@@ -221,21 +239,25 @@ class SimSaC(ChangeModel):
             out = self.teacher([f.detach() for f in fr], [f.detach() for f in fq])
         else:
             out = self.teacher(fr, fq)
-        out.update(feats_r=fr, feats_q=fq)
+        gate = difference_gate(before, after, self.log_tau)
+        out.update(feats_r=fr, feats_q=fq, logits=_gated(out["logits"], gate))
         if before_s is not None:
-            out["student"] = self._detector()(*([f[2 * n:3 * n] for f in feats], [f[3 * n:] for f in feats]))
+            st = self._detector()(*([f[2 * n:3 * n] for f in feats], [f[3 * n:] for f in feats]))
+            out["student"] = {**st, "logits": _gated(st["logits"], difference_gate(before_s, after_s, self.log_tau))}
         elif self.separate:
-            out["student"] = self.student(fr, fq)
+            st = self.student(fr, fq)
+            out["student"] = {**st, "logits": _gated(st["logits"], gate)}
         return out
 
     def predict(self, before: torch.Tensor, after: torch.Tensor) -> dict:
-        """The detecting decoders' finest flow and change logit, upsampled to the input size."""
+        """The detecting decoders' finest flow and change logit, upsampled to the input size; the logit is
+        gated at full resolution (no input difference: no change)."""
         fr, fq = self.encode(before, after)
         out = self._detector()(fr, fq)
         size = before.shape[-2:]
         flow = F.interpolate(out["flows"][-1], size=size, mode="bilinear", align_corners=False)
         logit = F.interpolate(out["logits"][-1], size=size, mode="bilinear", align_corners=False)
-        return {"flow": flow, "logit": logit}
+        return {"flow": flow, "logit": logit + difference_gate(before, after, self.log_tau)}
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Change probability (B, 1, H, W) on AFTER's grid: the student's with separate decoders."""

@@ -7,7 +7,7 @@ synthetic`) and ``unlabelled`` (target pairs, e.g. kind ``misaligned``; their la
 Phases:
 
 - ``pretrain``: L_sup (hierarchical EPE + hierarchical focal, eq. 2) on the labelled pairs, for every
-  decoder pair the model holds; the unlabelled batches are drawn by the loop but not used;
+  decoder pair the model holds; it draws the labelled source only (`phase_sources`);
 - ``adapt`` (eq. 8): the teacher (or shared) decoders get L_sup + L_unsup (eq. 6) on the original inputs;
   with ``losses.dist.args.weight`` > 0 the student decoders get L_sup + L_dist (eq. 7) on photometrically
   augmented inputs (colour jitter, grey, random shadow, brightness/contrast; each date drawn on its
@@ -78,6 +78,7 @@ class FlowChangeTask(Task):
                                         "dist": "L_dist, student vs teacher on augmented pairs (simsac_dist)"}
     sources: ClassVar[dict[str, str]] = {"labelled": "synthetic pairs with flow and mask (cdtool patches -p synthetic)",
                                          "unlabelled": "target pairs, labels unused (e.g. kind misaligned)"}
+    phase_sources: ClassVar[dict[str, tuple[str, ...]]] = {"pretrain": ("labelled",)}
 
     @classmethod
     def check(cls, recipe) -> None:
