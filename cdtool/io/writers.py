@@ -51,16 +51,13 @@ class BandWriter:
         full = (self.pending_rows // self.block_rows) * self.block_rows
         if self.next_row + self.pending_rows >= self.height:
             full = self.pending_rows
-        if full:  # each piece is written where it lies (no joined copy); the rest waits for a full block
-            left, rest = full, []
-            for piece in self.pending:
-                n = min(left, piece.shape[0])
-                if n:
-                    self.ds.write(piece[:n], 1, window=Window(0, self.next_row, self.width, n))
-                    self.next_row, left = self.next_row + n, left - n
-                if n < piece.shape[0]:
-                    rest.append(piece[n:])
-            self.pending, self.pending_rows = rest, self.pending_rows - full
+        if full:
+            data = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.ds.write(data[:full], 1, window=Window(0, self.next_row, self.width, full))
+            self.next_row += full
+            rest = data[full:]
+            self.pending = [rest] if rest.shape[0] else []
+            self.pending_rows = rest.shape[0]
 
     def __enter__(self) -> "BandWriter":
         return self
