@@ -79,7 +79,7 @@ else:
             t = time.perf_counter(); busy = 0.0
             with cpu_threads_beside(1 if device.type == "cpu" else 0):  # the threads detect gives the model
                 for batch in batches:
-                    data = [pair.read(t_)[0] for t_ in batch]
+                    data = [pair.read(t_, native=True)[0] for t_ in batch]
                     if mode == "model":
                         t0 = time.perf_counter(); plan.predictor(data); busy += time.perf_counter() - t0
             if mode == "model":
@@ -189,7 +189,7 @@ def main() -> None:
                                                         "4096x16384", "16384x16384"])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
     parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--overlap", type=int, default=None, help="default: detect's (64; classical models twice their halo)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)

@@ -33,7 +33,7 @@ def detect(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
-    overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo).")] = 64,
+    overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo). Default: 64 for learned models; for classical ones twice their halo, which already stitches exactly.")] = None,
     threshold: Annotated[Optional[str], typer.Option(help="Mask threshold in [0, 1], or otsu, kmeans, gmm (per image). Default: the model's.")] = None,
     align: Annotated[bool, typer.Option("--align", help="Warp AFTER onto BEFORE's grid and process the common extent.")] = False,
     bands: Annotated[Optional[str], typer.Option(help="1-based bands to compare in both images, e.g. 1,2,3.")] = None,

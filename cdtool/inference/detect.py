@@ -44,11 +44,14 @@ from cdtool.normalization import Normalizer
 from cdtool.windows import grid
 
 
+DEFAULT_OVERLAP = 64  # pixels of blending between tiles of a learned model, whose reach exceeds its halo
+
+
 @dataclass
 class DetectOptions:
     model: str | Detector | None = None  # registry name, checkpoint, a ready Detector; None: the default
     tile: int = 512
-    overlap: int = 64
+    overlap: int | None = None  # None: twice the model's halo where that is its whole reach, else DEFAULT_OVERLAP
     threshold: float | str | None = None  # None: the model's own; "otsu", "kmeans" or "gmm": per image
     align: bool = False
     bands: list[int] | None = None
@@ -132,7 +135,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
     if opts.gsd is not None and not (math.isfinite(opts.gsd) and opts.gsd > 0):
         raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
-    if opts.overlap < 0:
+    if opts.overlap is not None and opts.overlap < 0:
         raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
     device = pick_device(opts.device)
     from rasterio import Env
@@ -206,11 +209,13 @@ def plan_scoring(pair: RasterPair, choice: Choice, device, opts: DetectOptions) 
         fit_to_pair(detector.model, pair, normalizer)
     # windows keep the model's size: a model run at 3x the input's resolution gets windows a third as large
     tile, overlap = opts.tile, opts.overlap
+    if overlap is None:  # a model that sees no further than its halo needs no blending zone beyond it
+        overlap = 0 if detector.exact_halo else DEFAULT_OVERLAP
     if choice.scale != 1.0:
         detector = Detector(detector.name, Rescaled(detector.model, choice.scale), detector.normalization,
                             detector.threshold, detector.bands, detector.meta, detector.card)
         tile = max(32, round(opts.tile / choice.scale))
-        overlap = round(opts.overlap / choice.scale)
+        overlap = round(overlap / choice.scale)
     halo = detector.halo
     overlap = max(overlap, 2 * halo)
     if overlap >= tile:

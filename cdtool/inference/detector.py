@@ -41,6 +41,10 @@ class Detector:
         return int(getattr(self.model, "halo", 0))
 
     @property
+    def exact_halo(self) -> bool:
+        return bool(getattr(self.model, "exact_halo", False))
+
+    @property
     def size_multiple(self) -> int:
         return int(getattr(self.model, "size_multiple", 1))
 

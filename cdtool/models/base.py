@@ -3,7 +3,9 @@
 A change model takes the two dates as normalised float tensors `(B, C, H, W)` each and returns change
 scores in [0, 1] as `(B, 1, H, W)` ("dense" models). `halo` is how many pixels at a tile's inner edges
 are unreliable (roughly the receptive radius): the stitcher gives them no weight, so a stitched map
-equals the whole-image map. `size_multiple` is the factor the input sides must divide by (encoders
+equals the whole-image map. `exact_halo` says the halo is the model's whole reach (classical
+methods), so tiles overlapping by twice it already stitch exactly and detect overlaps them by no more.
+`size_multiple` is the factor the input sides must divide by (encoders
 that downsample); the predictor pads with reflection and crops back.
 
 Label-free models that estimate statistics of the whole pair (PCA-kmeans, IR-MAD) set `needs_fit` and
@@ -21,6 +23,7 @@ class ChangeModel(nn.Module):
     """Subclasses define forward(before, after) -> (B, 1, H, W) scores; nn.Module refuses a missing one."""
 
     halo: int = 0
+    exact_halo: bool = False
     size_multiple: int = 1
     needs_fit: bool = False
 

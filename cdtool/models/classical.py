@@ -77,6 +77,7 @@ def robust_sq_distance(before: torch.Tensor, after: torch.Tensor, radius: int) -
 
 class ChangeVectorAnalysis(ChangeModel):
     size_multiple = 1
+    exact_halo = True  # the neighbourhood radius is all a pixel sees
     default_threshold = "otsu"
     default_normalization = {"mode": "per-image"}
 

@@ -38,6 +38,7 @@ from cdtool.models.registry import register_model
 
 class IRMAD(PairFittedModel):
     default_threshold = 0.99
+    exact_halo = True  # per pixel: tiles need no overlap
 
     def __init__(self, min_change: float = 0.3, ridge: float = 1e-4, max_iter: int = 30, tol: float = 1e-3):
         super().__init__()

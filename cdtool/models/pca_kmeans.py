@@ -34,6 +34,7 @@ from cdtool.models.registry import register_model
 
 class PCAKMeans(PairFittedModel):
     default_threshold = 0.5
+    exact_halo = True  # the block's half-width is all a pixel sees
 
     def __init__(self, block: int = 5, components: int | None = None, min_change: float = 0.3):
         super().__init__()
