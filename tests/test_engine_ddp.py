@@ -45,3 +45,20 @@ def test_two_gloo_ranks_agree(tmp_path):
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
     assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_each_rank_takes_its_own_gpu(monkeypatch):
+    """Under torchrun a bare `cuda` must become cuda:LOCAL_RANK (NCCL refuses two ranks on one GPU); a single
+    process, the CPU and an explicit index are left alone."""
+    from cdtool.engine import distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert distributed.rank_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert distributed.rank_device(torch.device("cuda:1")) == torch.device("cuda", 1)
+    assert distributed.rank_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.rank_device(torch.device("cuda")) == torch.device("cuda")
+    assert chosen == [torch.device("cuda", 3), torch.device("cuda", 1), torch.device("cuda")]

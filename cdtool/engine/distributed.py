@@ -26,6 +26,17 @@ class Dist:
         return self.rank == 0
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """The device this process trains on: under torchrun a bare `cuda` means this rank's own GPU (LOCAL_RANK),
+    which NCCL needs; without it every rank would land on GPU 0."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def setup(device: torch.device) -> Dist:
     """Join the process group when launched under torchrun (WORLD_SIZE > 1); otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -133,7 +133,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
           quiet: bool = False, stop_after: int | None = None) -> RunResult:
     """Train `recipe` into `run_dir`, phase after phase. `resume` continues from ``last.*`` there, inside a
     phase or at the next; `stop_after` ends after that many epochs in this call (to test interruption)."""
-    device = device or torch.device("cpu")
+    device = distributed.rank_device(device or torch.device("cpu"))
     # one run trains into a folder at a time (under DDP the ranks share it: rank 0 holds the lock)
     with FolderLock(run_dir) if distributed.setup(device).main else nullcontext():
         return Training(recipe, Path(run_dir), resume, device, quiet).run(stop_after)
