@@ -35,7 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_T3 = {("under", 50): "50.63 (0.31)", ("over", 50): "50.47 (0.44)", ("nosim", 50): "51.55 (0.43)",
             ("full", 50): "79.65 (4.42)", ("under", 500): "60.05 (3.10)", ("over", 500): "61.84 (1.37)",
             ("nosim", 500): "64.74 (1.31)", ("full", 500): "89.73 (0.56)"}
+PAPER_T3_B = {("under", 50): "50.69 (0.61)", ("over", 50): "50.38 (0.16)", ("nosim", 50): "52.67 (1.44)",
+              ("full", 50): "82.16 (0.37)", ("under", 500): "52.04 (1.52)", ("over", 500): "52.27 (2.80)",
+              ("nosim", 500): "73.56 (2.24)", ("full", 500): "84.69 (0.42)"}
+PAPER_T3_RB = {("under", 50): "50.30 (0.11)", ("over", 50): "50.37 (0.08)", ("nosim", 50): "50.32 (0.28)",
+               ("full", 50): "60.58 (1.60)", ("under", 500): "50.35 (0.12)", ("over", 500): "50.47 (0.19)",
+               ("nosim", 500): "52.39 (0.49)", ("full", 500): "62.68 (0.46)"}
 PAPER_T2 = {"full": "71.66", "nosim": "54.95"}
+PAPER = {"R": (PAPER_T3, PAPER_T2), "B": (PAPER_T3_B, {"full": "82.55", "nosim": "56.44"}),
+         "R-B": (PAPER_T3_RB, {"full": "62.23", "nosim": "52.02"})}
 PAPER_T5 = {"mahalanobis": "89.73 (0.56)", "jeffreys": "86.90 (0.32)", "l2": "82.16 (0.64)", "l1": "79.14 (0.90)",
             "mmd": "62.30 (0.50)", "cosine": "60.94 (0.97)"}
 ROW_NAMES = {"under": "Under samp. (siamese CNN)", "over": "Over samp. (siamese CNN)", "nosim": "VAE w/o sim.",
@@ -192,7 +200,9 @@ def main() -> None:
                         record(key, {**_score(run, args.root), "row": row, "distance": dist, "labels": labels,
                                      "seed": seed, "wall_s": round(wall, 1), "wall_total_s": round(wall_total, 1),
                                      "command": command(row, labels, seed, extra)})
-    write_tables(args.out, results)
+    meta = args.root / "dataset.json"
+    variant = json.loads(meta.read_text())["params"].get("variant", "R") if meta.exists() and not args.pcd else "R"
+    write_tables(args.out, results, variant)
 
 
 def disentangle_check(ckpt: Path, mnist: Path, out_png: Path, n: int = 750, seed: int = 0) -> dict:
@@ -227,7 +237,7 @@ def disentangle_check(ckpt: Path, mnist: Path, out_png: Path, n: int = 750, seed
     y = torch.from_numpy(labels[test])
     target = torch.from_numpy(np.stack([np.cos(np.radians(angles)), np.sin(np.radians(angles))], 1)).float()
     res = {}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     for ax, (name, f) in zip(axes, (("common", mu_c), ("specific", mu_s))):
         d = torch.cdist(f, f)
         d.fill_diagonal_(float("inf"))
@@ -239,7 +249,8 @@ def disentangle_check(ckpt: Path, mnist: Path, out_png: Path, n: int = 750, seed
         _, _, v = torch.pca_lowrank(f - f.mean(0), q=2)
         p = (f - f.mean(0)) @ v[:, :2]
         sc = ax.scatter(p[:, 0], p[:, 1], c=y, cmap="tab10", s=6)
-        ax.set_title(f"{name} means (PCA)\n1-NN digit acc {res[f'knn_digit_{name}']:.2f}, rotation R² {float(r2):.2f}")
+        ax.set_title(f"{name} means (PCA)\n1-NN digit acc {res[f'knn_digit_{name}']:.2f}, "
+                     f"rotation R² {float(r2):.2f}", fontsize=10)
     fig.colorbar(sc, ax=axes, label="digit")
     fig.suptitle(f"Disentanglement check (paper 000 §4.4), {len(test)} held-out rotated digits, {ckpt.parent.name}")
     fig.savefig(out_png, dpi=110)
@@ -320,45 +331,61 @@ def _ms(values: list[float]) -> str:
     return f"{v.mean():.2f} ± {v.std():.2f}" if len(v) > 1 else f"{v.mean():.2f}"
 
 
-def write_tables(out: Path, results: dict) -> None:
-    lines = ["Table 3 (MNIST-R, accuracy %, test split 1,500 + 1,500 pairs; mean ± std over seeds)", "",
-             "| method | labels | seeds | accuracy (here) | AUROC (here) | paper | wall s / run (train; VAE incl. its representation) |",
-             "|---|---|---|---|---|---|---|"]
+def _wall(values: list[float]) -> str:
+    """Mean wall seconds per run, and the range (the machine was shared unevenly between seeds)."""
+    v = np.asarray(values, float)
+    return f"{v.mean():.0f} ({v.min():.0f}–{v.max():.0f})" if len(v) > 1 else f"{v.mean():.0f}"
+
+
+def write_tables(out: Path, results: dict, variant: str = "R") -> None:
+    t3, t2 = PAPER.get(variant, PAPER["R"])
+    lines = []
+    if any(e["row"] in ROW_NAMES for e in results.values()):
+        lines += [f"Table 3 (MNIST-{variant}, accuracy %, test split 1,500 + 1,500 pairs; mean ± std over seeds)", "",
+                  "| method | labels | seeds | accuracy (here) | AUROC (here) | paper | wall s / run: mean (range); "
+                  "VAE incl. its representation |", "|---|---|---|---|---|---|---|"]
     for labels in (50, 500):
         for row in ("under", "over", "nosim", "full"):
             dist = {"nosim": "none", "full": "mahalanobis"}.get(row)
             es = [e for e in results.values() if e["row"] == row and e.get("labels") == labels and e["distance"] == dist]
             if es:
                 lines.append(f"| {ROW_NAMES[row]} | {labels} | {len(es)} | {_ms([e['oa'] for e in es])} | "
-                             f"{_ms([e['auroc'] for e in es])} | {PAPER_T3[(row, labels)]} | "
-                             f"{np.mean([e['wall_total_s'] for e in es]):.0f} |")
-    lines += ["", "Table 2 (unsupervised: 2-means on the common-feature distance, fitted on the unlabelled val split)", "",
-              "| method | seeds | accuracy (here) | AUROC of the distance (here) | paper | wall s / run |", "|---|---|---|---|---|---|"]
-    for dist, name in (("none", "VAE w/o sim."), ("mahalanobis", "VAE w/ sim. (ours)")):
-        es = [e for e in results.values() if e["row"] == "unsup" and e["distance"] == dist]
-        if es:
-            lines.append(f"| {name} | {len(es)} | {_ms([e['oa'] for e in es])} | {_ms([e['auroc'] for e in es])} | "
-                         f"{PAPER_T2['full' if dist == 'mahalanobis' else 'nosim']} | {np.mean([e['wall_s'] for e in es]):.0f} |")
-    t5 = [(d, [e for e in results.values() if e["row"] == "full" and e["distance"] == d and e.get("labels") == 500])
-          for d in PAPER_T5]
-    if sum(1 for _, es in t5 if es) > 1:
-        lines += ["", "Table 5 (L_sim distance, MNIST-R, 500 labels)", "",
-                  "| distance | seeds | accuracy (here) | paper |", "|---|---|---|---|"]
-        lines += [f"| {d} | {len(es)} | {_ms([e['oa'] for e in es])} | {PAPER_T5[d]} |" for d, es in t5 if es]
+                             f"{_ms([e['auroc'] for e in es])} | {t3[(row, labels)]} | "
+                             f"{_wall([e['wall_total_s'] for e in es])} |")
+    un = [(d, n, [e for e in results.values() if e["row"] == "unsup" and e["distance"] == d])
+          for d, n in (("none", "VAE w/o sim."), ("mahalanobis", "VAE w/ sim. (ours)"))]
+    if any(es for _, _, es in un):
+        lines += ["", f"Table 2 (MNIST-{variant}, unsupervised: 2-means on the common-feature distance, fitted on the "
+                  "unlabelled val split)", "",
+                  "| method | seeds | accuracy (here) | AUROC of the distance (here) | paper | wall s / run |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {len(es)} | {_ms([e['oa'] for e in es])} | {_ms([e['auroc'] for e in es])} | "
+                  f"{t2['full' if d == 'mahalanobis' else 'nosim']} | {_wall([e['wall_s'] for e in es])} |"
+                  for d, n, es in un if es]
+    t5 = [(d, [e for e in results.values() if e["row"] == "full" and e["distance"] == d and e.get("labels") == 500],
+           [e for e in results.values() if e["row"] == "unsup" and e["distance"] == d]) for d in PAPER_T5]
+    if sum(1 for _, es, _ in t5 if es) > 1:
+        lines += ["", f"Table 5 (L_sim distance, MNIST-{variant}, 500 labels; unsupervised 2-means on the same "
+                  "distance beside)", "", "| distance | seeds | accuracy (here) | AUROC (here) | paper | unsupervised "
+                  "accuracy (here) | wall s / run incl. representation |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {d} | {len(es)} | {_ms([e['oa'] for e in es])} | {_ms([e['auroc'] for e in es])} | "
+                  f"{PAPER_T5[d]} | {_ms([e['oa'] for e in us]) if us else ''} | "
+                  f"{_wall([e['wall_total_s'] for e in es])} |"
+                  for d, es, us in t5 if es]
     pcd = {row: [e for e in results.values() if e["row"] == f"pcd_{row}"] for row in ("under", "full")}
     if any(pcd.values()):
-        lines += ["", ("Table 4, PCD protocol on the shared LEVIR + DSIFN test pairs, 50 positives, scored by `cdtool detect` "
-                       "masks (threshold 0.5) against the truth, pixels pooled over the pairs"), "",
-                  "| method | seeds | accuracy | mIoU | IoU change | changed share | paper acc / mIoU / IoU (PCD) | wall s |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["", ("Table 4, PCD protocol on the shared LEVIR + DSIFN test pairs, 50 positives, scored by "
+                       "`cdtool detect` masks (threshold 0.5) against the truth, pixels pooled over the pairs"), "",
+                  "| method | seeds | accuracy | mIoU | IoU change | changed share | paper acc / mIoU / IoU (PCD) | "
+                  "wall s / run |", "|---|---|---|---|---|---|---|---|"]
         for row, es in pcd.items():
             if es:
                 lv = sorted({e.get("levels") or 3 for e in es})  # entries before `levels` was recorded: 3
                 name = ("Under samp. (siamese CNN)" if row == "under"
                         else f"VLAE-style, {'/'.join(map(str, lv))} levels, w/ sim. (ours)")
-                lines.append(f"| {name} | {len(es)} | "
-                             f"{_ms([e['oa'] for e in es])} | {_ms([e['miou'] for e in es])} | {_ms([e['iou'] for e in es])} | "
-                             f"{_ms([e['changed_share'] for e in es])} | {PAPER_T4_PCD[row]} | {np.mean([e['wall_s'] for e in es]):.0f} |")
+                lines.append(f"| {name} | {len(es)} | {_ms([e['oa'] for e in es])} | {_ms([e['miou'] for e in es])} | "
+                             f"{_ms([e['iou'] for e in es])} | {_ms([e['changed_share'] for e in es])} | "
+                             f"{PAPER_T4_PCD[row]} | {_wall([e['wall_s'] for e in es])} |")
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
     print(text)
