@@ -158,3 +158,31 @@ def test_detect_resume_continues_from_finished_bands_and_equals_a_whole_run(tmp_
     whole = json.loads((tmp_path / "whole" / "detect.json").read_text())
     resumed = json.loads((tmp_path / "run" / "detect.json").read_text())
     assert resumed["threshold"] == whole["threshold"] and resumed["regions"] == whole["regions"]
+
+
+def test_journal_keeps_bands_exactly_and_refuses_another_versions(tmp_path):
+    """Journal bands come back bit for bit with their validity (nodata holes, NaN-free or not); a journal
+    written in another format is refused in one line rather than misread."""
+    import json
+
+    from cdtool.errors import InputError
+    from cdtool.inference.journal import JOURNAL, Journal
+    from cdtool.inference.stitcher import Band
+
+    rng = np.random.default_rng(0)
+    bands = [Band(r, rng.random((h, 37)).astype(np.float32), rng.random((h, 37)) > 0.2) for r, h in ((0, 5), (5, 9))]
+    prints = {"inputs": [], "settings": {"tile": 64}}
+    journal = Journal(tmp_path, prints, resume=False)
+    for band in bands:
+        journal.save(band)
+    journal.close()
+    again = Journal(tmp_path, prints, resume=True)
+    assert again.rows_done == 14
+    for kept, band in zip(again.replay(), bands):
+        assert kept.row == band.row and np.array_equal(kept.valid, band.valid)
+        assert np.array_equal(kept.score, band.score)
+    again.close()
+    state = tmp_path / JOURNAL / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "format": 1}))
+    with pytest.raises(InputError, match="another cdtool version"):
+        Journal(tmp_path, prints, resume=True)
