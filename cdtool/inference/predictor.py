@@ -101,7 +101,9 @@ class Predictor:
         for (h, w), idx in by_shape.items():
             x = float_on_device(np.stack([stacks[i] for i in idx]), self.device, pin=self.amp)
             x = self.normalizer.torch(x)  # (B, 2, C, h, w)
-            before, after = (x[:, t].contiguous(memory_format=self.layout) for t in (0, 1))
+            # NHWC copies for the GPU; on the CPU the date views go as they are (the first op copies anyway)
+            before, after = ((x[:, t].contiguous(memory_format=self.layout) for t in (0, 1)) if self.amp
+                             else (x[:, 0], x[:, 1]))
             y = predict_padded(self.model, before, after, self.amp).cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = y[j, 0]

@@ -38,7 +38,9 @@ class ScoreHistogram:
         flat = scores.reshape(-1)
         for i in range(0, flat.size, self.CHUNK):
             s = flat[i:i + self.CHUNK]
-            self.counts += np.histogram(np.clip(s, 0.0, 1.0), bins=self.edges)[0]
+            # equal bins given by count and range: numpy bins them arithmetically (same counts as these edges)
+            # where an array of edges would sort every chunk
+            self.counts += np.histogram(np.clip(s, 0.0, 1.0), bins=len(self.counts), range=(0.0, 1.0))[0]
             wide = s.astype(np.float64)
             self._moments += (wide.sum(), np.dot(wide, wide))
             self._range = (min(self._range[0], float(s.min())), max(self._range[1], float(s.max())))
