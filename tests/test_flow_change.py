@@ -264,4 +264,6 @@ def test_identical_dates_flag_nothing_through_detect(tmp_path):
     x = torch.tensor(a[None]).float()
     with torch.no_grad():
         assert float(model.eval()(x, x).max()) < 1e-6
+        assert float(model.forward_flow(x, x).abs().max()) == 0.0  # forward-backward symmetric flow
+        assert float(model.predict(x, x, symmetric=False)["flow"].abs().max()) > 0  # one way: not by construction
         assert float(model(x, x * 1.1 + 5).mean()) > 0.5  # a difference opens the gate again

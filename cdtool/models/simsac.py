@@ -249,22 +249,31 @@ class SimSaC(ChangeModel):
             out["student"] = {**st, "logits": _gated(st["logits"], gate)}
         return out
 
-    def predict(self, before: torch.Tensor, after: torch.Tensor) -> dict:
+    def predict(self, before: torch.Tensor, after: torch.Tensor, symmetric: bool = True) -> dict:
         """The detecting decoders' finest flow and change logit, upsampled to the input size; the logit is
-        gated at full resolution (no input difference: no change)."""
+        gated at full resolution (no input difference: no change). With `symmetric` the flow is the
+        forward-backward average ½(f(BEFORE → AFTER) − f(AFTER → BEFORE)) (the decoders run a second time on
+        the swapped features): for a few pixels of smooth misregistration the backward flow is about minus
+        the forward one, so this keeps the estimate and cancels whatever bias both directions share (a tile's
+        border pulls the coarse soft-argmax towards its centre); identical dates get exactly zero flow."""
         fr, fq = self.encode(before, after)
-        out = self._detector()(fr, fq)
+        dec = self._detector()
+        out = dec(fr, fq)
         size = before.shape[-2:]
-        flow = F.interpolate(out["flows"][-1], size=size, mode="bilinear", align_corners=False)
+        flow = out["flows"][-1]
+        if symmetric:
+            flow = 0.5 * (flow - dec(fq, fr)["flows"][-1])
+        flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
         logit = F.interpolate(out["logits"][-1], size=size, mode="bilinear", align_corners=False)
         return {"flow": flow, "logit": logit + difference_gate(before, after, self.log_tau)}
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Change probability (B, 1, H, W) on AFTER's grid: the student's with separate decoders."""
-        return torch.sigmoid(self.predict(before, after)["logit"])
+        return torch.sigmoid(self.predict(before, after, symmetric=False)["logit"])
 
     def forward_flow(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """Estimated flow (B, 2, H, W), (dx, dy) in pixels: BEFORE(p + flow(p)) = AFTER(p)."""
+        """Estimated flow (B, 2, H, W), (dx, dy) in pixels: BEFORE(p + flow(p)) = AFTER(p); forward-backward
+        symmetric (`predict`)."""
         return self.predict(before, after)["flow"]
 
 
