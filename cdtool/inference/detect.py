@@ -4,7 +4,8 @@ open_pair → tile grid (plan_scoring) → batches (read ahead by reader threads
 score map, journal and preview samples (_score_pass), every stage streaming, so peak memory depends on tile
 size, batch and raster width, not on raster size. A second streaming pass over the staged score map applies
 the threshold (fixed, or Otsu's from the histogram gathered in the first pass) to write the mask and the
-polygons (_threshold_pass); the staged maps are then copied into the outputs (_write_rasters).
+polygons (_threshold_pass), while a thread copies the staged score map into its output (_score_output); the
+mask follows (_write_mask).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import math
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from affine import Affine
@@ -38,8 +41,8 @@ from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import PreviewCanvas, PreviewGrid
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
-from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, read_bands,
-                               tif_to_png, write_cog)
+from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, copy_cog,
+                               read_bands, tag_raster, tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
 from cdtool.windows import grid
 
@@ -360,13 +363,20 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
         raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
     gpkg_path = (outs.path("changes.gpkg") if opts.polygons and opts.vector_format == "gpkg"
                  else scratch / "changes.gpkg")
-    changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
+    tags = {"model": detector.name, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
+            "after": str(pair.after_path), "software": f"cdtool {__version__}"}
+    copy_scores = _score_output(outs, pair, scores, threshold, tags)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdtool-scores-out") as pool:
+        # the score map is final: GDAL copies it into its output (without the GIL) while the mask pass reads it
+        copying = pool.submit(copy_scores)
+        changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
+        copying.result()
     georef = info.georeferenced
     if opts.polygons and opts.vector_format == "geojson":
         from cdtool.io.vectors import to_geojson
 
         to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
-    _write_rasters(outs, pair, detector.name, scores, changes, mask_path)
+    _write_mask(outs, pair, scores, changes, mask_path, tags)
     if opts.polygons:
         write_text(outs.path("changes.qml"), polygons_qml())
     if canvas is not None:
@@ -385,26 +395,30 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
                          "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats})
 
 
-def _write_rasters(outs: OutputSet, pair: RasterPair, model: str, scores: _Scores, changes: _Changes,
-                   mask_path: Path) -> None:
-    """The staged score map and mask into the outputs: Cloud-optimised GeoTIFFs for georeferenced pairs, else
-    8-bit PNGs with world files; each with its QGIS style."""
-    threshold = changes.threshold
+def _score_output(outs: OutputSet, pair: RasterPair, scores: _Scores, threshold: float,
+                  tags: dict) -> Callable[[], None]:
+    """Tag the staged score map now and return the copy into the outputs (a Cloud-optimised GeoTIFF for a
+    georeferenced pair, else an 8-bit PNG with a world file), which only reads it; with its QGIS style."""
     if pair.info.georeferenced:
-        tags = {"model": model, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
-                "after": str(pair.after_path), "software": f"cdtool {__version__}"}
-        write_cog(scores.path, outs.path("change_prob.tif"), Resampling.average, tags, scores.histogram.statistics())
+        tag_raster(scores.path, tags, scores.histogram.statistics())
+        write_text(outs.path("change_prob.qml"), heatmap_qml(threshold))
+        return lambda: copy_cog(scores.path, outs.path("change_prob.tif"), Resampling.average)
+    write_text(outs.path("change_prob.pgw"), world_file(PIXEL_GRID))
+    write_text(outs.path("change_prob.qml"), heatmap_qml(threshold, scale=255, alpha_band=2))
+    return lambda: tif_to_png(scores.path, outs.path("change_prob.png"), "prob")
+
+
+def _write_mask(outs: OutputSet, pair: RasterPair, scores: _Scores, changes: _Changes, mask_path: Path,
+                tags: dict) -> None:
+    """The staged mask into the outputs, as the score map; with its QGIS style."""
+    if pair.info.georeferenced:
         write_cog(mask_path, outs.path("change_mask.tif"), Resampling.nearest, tags,
                   {"STATISTICS_MINIMUM": 0, "STATISTICS_MAXIMUM": 1,
                    "STATISTICS_MEAN": changes.changed_pixels / scores.valid_pixels}, MASK_COLORS)
-        write_text(outs.path("change_prob.qml"), heatmap_qml(threshold))
         write_text(outs.path("change_mask.qml"), mask_qml())
     else:
-        tif_to_png(scores.path, outs.path("change_prob.png"), "prob")
         tif_to_png(mask_path, outs.path("change_mask.png"), "mask")
-        for name in ("change_prob", "change_mask"):
-            write_text(outs.path(f"{name}.pgw"), world_file(PIXEL_GRID))
-        write_text(outs.path("change_prob.qml"), heatmap_qml(threshold, scale=255, alpha_band=2))
+        write_text(outs.path("change_mask.pgw"), world_file(PIXEL_GRID))
         write_text(outs.path("change_mask.qml"), mask_qml(changed_value=255, alpha_band=2))
 
 

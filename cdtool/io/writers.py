@@ -96,6 +96,13 @@ def write_cog(src: Path, dst: Path, overview_resampling: Resampling, tags: dict 
     """Copy a finished single-band GeoTIFF into a Cloud-optimised GeoTIFF (GDAL's COG driver: tiled, deflate,
     internal overviews first), with metadata tags, band statistics and an optional colour table. GDAL copies
     block by block, so memory stays bounded, and compresses blocks on every core."""
+    tag_raster(src, tags, statistics, colormap)
+    copy_cog(src, dst, overview_resampling)
+
+
+def tag_raster(src: Path, tags: dict | None = None, statistics: dict | None = None,
+               colormap: dict | None = None) -> None:
+    """Metadata tags, band statistics and a colour table into a finished GeoTIFF, for `copy_cog` to carry."""
     with rasterio.open(src, "r+") as ds:
         if tags:
             ds.update_tags(**{k: str(v) for k, v in tags.items()})
@@ -103,6 +110,11 @@ def write_cog(src: Path, dst: Path, overview_resampling: Resampling, tags: dict 
             ds.update_tags(1, **{k: f"{v:.8g}" for k, v in statistics.items()})
         if colormap:
             ds.write_colormap(1, colormap)
+
+
+def copy_cog(src: Path, dst: Path, overview_resampling: Resampling) -> None:
+    """The copy half of `write_cog`; reads `src` only, so it may run while others read it too."""
+    with rasterio.open(src) as ds:
         floating = ds.dtypes[0].startswith("float")
     # deflate level 1 for scores: noisy floats shrink by 1 % more at level 6, which takes 1.6x as long
     rio_copy(src, dst, driver="COG", COMPRESS="DEFLATE", LEVEL=1 if floating else 6,
