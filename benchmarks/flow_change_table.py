@@ -82,13 +82,9 @@ def make_synthetic_set() -> None:
     <= 5 %, shift <= 4 px, against the patches defaults 10 deg, 10 %, 16 px), 20 % no-change pairs
     (identical, or a global radiometric change; zero flow), and 16 px of real context around each crop so
     that AFTER has no empty border (whose width would give the shift away)."""
-    from cdtool.data.sources import pairs_from_folder
-    from cdtool.data.synthetic import SyntheticOptions, make_synthetic
-
-    src = ROOT / "patches" / "simsac_src"
-    opts = SyntheticOptions(samples=400, size=64, max_rotation=3.0, max_scale=0.05, max_shift=4.0, still=0.2,
-                            margin=16)
-    print(make_synthetic([src / "A"], pairs_from_folder(src, require_mask=True), ROOT / SYNTH, opts))
+    subprocess.run(["cdtool", "patches", "-p", "synthetic", "patches/simsac_src/A", "--objects", "patches/simsac_src",
+                    "--samples", "400", "--size", "64", "--max-rotation", "3", "--max-scale", "0.05", "--max-shift",
+                    "4", "--still", "0.2", "--margin", "16", "-o", SYNTH], cwd=ROOT, check=True)
 
 
 def test_set(samples: int = 96):
@@ -247,6 +243,7 @@ def main() -> None:
     ap.add_argument("--fcsiam", action="store_true", help="also train the supervised FC-Siam on misaligned pairs")
     ap.add_argument("--cosimnet", action="store_true", help="also train the supervised CosimNet on misaligned pairs")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--data-only", action="store_true", help="make the training pairs (patches/) and stop")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = ROOT / a.out
@@ -257,6 +254,8 @@ def main() -> None:
         times.update(json.loads(f.read_text()))
     if not a.table_only:
         make_data()
+    if a.data_only:
+        return
     for s in a.seeds:
         pre = out / f"simsac_pretrain_s{s}"
         jobs = [("simsac_pretrain", pre, ["cdtool", "train", "recipes/simsac_pretrain.yaml", "--set", f"seed={s}",

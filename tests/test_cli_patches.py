@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -40,6 +42,15 @@ def test_synthetic_and_bad_protocol(tmp_path):
     r = runner.invoke(app, ["patches", "-p", "synthetic", str(SHARED / "levir" / "A"), "--objects",
                             str(SHARED / "levir"), "--samples", "3", "--size", "64", "--out", str(tmp_path / "s")])
     assert r.exit_code == 0 and "3 synthetic samples" in r.output, r.output
+    # every pair a no-change pair with zero flow, cut with context: the options reach the generator
+    r = runner.invoke(app, ["patches", "-p", "synthetic", str(SHARED / "levir" / "A"), "--objects",
+                            str(SHARED / "levir"), "--samples", "3", "--size", "32", "--still", "1", "--margin", "8",
+                            "--max-shift", "2", "--out", str(tmp_path / "still")])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "still" / "dataset.json").read_text())["params"]
+    assert (meta["still"], meta["margin"], meta["max_shift"]) == (1, 8, 2), meta
+    for flow in (tmp_path / "still" / "shards").glob("*.flow.npy"):
+        assert not np.load(flow).any()
     r = runner.invoke(app, ["patches", "-p", "nope", str(SHARED / "levir"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--protocol must be one of" in r.output and not (tmp_path / "x").exists()
     r = runner.invoke(app, ["patches", "-p", "footprints", str(tmp_path / "missing.gpkg"), str(tmp_path / "m2.gpkg"),

@@ -718,6 +718,20 @@ def _(w):
                   ("--size",))
 
 
+@probe("patches synthetic --still 1.5")
+def _(w):
+    f = w.folder()
+    return Expect(["patches", "-p", "synthetic", f / "A", "--objects", f, "--still", "1.5", "-o", w.p("patches")],
+                  ("--still",))
+
+
+@probe("patches synthetic --max-shift -1")
+def _(w):
+    f = w.folder()
+    return Expect(["patches", "-p", "synthetic", f / "A", "--objects", f, "--max-shift", "-1", "-o", w.p("patches")],
+                  ("--max-shift",))
+
+
 @probe("patches synthetic backgrounds folder empty")
 def _(w):
     f = w.folder()

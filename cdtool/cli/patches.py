@@ -32,6 +32,11 @@ def _positive(value: float, what: str) -> None:
         raise typer.BadParameter(f"must be a positive number, got {value}", param_hint=what)
 
 
+def _not_negative(value: float, what: str) -> None:
+    if not 0 <= value < float("inf"):
+        raise typer.BadParameter(f"must be 0 or more, got {value}", param_hint=what)
+
+
 def _share(value: float, what: str) -> None:
     if not 0.0 <= value <= 1.0:
         raise typer.BadParameter(f"must be a share in [0, 1], got {value}", param_hint=what)
@@ -63,6 +68,11 @@ def patches(
     objects: Annotated[Optional[list[Path]], typer.Option("--objects", help="synthetic: A/ B/ label/ folders whose change masks give object shapes.")] = None,
     samples: Annotated[int, typer.Option("--samples", help="synthetic: number of pairs.")] = 1000,
     size: Annotated[int, typer.Option("--size", help="synthetic: image side in pixels.")] = 256,
+    max_shift: Annotated[float, typer.Option("--max-shift", help="synthetic: largest shift of AFTER, pixels.")] = 16.0,
+    max_rotation: Annotated[float, typer.Option("--max-rotation", help="synthetic: largest rotation, degrees.")] = 10.0,
+    max_scale: Annotated[float, typer.Option("--max-scale", help="synthetic: largest relative scale change.")] = 0.1,
+    still: Annotated[float, typer.Option("--still", help="synthetic: share of no-change pairs (zero flow).")] = 0.0,
+    margin: Annotated[int, typer.Option("--margin", help="synthetic: pixels of real context around each crop, so AFTER has no empty border.")] = 0,
     split: Annotated[str, typer.Option("--split", help="train,val,test fractions.")] = "0.7,0.15,0.15",
     seed: Seed = 0,
     overwrite: Overwrite = False,
@@ -116,8 +126,13 @@ def patches(
             raise InputError("synthetic needs --objects FOLDER (A/ B/ label/) for object shapes")
         _positive(samples, "--samples")
         _positive(size, "--size")
+        for value, what in ((max_shift, "--max-shift"), (max_rotation, "--max-rotation"), (max_scale, "--max-scale"),
+                            (margin, "--margin")):
+            _not_negative(value, what)
+        _share(still, "--still")
         bank = [p for f in objects for p in pairs_from_folder(f, require_mask=True)]
-        opts = SyntheticOptions(samples=samples, size=size, fractions=fractions, seed=seed)
+        opts = SyntheticOptions(samples=samples, size=size, fractions=fractions, seed=seed, max_shift=max_shift,
+                                max_rotation=max_rotation, max_scale=max_scale, still=still, margin=margin)
         s = make_synthetic(inputs, bank, out, opts, **kw)
         detail = f"{len(bank)} object source pairs"
     else:
