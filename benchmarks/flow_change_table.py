@@ -82,9 +82,9 @@ def make_synthetic_set() -> None:
     <= 5 %, shift <= 4 px, against the patches defaults 10 deg, 10 %, 16 px), 20 % no-change pairs
     (identical, or a global radiometric change; zero flow), and 16 px of real context around each crop so
     that AFTER has no empty border (whose width would give the shift away)."""
-    subprocess.run(["cdtool", "patches", "-p", "synthetic", "patches/simsac_src/A", "--objects", "patches/simsac_src",
-                    "--samples", "400", "--size", "64", "--max-rotation", "3", "--max-scale", "0.05", "--max-shift",
-                    "4", "--still", "0.2", "--margin", "16", "-o", SYNTH], cwd=ROOT, check=True)
+    run(["cdtool", "patches", "-p", "synthetic", "patches/simsac_src/A", "--objects", "patches/simsac_src",
+         "--samples", "400", "--size", "64", "--max-rotation", "3", "--max-scale", "0.05", "--max-shift", "4",
+         "--still", "0.2", "--margin", "16", "-o", SYNTH], Path("/tmp/simsac_synth.log"))
 
 
 def test_set(samples: int = 96):
