@@ -14,7 +14,7 @@ Modes of `compare`:
   detect     `cdtool detect` as a user runs it (score + mask COGs, polygons, preview)
   lean       the same without polygons and preview (score and mask COGs only)
   model      the model alone on the same tiles: the time inside the predictor calls (normalise, transfer,
-             forward) with the threads detect gives it, reading not timed; pipeline efficiency = detect / model
+             forward) on every core, reading not timed; pipeline efficiency = detect / model
   read       a read-only pass over the same tiles: the limit for a model cheaper than the disk
   monai      MONAI sliding_window_inference (Gaussian blending, same model, weights, tile, overlap and batch),
              the rasters loaded whole as its users do, then the score map written (deflate GeoTIFF)
@@ -75,13 +75,12 @@ else:
         tiles = [t_ for row in plan.rows for t_ in row]
         batches = [tiles[k:k + opts.batch_size] for k in range(0, len(tiles), opts.batch_size)]
         if mode in ("model", "read"):
-            from cdtool.inference.predictor import cpu_threads_beside
+            # every core for the model: its own compute on this machine is the limit detect is held to
             t = time.perf_counter(); busy = 0.0
-            with cpu_threads_beside(1 if device.type == "cpu" else 0):  # the threads detect gives the model
-                for batch in batches:
-                    data = [pair.read(t_, native=True)[0] for t_ in batch]
-                    if mode == "model":
-                        t0 = time.perf_counter(); plan.predictor(data); busy += time.perf_counter() - t0
+            for batch in batches:
+                data = [pair.read(t_, native=True)[0] for t_ in batch]
+                if mode == "model":
+                    t0 = time.perf_counter(); plan.predictor(data); busy += time.perf_counter() - t0
             if mode == "model":
                 t = time.perf_counter() - busy
         else:  # monai, naive: the rasters whole in memory, as their users load them

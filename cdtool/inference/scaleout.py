@@ -12,6 +12,7 @@ is in flight, so the driver's memory stays bounded by the window.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from cdtool.errors import CdtoolError, InputError
-from cdtool.inference.predictor import cpu_threads_beside
+from cdtool.inference.predictor import CpuShare
 from cdtool.io.preview import PreviewGrid
 from cdtool.windows import Tile
 
@@ -48,25 +49,28 @@ def local_rows(pair, predictor, rows: list[list[Tile]], batch_size: int, readers
     local, opened, lock = threading.local(), [], threading.Lock()
 
     def read(tiles: list[Tile]):
+        start = time.perf_counter()
         own = pair if readers == 1 else getattr(local, "pair", None)
         if own is None:
             own = local.pair = pair.reopen()
             with lock:
                 opened.append(own)
-        return _read_batch(own, tiles, grid)
+        return _read_batch(own, tiles, grid), time.perf_counter() - start
 
     pending: deque = deque()
     on_cpu = predictor.device.type == "cpu"
     try:
         with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cdtool-read") as pool, \
-                cpu_threads_beside(readers if on_cpu else 0):
+                CpuShare(readers if on_cpu else 0) as share:
             for k in range(min(readers + 1, len(batches))):
                 pending.append(pool.submit(read, batches[k][1]))
             for k, (row_index, batch) in enumerate(batches):
-                data = pending.popleft().result()
+                data, read_s = pending.popleft().result()
                 if k + readers + 1 < len(batches):
                     pending.append(pool.submit(read, batches[k + readers + 1][1]))
+                start = time.perf_counter()
                 scores = predictor([d for d, _, _ in data])
+                share.observe(read_s, time.perf_counter() - start)
                 results = [(tile, score, valid, thumb) for tile, score, (_, valid, thumb) in zip(batch, scores, data)]
                 yield row_index, results, k + 1 == len(batches) or batches[k + 1][0] != row_index
     finally:
