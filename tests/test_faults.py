@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 import pytest
+import rasterio
+from affine import Affine
 from typer.testing import CliRunner
 
 from cdtool.cli import app
@@ -161,8 +163,8 @@ def test_detect_resume_continues_from_finished_bands_and_equals_a_whole_run(tmp_
 
 
 def test_journal_keeps_bands_exactly_and_refuses_another_versions(tmp_path):
-    """Journal bands come back bit for bit with their validity (nodata holes, NaN-free or not); a journal
-    written in another format is refused in one line rather than misread."""
+    """Journal bands come back bit for bit where valid, with their validity (nodata holes); they mosaic into
+    the staged score map; a journal written in another format is refused in one line rather than misread."""
     import json
 
     from cdtool.errors import InputError
@@ -180,8 +182,17 @@ def test_journal_keeps_bands_exactly_and_refuses_another_versions(tmp_path):
     assert again.rows_done == 14
     for kept, band in zip(again.replay(), bands):
         assert kept.row == band.row and np.array_equal(kept.valid, band.valid)
-        assert np.array_equal(kept.score, band.score)
+        assert np.array_equal(kept.score[band.valid], band.score[band.valid])
     again.close()
+    from cdtool.io.staging import write_mosaic
+
+    mosaic = write_mosaic(tmp_path / "scores.vrt", again.pieces(14), 14, 37, -1.0, None, Affine.identity())
+    with rasterio.open(mosaic) as ds:
+        staged = ds.read(1)
+    whole = np.concatenate([np.where(b.valid, b.score, -1.0) for b in bands])
+    assert np.array_equal(staged, whole)
+    with pytest.raises(RuntimeError, match="not contiguous"):
+        write_mosaic(tmp_path / "gap.vrt", again.pieces(14)[1:], 14, 37, -1.0, None, Affine.identity())
     state = tmp_path / JOURNAL / "state.json"
     state.write_text(json.dumps({**json.loads(state.read_text()), "format": 1}))
     with pytest.raises(InputError, match="another cdtool version"):

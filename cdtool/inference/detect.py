@@ -1,8 +1,8 @@
 """`cdtool detect` as a library call: two images in, change score map, mask and polygons out.
 
-open_pair → tile grid (plan_scoring) → batches (read ahead by reader threads) → model → stitcher → staged
-score map, journal and preview samples (_score_pass), every stage streaming, so peak memory depends on tile
-size, batch and raster width, not on raster size. A second streaming pass over the staged score map applies
+open_pair → tile grid (plan_scoring) → batches (read ahead by reader threads) → model → stitcher → journal
+bands (the staged score map), its overviews, histogram and preview samples (_score_pass), every stage
+streaming, so peak memory depends on tile size, batch and raster width, not on raster size. A second streaming pass over the staged score map applies
 the threshold (fixed, or Otsu's from the histogram gathered in the first pass) to write the mask and the
 polygons (_threshold_pass), while a thread copies the staged score map into its output (_score_output); the
 mask follows (_write_mask).
@@ -41,6 +41,7 @@ from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import PreviewCanvas, PreviewGrid
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
+from cdtool.io.staging import OverviewPyramid, write_mosaic
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, copy_cog,
                                read_bands, tag_raster, tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
@@ -241,34 +242,39 @@ def plan_scoring(pair: RasterPair, choice: Choice, device, opts: DetectOptions) 
 @dataclass
 class _Scores:
     """What the scoring pass leaves for the threshold pass."""
-    path: Path  # the staged score map
+    path: Path  # the staged score map: a VRT of the journal's bands, with overviews
     valid_pixels: int
     histogram: ScoreHistogram
     resumed_rows: int
 
 
-def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journal: Journal, path: Path,
+def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journal: Journal, scratch: Path,
                 canvas: PreviewCanvas | None) -> _Scores:
-    """Tiles read ahead -> model -> stitched row bands -> the staged score map, the journal and the preview;
-    a resumed run replays its journal first and scores only the rows after it."""
+    """Tiles read ahead -> model -> stitched row bands -> the journal (whose bands are the staged score map),
+    its overviews, the histogram and the preview; a resumed run replays its journal first and scores only the
+    rows after it."""
     info, (height, width) = pair.info, pair.shape
     rows, done = plan.rows, journal.rows_done  # rows an interrupted run finished (0 unless --resume)
     first = next((i for i, row in enumerate(rows) if max(t.row_stop for t in row) > done), len(rows))
     stitcher = Stitcher(height, width, rows[0][0].height, halo=plan.halo, blend=opts.blend, wrap_pad=plan.pad,
                         start_row=done)
-    scores = _Scores(path, 0, ScoreHistogram(), done)
-    with BandWriter(path, height, width, "float32", PROB_NODATA, info.crs, info.transform, "change score") as prob:
+    # overviews only for a Cloud-optimised GeoTIFF; a PNG output has none
+    pyramid = OverviewPyramid(scratch, height, width, PROB_NODATA, info.crs, info.transform) \
+        if info.georeferenced else None
+    scores = _Scores(scratch / "change_prob.vrt", 0, ScoreHistogram(), done)
 
-        def emit(bands, save: bool = True) -> None:
-            for band in bands:
-                if save:
-                    journal.save(band)
-                scores.valid_pixels += int(band.valid.sum())
-                scores.histogram.add(band.score[band.valid])
-                prob.write(np.where(band.valid, band.score, PROB_NODATA))
-                if canvas is not None:
-                    canvas.add_band(band.row, band.score, band.valid, "score")
+    def emit(bands, save: bool = True) -> None:
+        for band in bands:
+            if save:
+                journal.save(band)
+            scores.valid_pixels += int(band.valid.sum())
+            scores.histogram.add(band.score[band.valid])
+            if pyramid is not None:
+                pyramid.add(band.score, band.valid)
+            if canvas is not None:
+                canvas.add_band(band.row, band.score, band.valid, "score")
 
+    try:
         emit(journal.replay(), save=False)
         todo = rows[first:]
         sampling = canvas.grid if canvas is not None else None
@@ -290,7 +296,13 @@ def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journa
         finally:
             journal.close()  # on failure too: what was finished stays resumable
         bar.close()
-        prob.close()
+        overviews = pyramid.close() if pyramid is not None else []
+    except BaseException:
+        if pyramid is not None:
+            pyramid.abort()
+        raise
+    write_mosaic(scores.path, journal.pieces(height), height, width, PROB_NODATA, info.crs, info.transform,
+                 overviews, "change score")
     return scores
 
 
@@ -348,9 +360,10 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     checkpoint = [opts.model] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
     journal = Journal(outs.folder, fingerprint([*pair.sources, *checkpoint], plan.settings), opts.resume)
     canvas = PreviewCanvas(PreviewGrid.for_raster(height, width, info.band_names)) if opts.preview else None
-    # staged in the scratch folder, then copied as Cloud-optimised GeoTIFFs (or PNGs) into the outputs
-    prob_path, mask_path = scratch / "change_prob.tif", scratch / "change_mask.tif"
-    scores = _score_pass(pair, plan, opts, journal, prob_path, canvas)
+    # staged (the journal's bands, the mask in the scratch folder), then copied as Cloud-optimised GeoTIFFs (or
+    # PNGs) into the outputs
+    mask_path = scratch / "change_mask.tif"
+    scores = _score_pass(pair, plan, opts, journal, scratch, canvas)
     flow_stats = (write_flow(pair, detector.model, plan.predictor.normalizer, device, outs.path("flow.tif"),
                              plan.tile, plan.overlap, opts.blend) if opts.flow else None)
     if scores.valid_pixels == 0:
