@@ -66,3 +66,16 @@ def test_otsu_separates_two_modes():
     assert 0.25 < t < 0.6
     assert (low >= t).mean() < 0.01 and (high < t).mean() < 0.01
     assert ScoreHistogram().otsu() == 0.5
+
+
+def test_histogram_counts_as_numpy_does_edges_included():
+    rng = np.random.default_rng(1)
+    scores = rng.random(300_000, dtype=np.float32)
+    edges = np.array([0, 1, 0.5, 1 / 1024, 1023 / 1024, np.nextafter(np.float32(1), np.float32(0)), 1e-45,
+                      -0.2, 1.3], np.float32)  # bin edges, the largest float below 1, a denormal, out of range
+    scores[:edges.size] = edges
+    h = ScoreHistogram()
+    h.add(scores[:123_453])
+    h.add(scores[123_453:].reshape(-1, 7))  # any shape
+    expected = np.histogram(np.clip(scores, 0, 1), bins=1024, range=(0, 1))[0]
+    assert np.array_equal(h.counts, expected) and h.total == scores.size
