@@ -93,3 +93,27 @@ def iter_tiles(height: int, width: int, size: int, stride: int) -> Iterator[Tile
     """All tiles of `grid`, row by row."""
     for row in grid(height, width, size, stride):
         yield from row
+
+
+def fitted_spans(length: int, size: int, overlap: int, begin: int = 0, align: int = 1) -> list[tuple[int, int]]:
+    """(start, size) of windows of at most `size` (plus what alignment adds) covering the length with at least
+    `overlap` between neighbours, laid to score the fewest pixels: as many windows as `aligned_spans` would
+    lay, evenly spaced and each shrunk to what the length needs, unless the plain layout scores fewer. A
+    2048 px side in 512 px windows overlapping by 64 takes five windows of 464 px (2320 px scored) where
+    plain 512 px windows take 2560; starts stay on multiples of `align`."""
+    plain = aligned_spans(length, size, max(align, (size - overlap) // align * align), begin, align)
+    if length <= size:
+        return plain
+    n = -(-(length - overlap) // (size - overlap))
+    step = -(-(-(-(length - overlap) // n)) // align) * align  # (length - overlap) / n, up to a multiple of align
+    even = aligned_spans(length, min(length, step + overlap), step, begin, align)
+    return min(plain, even, key=lambda spans: sum(n for _, n in spans))
+
+
+def fitted_grid(height: int, width: int, size: int, overlap: int,
+                row_begin: int = 0, col_begin: int = 0, align: int = 1) -> list[list[Tile]]:
+    """`grid` with windows fitted to each side (`fitted_spans`): detection's grid, where every pixel a window
+    scores twice is model time spent again."""
+    rows = fitted_spans(height, size, overlap, row_begin, align)
+    cols = fitted_spans(width, size, overlap, col_begin, align)
+    return [[Tile(r, c, h, w) for c, w in cols] for r, h in rows]

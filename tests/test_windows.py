@@ -1,6 +1,6 @@
 import pytest
 
-from cdtool.windows import Tile, grid, iter_tiles, starts
+from cdtool.windows import Tile, aligned_spans, fitted_spans, grid, iter_tiles, starts
 
 
 def test_starts_cover_and_end_at_edge():
@@ -38,3 +38,26 @@ def test_tile_intersection():
 def test_invalid_stride():
     with pytest.raises(ValueError):
         starts(10, 5, 0)
+
+
+def test_fitted_spans_cover_with_the_overlap_and_never_score_more():
+    import random
+
+    assert fitted_spans(2048, 512, 64, 0, 16) == [(0, 464), (400, 464), (800, 464), (1200, 464), (1584, 464)]
+    rng = random.Random(0)
+    better = 0
+    for _ in range(3000):
+        align = rng.choice([1, 2, 16, 32])
+        size = rng.randint(2 * align, 1100)
+        overlap, length = rng.randint(0, size - align - 1), rng.randint(1, 5000)
+        begin = -align * rng.randint(0, 3)
+        spans = fitted_spans(length, size, overlap, begin, align)
+        plain = aligned_spans(length, size, max(align, (size - overlap) // align * align), begin, align)
+        assert spans[0][0] == begin and sum(spans[-1]) == begin + length
+        for (s0, n0), (s1, _) in zip(spans, spans[1:]):
+            assert s0 + n0 - s1 >= overlap and (s1 - begin) % align == 0
+        assert max(n for _, n in spans) <= size + 2 * (align - 1)
+        scored, before = sum(n for _, n in spans), sum(n for _, n in plain)
+        assert scored <= before
+        better += scored < before
+    assert better > 1000

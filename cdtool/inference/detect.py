@@ -45,7 +45,7 @@ from cdtool.io.staging import OverviewPyramid, write_mosaic
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, copy_cog,
                                read_bands, tag_raster, tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
-from cdtool.windows import grid
+from cdtool.windows import fitted_grid
 
 
 DEFAULT_OVERLAP = 64  # pixels of blending between tiles of a learned model, whose reach exceeds its halo
@@ -229,11 +229,10 @@ def plan_scoring(pair: RasterPair, choice: Choice, device, opts: DetectOptions) 
     # image would give it: U-Nets and centre-patch scorers are equivariant only to shifts by that multiple
     align = max(1, round(choice.detector.size_multiple / choice.scale))
     pad = min(-(-overlap // align) * align, width) if opts.wrap else 0
-    step = max(align, (tile - overlap) // align * align)
-    rows = grid(height, width + 2 * pad, tile, step, col_begin=-pad, align=align)
+    rows = fitted_grid(height, width + 2 * pad, tile, overlap, col_begin=-pad, align=align)
     if halo and rows[0][0].height < height and rows[0][0].height <= 2 * halo:
         raise InputError(f"--tile {tile} is too small for model {detector.name} (halo {halo})")
-    settings = {"model": detector.name, "tile": tile, "overlap": overlap, "step": step, "blend": opts.blend,
+    settings = {"model": detector.name, "tile": tile, "overlap": overlap, "blend": opts.blend,
                 "batch": opts.batch_size, "bands": opts.bands, "align": opts.align, "wrap": opts.wrap,
                 "scale": choice.scale, "device": device.type}
     return ScoringPlan(detector, Predictor(detector, normalizer, device), tile, overlap, halo, pad, rows, settings)
