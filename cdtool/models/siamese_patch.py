@@ -36,6 +36,9 @@ class SiamesePatchClassifier(ChangeModel):
         if side < 1:
             raise ValueError(f"patch {patch} is too small for {stages} stages; use fewer stages or a larger patch")
         self.patch, self.stride, self.side = patch, 2 ** stages, side
+        # patches sit on a grid of `stride`: only shifts by its multiples leave the map the same, so detect starts
+        # its tiles on them (and pads a tile's sides to them)
+        self.size_multiple = self.stride
         layers: list[nn.Module] = []
         cin = in_channels
         for k in range(stages):
