@@ -137,8 +137,10 @@ def measure(spec: dict, timeout: float) -> dict:
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     try:
+        # the peers run with the allocator their users have: cdtool's tuning (cdtool.runtime) would be ours
+        peer = {"CDTOOL_TUNE_ALLOCATOR": "0"} if spec["mode"] in ("monai", "naive") else {}
         proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, env={**os.environ, **peer})
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cdtool.inference.detector import Detector
 from cdtool.normalization import Normalizer, sample_tiles
-from cdtool.runtime import keep_freed_memory
+from cdtool.runtime import tune_allocator
 
 
 def fit_to_pair(model, pair, normalizer: Normalizer) -> None:
@@ -115,7 +115,7 @@ class CpuShare:
 class Predictor:
     def __init__(self, detector: Detector, normalizer: Normalizer, device: torch.device):
         self.detector, self.normalizer, self.device = detector, normalizer, device
-        keep_freed_memory()  # batches then reuse the memory the last one freed instead of faulting in new pages
+        tune_allocator()  # batches then reuse the memory the last one freed instead of faulting in new pages
         self.model = detector.model.to(device).eval()
         self.amp = device.type == "cuda"
         # convolutions on a GPU run fastest on NHWC tensors; weights and inputs both, or neither
