@@ -73,7 +73,7 @@ else:
         choice = choose_detector(opts.model, input_domain(pair, None), True)
         plan = plan_scoring(pair, choice, device, opts)
         tiles = [t_ for row in plan.rows for t_ in row]
-        batches = [tiles[k:k + opts.batch_size] for k in range(0, len(tiles), opts.batch_size)]
+        batches = [tiles[k:k + plan.batch] for k in range(0, len(tiles), plan.batch)]
         if mode in ("model", "read"):
             # every core for the model: its own compute on this machine is the limit detect is held to
             t = time.perf_counter(); busy = 0.0
@@ -98,7 +98,7 @@ else:
                     from monai.inferers import sliding_window_inference
                     flat = x.reshape(1, 2 * c, *x.shape[-2:])
                     del x
-                    y = sliding_window_inference(flat, (plan.tile, plan.tile), opts.batch_size,
+                    y = sliding_window_inference(flat, (plan.tile, plan.tile), plan.batch,
                                                  lambda z: model(z[:, :c], z[:, c:]).float(),
                                                  overlap=plan.overlap / plan.tile, mode="gaussian",
                                                  sw_device=dev, device=torch.device("cpu"))
@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=None, help="default: detect's (64; classical models twice their halo)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None, help="default: detect's (1 on the CPU, 8 on a GPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)

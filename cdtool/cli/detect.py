@@ -40,7 +40,8 @@ def detect(
     wrap: Annotated[bool, typer.Option("--wrap", help="360° panorama: pad circularly left/right so the seam is not an edge.")] = False,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the inputs (needed for PNG/JPG; overrides the raster's).")] = None,
     native_scale: Annotated[bool, typer.Option("--native-scale", help="Run the model on the input's pixels, never resampled to its training GSD.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per model call.")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Tiles per model call [default: 1 on the CPU, 8 on a GPU].")] = None,
     blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
     min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4, or 1 with --min-area).")] = 1,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
