@@ -18,6 +18,7 @@ from cdtool.domain import sentinel2_band
 from cdtool.windows import Tile
 
 SIDE = 400  # pixels on the long side of each panel
+MAX_PANEL_INCHES = 8.0  # the figure's panel height at most (at 100 dpi)
 
 
 def _display_bands(names: list[str]) -> list[int]:
@@ -123,7 +124,9 @@ class PreviewCanvas:
                   (f"change score (mask at {threshold:.2f})", self.score, "magma"), ("change mask", self.mask, "Reds")]
         if truth is not None:
             panels.append(("ground truth", truth[k // 2::k, k // 2::k][:h, :w].astype(np.float32), "Reds"))
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4 * h / w + 0.4))
+        # panels keep the raster's aspect; a tall strip (32768 × 2048) would make a figure 55 inches high and
+        # its rendering 140 MB, so the height is capped and such panels come out narrower instead
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), min(3.4 * h / w, MAX_PANEL_INCHES) + 0.4))
         for ax, (title, img, cmap) in zip(axes, panels):
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title, fontsize=9)

@@ -20,7 +20,11 @@ MASK_NODATA = 255
 # the mask's colour table, for GIS software without cdtool's .qml: changes red on white (TIFF palettes carry no
 # alpha; the .qml makes unchanged pixels transparent, and 255 is nodata either way)
 MASK_COLORS = {0: (255, 255, 255, 255), 1: (227, 26, 28, 255), MASK_NODATA: (0, 0, 0, 0)}
-GDAL_ENV = {"GDAL_CACHEMAX": 128, "COMPRESS_OVERVIEW": "DEFLATE", "GDAL_TIFF_OVR_BLOCKSIZE": BLOCK}
+# GDAL_MAX_DATASET_POOL_SIZE: how many of a VRT's sources GDAL keeps open (default 100). The staged score map is
+# a VRT of one file per 256-row band, read in order; each open file holds its decompression buffers, so a tall
+# raster's peak grew with its height (32768 × 2048: +48 MiB) until the pool was kept small.
+GDAL_ENV = {"GDAL_CACHEMAX": 128, "COMPRESS_OVERVIEW": "DEFLATE", "GDAL_TIFF_OVR_BLOCKSIZE": BLOCK,
+            "GDAL_MAX_DATASET_POOL_SIZE": 16}
 
 
 class BandWriter:
