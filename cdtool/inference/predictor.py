@@ -79,17 +79,19 @@ def cpu_threads_beside(busy: int):
 
 
 class CpuShare:
-    """How many cores torch gets beside the reader threads, judged batch by batch from the work itself: where
-    reading a batch takes under a tenth of the model's time on all cores (a network heavier than the disk),
-    all cores, since the readers then sleep nearly always and a barrier seldom waits on them; otherwise the
-    cores the readers leave free (OpenMP threads that share a core with a busy reader wait at every barrier).
-    On 2 cores that makes a U-Net 1.3x faster, while a cheap model (CVA) keeps its one core to itself."""
+    """How many cores torch gets beside the reader threads, judged from the work itself: where reading has
+    taken under a tenth of the model's time on all cores so far (a network heavier than the disk), all
+    cores, since the readers then sleep nearly always and a barrier seldom waits on them; otherwise the cores
+    the readers leave free (OpenMP threads that share a core with a busy reader wait at every barrier). Totals,
+    not the last batch, decide: a tile that starts a new row of compressed blocks reads slower and would flip
+    the choice. On 2 cores a U-Net runs 1.3x faster, while a cheap model (CVA) keeps its one core to itself."""
 
     LIGHT_READS = 0.1  # reading / model time below which the readers' cores go to the model
 
     def __init__(self, readers: int):
         self.cores, self.readers = usable_cores(), readers
         self.own = max(1, self.cores - readers)
+        self.read_s = self.model_all_s = 0.0
 
     def __enter__(self) -> "CpuShare":
         self._before = torch.get_num_threads()
@@ -104,8 +106,9 @@ class CpuShare:
         """One batch's read time (in its reader thread) and model time (on the threads it had)."""
         if self.own >= self.cores:
             return
-        model_all = model_s * self.threads / self.cores  # what all cores would take
-        light = read_s / self.readers < self.LIGHT_READS * model_all
+        self.read_s += read_s / self.readers
+        self.model_all_s += model_s * self.threads / self.cores  # what all cores would have taken
+        light = self.read_s < self.LIGHT_READS * self.model_all_s
         threads = max(1, min(self._before, self.cores if light else self.own))
         if threads != self.threads:
             torch.set_num_threads(threads)
