@@ -50,8 +50,9 @@ class OverviewPyramid:
         return self.paths
 
     def abort(self) -> None:
+        """After a failure: close the level files quietly."""
         for writer in self.writers:
-            writer.__exit__(RuntimeError, None, None)
+            writer.abandon()
 
     def _feed(self, level: int, sums: np.ndarray, counts: np.ndarray) -> None:
         if level == len(self.writers):
@@ -109,4 +110,3 @@ def write_mosaic(path: Path, pieces: list[tuple[Path, int, int]], height: int, w
              f"<SourceBand>1</SourceBand></Overview>" for p in overviews]
     Path(path).write_text("\n".join([*head, *band, "  </VRTRasterBand>", "</VRTDataset>", ""]))
     return Path(path)
-

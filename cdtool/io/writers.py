@@ -67,8 +67,12 @@ class BandWriter:
         return self
 
     def __exit__(self, kind, *exc) -> None:
-        """On failure close the file quietly (no half-written block flushed at exit, no second error)."""
-        if kind is not None and not self.ds.closed:
+        if kind is not None:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """After a failure: close the file quietly (no half-written block flushed, no second error)."""
+        if not self.ds.closed:
             try:
                 self.ds.close()
             except Exception:
