@@ -136,6 +136,13 @@ def best_threshold(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float, f
     return k / bins, float(f1[k])
 
 
+def tuned_threshold(pos_hist: np.ndarray, neg_hist: np.ndarray) -> float:
+    """`best_threshold`'s edge for a model to ship with, never 0: a threshold of 0 flags every pixel of every
+    pair, identical dates included, which is what the best F1 picks when nothing beats flagging everything on
+    the validation pairs. The first bin edge at least."""
+    return max(best_threshold(pos_hist, neg_hist)[0], 1 / len(pos_hist))
+
+
 def score_table(results: dict[str, dict[str, float]]) -> list[list[str]]:
     """Rows of formatted numbers, one per named result, in NAMES order (for rich tables and markdown)."""
     return [[name] + [("–" if np.isnan(r.get(k, float("nan"))) else f"{r[k]:.4f}") for k in NAMES]

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cdtool.metrics import BinaryMetrics, best_threshold
+from cdtool.metrics import BinaryMetrics, best_threshold, tuned_threshold
 
 
 def test_confusion_scores_match_hand_computation():
@@ -50,6 +50,19 @@ def test_threshold_tuning_and_reading_off_histograms():
     direct = m.compute()
     assert m.at_threshold(0.5).compute()["f1"] == pytest.approx(direct["f1"])
     assert m.at_threshold(0.0).compute()["recall"] == 1.0
+
+
+def test_a_tuned_threshold_is_never_zero():
+    """Where nothing beats flagging everything (positives everywhere, or no signal), the best F1 sits at 0; a
+    model shipped with 0 would flag identical dates whole, so the tuned threshold is the first edge."""
+    m = BinaryMetrics().update(np.ones(6, bool), np.array([1, 1, 1, 1, 0, 0], bool),
+                               scores=np.array([0.0, 0.0, 0.0005, 0.0, 0.0, 0.9]))
+    assert best_threshold(m.pos_hist, m.neg_hist)[0] == 0.0
+    assert tuned_threshold(m.pos_hist, m.neg_hist) == 1 / len(m.pos_hist)
+    separable = BinaryMetrics().update(np.ones(4, bool), np.array([0, 0, 1, 1], bool),
+                                       scores=np.array([0.1, 0.2, 0.7, 0.8]))
+    assert tuned_threshold(separable.pos_hist, separable.neg_hist) == best_threshold(separable.pos_hist,
+                                                                                        separable.neg_hist)[0]
 
 
 def test_exact_auroc_matches_the_pairwise_count_with_ties():

@@ -35,7 +35,7 @@ from cdtool.engine.task import TASKS, PhaseContext, Task, TrainOutputs
 from cdtool.errors import CdtoolError, InputError
 from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
 from cdtool.io.outputs import FolderLock, write_text_atomic
-from cdtool.metrics import best_threshold
+from cdtool.metrics import tuned_threshold
 from cdtool.runtime import tune_allocator
 
 
@@ -268,9 +268,7 @@ class Training:
             return float(thr)
         acc = self.task.validate(self.val_loader, self.device, self.amp)
         if recipe.threshold == "tune":
-            thr, _ = best_threshold(acc.pos_hist, acc.neg_hist)
-            # never 0: that flags every pixel of every pair, identical dates included; the first bin edge at least
-            thr = max(thr, 1 / len(acc.pos_hist))
+            thr = tuned_threshold(acc.pos_hist, acc.neg_hist)
         row.update({f"val_{k}": v for k, v in acc.at_threshold(float(thr)).compute().items()})
         for warning in rf.degenerate_validation(acc.pos_hist, acc.neg_hist, float(thr)):
             if self.dd.main and warning not in warned:
