@@ -2,10 +2,10 @@
 
 open_pair → tile grid (plan_scoring) → batches (read ahead by reader threads) → model → stitcher → journal
 bands (the staged score map), its overviews, histogram and preview samples (_score_pass), every stage
-streaming, so peak memory depends on tile size, batch and raster width, not on raster size. A second streaming pass over the staged score map applies
-the threshold (fixed, or Otsu's from the histogram gathered in the first pass) to write the mask and the
-polygons (_threshold_pass), while a thread copies the staged score map into its output (_score_output); the
-mask follows (_write_mask).
+streaming, so peak memory depends on tile size, batch and raster width, not on raster size. A second
+streaming pass over the staged score map applies the threshold (fixed, or Otsu's from the histogram gathered
+in the first pass) to write the mask and the polygons (_threshold_pass), while a thread copies the staged
+score map into its output (_score_output); the mask follows (_write_mask).
 """
 
 from __future__ import annotations
