@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from cdtool.data.pair_crops import PairCrops
 from cdtool.data.registry import DATASETS
 from cdtool.errors import InputError
 
@@ -61,7 +62,7 @@ def _sample(img: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, mode: str) ->
     return F.grid_sample(img[None], grid, mode=mode, padding_mode="border", align_corners=True)[0]
 
 
-class MisalignedDataset(Dataset):
+class MisalignedDataset(PairCrops):
     """Crops of labelled pairs with a simulated viewpoint and photometric change of AFTER."""
 
     def __init__(self, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
@@ -80,13 +81,6 @@ class MisalignedDataset(Dataset):
                 raise InputError(f"{r.name}: {mask.shape[1]}x{mask.shape[0]} is smaller than crop {self.crop}")
             self._data.append((torch.from_numpy(np.ascontiguousarray(data, np.float32)),
                                torch.from_numpy(valid), torch.from_numpy(mask)))
-
-    @property
-    def names(self) -> list[str]:
-        return [r.name for r in self.records]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.samples

@@ -31,9 +31,9 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from cdtool.errors import InputError
+from cdtool.data.pair_crops import PairCrops
 from cdtool.data.sources import is_pair_folder, pairs_from_folder
 from cdtool.io.pair import open_pair
 from cdtool.windows import Tile
@@ -146,7 +146,7 @@ def load_selected(roots: list[str], pairs: list[str] | None, exclude: list[str] 
     return records, data, counts.pop()
 
 
-class PairFolderDataset(Dataset):
+class PairFolderDataset(PairCrops):
     """Random crops (or whole pairs) of labelled pairs found under `roots`."""
 
     def __init__(self, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
@@ -159,14 +159,6 @@ class PairFolderDataset(Dataset):
         self._stats = [pair_stats(d, v) for d, v, _ in self._data]
         # whether a pair changed at all labels whole pairs only: a random crop may miss the change
         self.labels = [int(m.any()) for _, _, m in self._data] if crop is None else None
-
-    @property
-    def names(self) -> list[str]:
-        return [r.name for r in self.records]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Crops depend on (seed, epoch, index): call before each epoch for fresh, reproducible draws."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.records) if self.crop is None else self.samples
