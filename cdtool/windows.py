@@ -104,10 +104,11 @@ def fitted_spans(length: int, size: int, overlap: int, begin: int = 0, align: in
     plain = aligned_spans(length, size, max(align, (size - overlap) // align * align), begin, align)
     if length <= size:
         return plain
-    n = -(-(length - overlap) // (size - overlap))
-    step = -(-(-(-(length - overlap) // n)) // align) * align  # (length - overlap) / n, up to a multiple of align
+    windows = -(-(length - overlap) // (size - overlap))  # ceil: as many as the plain layout needs
+    step = -(-(length - overlap) // windows)  # the least step that still covers the length with them
+    step = -(-step // align) * align
     even = aligned_spans(length, min(length, step + overlap), step, begin, align)
-    return min(plain, even, key=lambda spans: sum(n for _, n in spans))
+    return min(plain, even, key=lambda spans: sum(span for _, span in spans))
 
 
 def fitted_grid(height: int, width: int, size: int, overlap: int,

@@ -5,7 +5,6 @@ framework-free."""
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -63,19 +62,6 @@ def float_on_device(raw: np.ndarray, device: torch.device, pin: bool = False) ->
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity mask where the system has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-@contextmanager
-def cpu_threads_beside(busy: int):
-    """Run torch's CPU kernels on the cores that `busy` other threads (readers, writers) leave free, at least
-    one: OpenMP threads that share a core with a reader wait at every barrier, which more than doubled the
-    model's time in detect on 2 cores. Restores the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, usable_cores() - busy)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class CpuShare:
