@@ -78,25 +78,16 @@ class BandWriter:
             except Exception:
                 pass
 
-    def close(self, overview_resampling: Resampling | None = None) -> None:
+    def close(self) -> None:
         if self.pending_rows:
             raise RuntimeError(f"{self.ds.name}: {self.pending_rows} rows were never written")
         self.ds.close()
-        if overview_resampling is not None:
-            build_overviews(Path(self.ds.name), overview_resampling)
 
 
 def overview_factors(height: int, width: int) -> list[int]:
+    """GDAL's overview factors for a COG of BLOCK tiles: halve until the longer side fits one block."""
     n = max(0, math.ceil(math.log2(max(height, width) / BLOCK)))
     return [2 ** i for i in range(1, n + 1)]
-
-
-def build_overviews(path: Path, resampling: Resampling) -> None:
-    with rasterio.open(path, "r+") as ds:
-        factors = overview_factors(ds.height, ds.width)
-        if factors:
-            ds.build_overviews(factors, resampling)
-            ds.update_tags(ns="rio_overview", resampling=resampling.name)
 
 
 def write_cog(src: Path, dst: Path, overview_resampling: Resampling, tags: dict | None = None,
