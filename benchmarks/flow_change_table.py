@@ -153,7 +153,7 @@ def score_simsac(path: Path, data) -> dict:
             d = (out["flow"] - f).norm(dim=1, keepdim=True)
             epes.append(float((d * v).sum()))
             ws.append(float(v.sum()))
-            one = (model.predict(b, a, symmetric=False)["flow"] - f).norm(dim=1, keepdim=True)
+            one = (out["flow_one_way"] - f).norm(dim=1, keepdim=True)
             epes1.append(float((one * v).sum()))
     prob, truth, valid = np.concatenate(probs), np.concatenate(truths), np.concatenate(valids).astype(bool)
     thr = float(meta.get("threshold", 0.5))

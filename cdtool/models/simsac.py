@@ -255,17 +255,20 @@ class SimSaC(ChangeModel):
         forward-backward average ½(f(BEFORE → AFTER) − f(AFTER → BEFORE)) (the decoders run a second time on
         the swapped features): for a few pixels of smooth misregistration the backward flow is about minus
         the forward one, so this keeps the estimate and cancels whatever bias both directions share (a tile's
-        border pulls the coarse soft-argmax towards its centre); identical dates get exactly zero flow."""
+        border pulls the coarse soft-argmax towards its centre); identical dates get exactly zero flow. The
+        one-way flow f(BEFORE → AFTER) comes along as "flow_one_way"."""
         fr, fq = self.encode(before, after)
         dec = self._detector()
         out = dec(fr, fq)
         size = before.shape[-2:]
-        flow = out["flows"][-1]
+        forward = out["flows"][-1]
+        one_way = F.interpolate(forward, size=size, mode="bilinear", align_corners=False)
+        flow = one_way
         if symmetric:
-            flow = 0.5 * (flow - dec(fq, fr)["flows"][-1])
-        flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+            flow = F.interpolate(0.5 * (forward - dec(fq, fr)["flows"][-1]), size=size, mode="bilinear",
+                                 align_corners=False)
         logit = F.interpolate(out["logits"][-1], size=size, mode="bilinear", align_corners=False)
-        return {"flow": flow, "logit": logit + difference_gate(before, after, self.log_tau)}
+        return {"flow": flow, "flow_one_way": one_way, "logit": logit + difference_gate(before, after, self.log_tau)}
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         """Change probability (B, 1, H, W) on AFTER's grid: the student's with separate decoders."""
