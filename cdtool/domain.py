@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 from cdtool.errors import InputError
 
 RGB = ("red", "green", "blue")
+# Sentinel-2's bands in its own order; B10 (cirrus) carries no surface signal and L2A products lack it.
+SENTINEL2 = ("1", "2", "3", "4", "5", "6", "7", "8", "8A", "9", "10", "11", "12")
+SENTINEL2_SURFACE = tuple(b for b in SENTINEL2 if b != "10")
 # Names that identify a band as something other than visible red, green or blue.
 _NOT_RGB = re.compile(r"(nir|swir|infrared|thermal|red.?edge)", re.I)
 _S2_BAND = re.compile(r"(?<![A-Za-z0-9])B(0[1-9]|1[0-2]|8A|[1-9])(?![A-Za-z0-9])", re.I)
@@ -91,10 +94,15 @@ class InputDomain:
     gsd_source: str  # "transform", "--gsd" or "unknown"
 
     @property
+    def sentinel2_bands(self) -> list[str | None]:
+        """The Sentinel-2 band each input band's name gives ("8A" for `…_B8A`), None where it gives none."""
+        return [sentinel2_band(n) for n in self.band_names]
+
+    @property
     def layout(self) -> str | None:
-        """'rgb' when the bands are (or may be taken as) red, green, blue; 'sentinel2' for 13 S2 bands."""
-        names = " ".join(self.band_names)
-        if self.band_count == 13 and len(set(m.upper() for m in _S2_BAND.findall(names))) == 13:
+        """'rgb' when the bands are (or may be taken as) red, green, blue; 'sentinel2' when the band names hold
+        every Sentinel-2 surface band (L1C's 13, or L2A's 12 without B10)."""
+        if set(SENTINEL2_SURFACE) <= set(self.sentinel2_bands):
             return "sentinel2"
         if self.band_count == 3:
             if [c.lower() for c in self.colors] == list(RGB):
@@ -123,10 +131,27 @@ def sentinel2_band(name: str) -> str | None:
     return m.group(1).upper().lstrip("0") if m else None
 
 
+def model_bands(card: ModelCard, domain: InputDomain) -> list[int] | None:
+    """1-based positions of the input bands a Sentinel-2 model reads, in the model's order (found by band
+    name, so the files' order and extra bands do not matter); None when the model takes the input as it is."""
+    if card.layout != "sentinel2" or not card.band_names:
+        return None
+    have = domain.sentinel2_bands
+    wanted = [sentinel2_band(n) or n for n in card.band_names]
+    if not set(wanted) <= set(have):
+        return None
+    picks = [have.index(b) + 1 for b in wanted]
+    return None if picks == list(range(1, domain.band_count + 1)) else picks
+
+
 def mismatches(card: ModelCard, domain: InputDomain) -> list[str]:
     """Every way the input lies outside the card's domain, as short phrases (empty: inside)."""
     out = []
-    if card.band_count is not None and card.band_count != domain.band_count:
+    if card.layout == "sentinel2" and card.band_names:
+        missing = [n for n in card.band_names if (sentinel2_band(n) or n) not in domain.sentinel2_bands]
+        if missing:
+            out.append(f"input lacks Sentinel-2 band(s) {', '.join(missing)} (band names tell which is which)")
+    elif card.band_count is not None and card.band_count != domain.band_count:
         out.append(f"input has {domain.band_count} bands, the model was trained on {card.band_count}")
     elif card.layout is not None and domain.layout != card.layout:
         out.append(f"input bands are not {card.layout} ({', '.join(domain.band_names[:4])})")

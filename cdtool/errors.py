@@ -13,6 +13,18 @@ class InputError(CdtoolError):
     exit_code = 2
 
 
+class NothingToDo(CdtoolError):
+    """Not a failure: what was asked is already done (`detect --resume` on a run that completed); the CLI
+    prints the line and exits 0."""
+
+    exit_code = 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, `kill`), raised where SIGINT raises KeyboardInterrupt, so both take
+    the same way out: partial outputs removed, what a rerun or --resume continues from kept."""
+
+
 def disk_full(path) -> bool:
     """Whether the file system holding `path` has (almost) no space left: libraries that write through their
     own I/O (numpy, GDAL, SQLite, safetensors) report a full disk in words of their own."""

@@ -1,12 +1,18 @@
-"""Process-wide allocator settings that torch's CPU work needs to run at the speed of its kernels, in memory
-bounded by the window."""
+"""Process-wide settings: the allocator settings that torch's CPU work needs to run at the speed of its kernels,
+in memory bounded by the window, and SIGTERM handled as an interrupt."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from cdtool.errors import Terminated
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 _KEEP = 2**31 - 1  # bytes: above any one tensor a batch allocates
@@ -36,3 +42,24 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):  # musl and others: no mallopt
         _done = False
     return _done
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while cleaning up ends the process at once
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, as SIGINT does:
+    by default it kills the process on the spot, leaving partial outputs, a stale lock and an unsaved journal
+    band, where an interrupt removes the partial outputs and keeps what --resume continues from. A no-op off
+    the main thread (signal handlers can only be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

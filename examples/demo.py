@@ -48,27 +48,23 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="model name or checkpoint (default: cdtool's default)")
     args = parser.parse_args()
 
-    from PIL import Image
-
     from cdtool.inference.detect import DetectOptions, detect
+    from cdtool.io.change_mask import read_change_mask
     from cdtool.sample_pair import write_pair
 
     jobs = []
     if (SHARED / "oscd" / "rennes").is_dir():
         city = SHARED / "oscd" / "rennes"
-        truth = np.array(Image.open(city / "cm" / "cm.png").convert("L")) > 0
+        truth = read_change_mask(city / "cm" / "rennes-cm.tif")[0]  # OSCD 1/2, read by cdtool's one mask rule
         jobs.append(("oscd_rennes", city / "imgs_1", city / "imgs_2", truth, None))
         name = "test_2_0000_0000.png"  # a 0.5 m PNG pair: no georeference, so its GSD is given
-        truth = np.array(Image.open(SHARED / "levir" / "label" / name).convert("L")) > 0
+        truth = read_change_mask(SHARED / "levir" / "label" / name)[0]
         jobs.append(("levir_" + Path(name).stem, SHARED / "levir" / "A" / name, SHARED / "levir" / "B" / name,
                      truth, 0.5))
     else:
         print(f"{SHARED} not found: using a generated pair instead")
         before, after, truth_tif = write_pair(args.out / "generated_input", size=1024, seed=7)
-        import rasterio
-
-        with rasterio.open(truth_tif) as ds:
-            truth = ds.read(1) == 1
+        truth = read_change_mask(truth_tif)[0]
         jobs.append(("generated", before, after, truth, None))
 
     for name, before, after, truth, gsd in jobs:

@@ -183,6 +183,29 @@ def test_bad_option_values_are_usage_errors(pair, tmp_path):
     _assert_one_line_error(r, "unknown model")
 
 
+def test_min_pixels_one_keeps_single_pixel_regions(tmp_path):
+    """--min-pixels 1 keeps a one-pixel change that the default (4 pixels) and --min-pixels 4 drop; 1 used to be
+    taken for "not set" and raised to 4. detect.json records the minimum that applied."""
+    import json
+
+    from PIL import Image
+
+    a = np.full((64, 64, 3), 100, np.uint8)
+    b = a.copy()
+    b[10, 10] = 250  # one pixel
+    b[40:44, 40:44] = 250  # 16 pixels
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    for extra, regions, applied in (([], 1, 4), (["--min-pixels", "4"], 1, 4), (["--min-pixels", "1"], 2, 1)):
+        out = tmp_path / f"o{len(extra)}{extra[-1] if extra else ''}"
+        r = invoke("detect", tmp_path / "a.png", tmp_path / "b.png", "--model", "cva", "--threshold", "0.5",
+                   "-o", out, "--no-preview", "-q", *extra)
+        assert r.exit_code == 0, r.output
+        summary = json.loads((out / "detect.json").read_text())
+        assert summary["changed_pixels"] == 17  # the mask keeps every pixel; only the polygons are filtered
+        assert (summary["regions"], summary["summary"]["min_pixels"]) == (regions, applied), extra
+
+
 def test_stack_command_builds_a_vrt(shared_data, tmp_path):
     r = invoke("stack", tmp_path / "s.vrt", shared_data / "oscd" / "pisa" / "imgs_1")
     assert r.exit_code == 0, r.output

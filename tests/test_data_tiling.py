@@ -165,6 +165,39 @@ def test_oscd_band_folders_with_mask(tmp_path):
     assert ds.index["changed_share"].max() > 0
 
 
+@pytest.mark.skipif(not (SHARED / "oscd").is_dir(), reason="../shared/data/oscd not present")
+@pytest.mark.parametrize("city", ["bercy", "mumbai", "paris", "pisa"])
+def test_oscd_tiles_keep_the_changed_share_of_the_truth(tmp_path, city):
+    """OSCD codes 1 = unchanged, 2 = changed: the tiles, laid back on the grid, hold the truth's changed pixels
+    (cm == 2), not every pixel (> 0 read 100 % of these cities as changed)."""
+    d = SHARED / "oscd" / city
+    cm = d / "cm" / f"{city}-cm.tif"
+    make_tiles(collect_pairs(d / "imgs_1", d / "imgs_2", cm), tmp_path / "o",
+               TileOptions(size=128, stride=128, split_by="pair", max_nodata=1.0))
+    with rasterio.open(cm) as f:
+        truth = f.read(1) == 2
+    ds = ChipDataset(tmp_path / "o")
+    canvas = np.full(truth.shape, -1, np.int8)
+    for i, (_, r) in enumerate(ds.index.iterrows()):
+        canvas[r["row"]:r["row"] + r["height"], r["col"]:r["col"] + r["width"]] = ds[i]["mask"][0].numpy()
+    assert (canvas >= 0).all()  # every pixel tiled
+    assert abs(100 * (canvas == 1).mean() - 100 * truth.mean()) < 0.1  # percentage points
+    assert 0.2 < 100 * truth.mean() < 3
+
+
+def test_mask_nodata_255_is_not_valid_in_tiles(geo_pair, tmp_path):
+    """A 0/1 mask with 255 where there is no truth: those pixels are nodata in the tiles, not change."""
+    a, b, _ = geo_pair
+    m = np.zeros((96, 128), np.uint8)
+    m[:8, :8] = 1  # only 1s and 255s in the first tile: its coding comes from the whole file
+    m[8:16, :16] = 255
+    m = tif(tmp_path / "m255.tif", m)
+    make_tiles(collect_pairs(a, b, m), tmp_path / "o", TileOptions(size=16, stride=16, split_by="pair"))
+    x = ChipDataset(tmp_path / "o")[0]
+    assert x["mask"][0, :8, :8].all() and not x["mask"][0, 8:].any()
+    assert x["valid"][0, :8].all() and not x["valid"][0, 8:].any()
+
+
 def test_a_second_tile_run_into_the_same_folder_is_refused(tmp_path):
     import os
 

@@ -11,7 +11,7 @@ import rasterio
 import torch
 from affine import Affine
 
-from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
+from cdtool.domain import SENTINEL2, InputDomain, ModelCard, mismatches, model_bands, scale_factor
 from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
 from cdtool.errors import InputError
 from cdtool.inference import detector as detector_module
@@ -89,7 +89,8 @@ def test_rescaled_model_returns_the_input_grid():
 
 def _card_checkpoint(path, gsd_m, usable=None):
     """The shipped default's weights under a card of our choosing."""
-    states, meta = load_checkpoint(detector_module.shipped_weights()[0])
+    rgb = [p for p in detector_module.shipped_weights() if p.stem == "siam_diff_unet_rgb"]
+    states, meta = load_checkpoint(rgb[0])
     meta = dict(meta, card=dict(meta.get("card", {}), gsd_m=list(gsd_m), usable_gsd_m=usable))
     return save_checkpoint(path, states, meta)
 
@@ -167,7 +168,67 @@ def test_default_follows_the_domain(tmp_path, make_tif, monkeypatch):
                                           ("x", "not a mapping"), ({"nope": 1}, "do not fit")])
 def test_checkpoint_metadata_is_checked_before_the_model_is_built(tmp_path, args, message):
     """A card or arguments asking for a huge model fail on the meta device, before any allocation."""
-    states, meta = load_checkpoint(detector_module.shipped_weights()[0])
+    rgb = [p for p in detector_module.shipped_weights() if p.stem == "siam_diff_unet_rgb"]
+    states, meta = load_checkpoint(rgb[0])
     path = save_checkpoint(tmp_path / "bad.safetensors", states, dict(meta, model={"name": "siam_diff_unet", "args": args}))
     with pytest.raises(InputError, match=message):
         detector_module.load_detector(str(path))
+
+
+S2_NAMES = [f"T31UDQ_B{b.zfill(2)}" for b in SENTINEL2]  # B01 ... B8A ... B12, as L1C files name them
+
+
+def s2_domain(names):
+    return InputDomain(len(names), list(names), ["undefined"] * len(names), "uint16", 10.0, "transform")
+
+
+def test_sentinel2_bands_are_found_by_name_whatever_the_order():
+    card = ModelCard(layout="sentinel2", band_count=12, band_names=[f"B{b}" for b in SENTINEL2 if b != "10"])
+    l1c = s2_domain(S2_NAMES)
+    assert l1c.layout == "sentinel2" and mismatches(card, l1c) == []
+    assert model_bands(card, l1c) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13]  # B10 (the 11th file band) left out
+    l2a = s2_domain([n for n in S2_NAMES if not n.endswith("B10")])
+    assert model_bands(card, l2a) is None and mismatches(card, l2a) == []  # already the model's bands, in order
+    shuffled = s2_domain(S2_NAMES[::-1] + ["SCL"])
+    picks = model_bands(card, shuffled)
+    assert [shuffled.band_names[i - 1][-3:] for i in picks] == [n[-3:] for n in S2_NAMES if not n.endswith("B10")]
+    no_swir = s2_domain([n for n in S2_NAMES if not n.endswith(("B11", "B12"))])
+    assert no_swir.layout is None and "B11, B12" in mismatches(card, no_swir)[0]
+
+
+def _s2_file(path, data, names):
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs="EPSG:32632", transform=Affine(10, 0, 600000, 0, -10, 5000000)) as ds:
+        ds.write(data)
+        for i, n in enumerate(names, 1):
+            ds.set_band_description(i, n)
+    return path
+
+
+def test_a_sentinel2_model_reads_its_bands_by_name(tmp_path):
+    """A 12-band model on a 13-band L1C stack reads the same map whatever the order of the bands in the file,
+    and records the file bands it read."""
+    torch.manual_seed(0)
+    model = create_model("siam_diff_unet", in_channels=12, width=4)
+    card = {"layout": "sentinel2", "band_count": 12, "band_names": [f"B{b}" for b in SENTINEL2 if b != "10"],
+            "gsd_m": [8.0, 12.5]}
+    ckpt = save_checkpoint(tmp_path / "s2.safetensors", {"model": model.state_dict()},
+                           {"model": {"name": "siam_diff_unet", "args": {"in_channels": 12, "width": 4}},
+                            "normalization": {"mode": "per-image"}, "threshold": 0.5, "card": card})
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 3000, (13, 64, 64)).astype(np.uint16)
+    after = before.copy()
+    after[:, 20:40, 20:40] = rng.integers(0, 3000, (13, 20, 20))
+    order = rng.permutation(13)
+    maps = []
+    for tag, idx in (("ordered", np.arange(13)), ("shuffled", order)):
+        names = [S2_NAMES[i] for i in idx]
+        a = _s2_file(tmp_path / f"a_{tag}.tif", before[idx], names)
+        b = _s2_file(tmp_path / f"b_{tag}.tif", after[idx], names)
+        r = detect(a, b, tmp_path / tag, DetectOptions(model=str(ckpt), polygons=False, preview=False))
+        read = json.loads((tmp_path / tag / "detect.json").read_text())["options"]["bands"]
+        assert [names[i - 1][-3:] for i in read] == [n[-3:] for n in S2_NAMES if not n.endswith("B10")]
+        assert r.model == "siam_diff_unet"
+        with rasterio.open(tmp_path / tag / "change_prob.tif") as ds:
+            maps.append(ds.read(1))
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-6)

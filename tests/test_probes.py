@@ -183,6 +183,7 @@ DETECT_OPTIONS = [
     ("--batch-size", "-2", "--batch-size"), ("--blend", "bogus", "--blend"), ("--min-pixels", "-1", "--min-pixels"),
     ("--min-area", "-5", "--min-area"), ("--min-area", "nan", "--min-area"), ("--gsd", "0", "--gsd"),
     ("--gsd", "-1", "--gsd"), ("--gsd", "nan", "--gsd"), ("--gsd", "inf", "--gsd"), ("--workers", "-1", "--workers"),
+    ("--workers", "0", "--workers"),
     ("--clean", "-1", "--clean"), ("--format", "shp", "--format"), ("--device", "tpu", "--device"),
     ("--model", "no_such_model", "no_such_model"),
 ]
@@ -330,6 +331,89 @@ def _(w):
     w.tif("bands/B02.tif", bands=1, size=64)
     w.tif("bands/B03.tif", bands=1, size=48)
     return Expect(detect_args(w, before=w.p("bands"), after=w.tif("after.tif")), ("bands",))
+
+
+def band_folder(w: World, name: str = "bands") -> Path:
+    """A folder of three single-band 64x64 files (B02, B03, B04)."""
+    w.p(name).mkdir(parents=True, exist_ok=True)
+    for band in ("B02", "B03", "B04"):
+        w.tif(f"{name}/{band}.tif", bands=1)
+    return w.p(name)
+
+
+def earlier_outputs(w: World, out: str = "out") -> Path:
+    """An output folder holding a finished run's rasters (valid GeoTIFFs a later run may read) and polygons."""
+    w.p(out).mkdir(parents=True, exist_ok=True)
+    w.tif(f"{out}/change_prob.tif")
+    w.tif(f"{out}/change_mask.tif")
+    w.file(f"{out}/changes.gpkg", "the earlier polygons")
+    return w.p(out)
+
+
+@probe("detect --overwrite onto its own inputs")
+def _(w):
+    out = earlier_outputs(w)
+    return Expect(detect_args(w, "--overwrite", before=out / "change_prob.tif", after=out / "change_mask.tif",
+                              out=out), ("change_prob.tif", "an input of this run"))
+
+
+@probe("detect onto its own inputs, no --overwrite")
+def _(w):
+    out = earlier_outputs(w)
+    return Expect(detect_args(w, before=out / "change_mask.tif", after=w.tif("after.tif"), out=out),
+                  ("change_mask.tif", "an input of this run"))
+
+
+@probe("detect --overwrite onto a VRT's source")
+def _(w):
+    from cdtool.io.stack import write_stack
+
+    out = earlier_outputs(w)
+    vrt = write_stack(w.p("before.vrt"), [out / "change_prob.tif"])
+    return Expect(detect_args(w, "--overwrite", before=vrt, after=w.tif("after.tif", bands=1), out=out),
+                  ("change_prob.tif", "an input of this run"))
+
+
+@probe("detect --overwrite onto a band-folder member (a link)")
+def _(w):
+    out = earlier_outputs(w)
+    bands = band_folder(w)
+    (bands / "B05.tif").symlink_to(w.tif("out/change_mask.tif", bands=1))
+    later = band_folder(w, "later")
+    w.tif("later/B05.tif", bands=1)
+    return Expect(detect_args(w, "--overwrite", before=bands, after=later, out=out),
+                  ("change_mask.tif", "an input of this run"))
+
+
+@probe("detect --overwrite, detect.json a non-empty folder")
+def _(w):
+    out = earlier_outputs(w)
+    w.file("out/detect.json/notes.txt", "the user's")
+    return Expect(detect_args(w, "--overwrite", out=out), ("detect.json", "is a folder"))
+
+
+@probe("detect --out is BEFORE's band folder")
+def _(w):
+    return Expect(detect_args(w, before=band_folder(w), after=band_folder(w, "later"), out=w.p("bands")),
+                  ("bands", "input folder"))
+
+
+@probe("detect --out inside BEFORE's band folder")
+def _(w):
+    return Expect(detect_args(w, before=band_folder(w), after=band_folder(w, "later"), out=w.p("bands/out")),
+                  ("bands/out", "inside the input folder"))
+
+
+@probe("detect --out a link to AFTER's band folder")
+def _(w):
+    w.p("link").symlink_to(band_folder(w, "later"))
+    return Expect(detect_args(w, before=band_folder(w), after=w.p("later"), out=w.p("link")),
+                  ("link", "input folder", "later"))
+
+
+@probe("detect --out with a newline in its name")
+def _(w):
+    return Expect(detect_args(w, out=w.p("out\nmore")), ("GeoPackage", "--out"))
 
 
 @probe("detect missing AFTER argument")

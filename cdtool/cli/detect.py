@@ -43,11 +43,11 @@ def detect(
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Tiles per model call [default: 1 on the CPU, 8 on a GPU].")] = None,
     blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
-    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4, or 1 with --min-area).")] = 1,
+    min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4 pixels, or 1 with --min-area).")] = None,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="Skip preview.png.")] = False,
-    workers: Annotated[int, typer.Option("--workers", help="Score tiles on an embedded local Dask cluster of N processes (0: in this process).")] = 0,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Score tiles on an embedded local Dask cluster of N processes, at most one per core [default: in this process].")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Score tiles on an existing Dask cluster, e.g. tcp://10.0.0.5:8786.")] = None,
     skip_bad_windows: Annotated[bool, typer.Option("--skip-bad-windows", help="Write nodata where a window cannot be read (a corrupt tile) instead of failing; the count is reported.")] = False,
     clean: Annotated[int, typer.Option("--clean", help="Open the mask with a (2R+1)² square: removes specks and lines thinner than it (0: off).")] = 0,
@@ -61,17 +61,20 @@ def detect(
     """Detect changes between BEFORE and AFTER; write change_prob, change_mask (GeoTIFF, or PNG for
     non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
     from cdtool.inference.detect import DetectOptions, detect as run_detect
+    from cdtool.inference.scaleout import workers_option
 
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=parse_threshold(threshold), align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
                          preview=not no_preview, vector_format=vector_format, clean=clean,
-                         skip_bad_windows=skip_bad_windows, workers=workers, scheduler=scheduler,
+                         skip_bad_windows=skip_bad_windows, workers=workers_option(workers), scheduler=scheduler,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]
     for warning in choice["warnings"]:  # shown even with --quiet
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
+    for note in result.extra.get("notes", []):
+        err_console.print(f"note: {escape(note)}")
     if result.extra.get("bad_blocks"):
         err_console.print(f"[yellow]warning:[/] {result.extra['bad_blocks']} unreadable block(s) of the "
                           "input files written as nodata", markup=True)
@@ -87,5 +90,9 @@ def detect(
             out_console.print(f"  {path}")
 
 
+# after Ctrl-C or SIGTERM (the partial outputs are gone)
+ON_INTERRUPT = "the finished rows are kept: the same command with --resume continues"
+
+
 def register(app: typer.Typer) -> None:
-    app.command("detect")(friendly_errors(detect))
+    app.command("detect")(friendly_errors(detect, on_interrupt=ON_INTERRUPT))

@@ -16,9 +16,11 @@ from cdtool.metrics import NAMES
 
 
 def evaluate(
-    pred: Annotated[Optional[Path], typer.Argument(help="Prediction: a mask (0/1, 0/255) or scores in [0, 1]; "
+    pred: Annotated[Optional[Path], typer.Argument(help="Prediction: a mask (read as TRUTH is) or scores in [0, 1]; "
                                                    "a file or a folder matched to TRUTH by file name.")] = None,
-    truth: Annotated[Optional[Path], typer.Argument(help="Ground-truth mask file or folder (change > 0; OSCD 1/2).")] = None,
+    truth: Annotated[Optional[Path], typer.Argument(help="Ground-truth mask file or folder: 0/1, 0/255, "
+                                                    "0/1/2 (255 nodata), OSCD 1 unchanged / 2 changed, or black "
+                                                    "and one colour; the file's nodata and alpha are nodata.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Checkpoint or registered model to run on --data.")] = None,
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="Labelled dataset folder (A/ B/ label/, OSCD "
                                                        "cities, or what `cdtool tile`/`patches` wrote); "

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from cdtool.errors import CdtoolError
+from cdtool.errors import CdtoolError, NothingToDo, Terminated
+from cdtool.runtime import sigterm_as_interrupt
 
 # click's UsageError, from whichever click this typer runs on (its own copy in recent versions)
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -60,21 +61,28 @@ class Debug:
     enabled = False
 
 
-def friendly_errors(fn: Callable) -> Callable:
+def friendly_errors(fn: Callable, on_interrupt: str = "") -> Callable:
     """Turn errors into one line on stderr and an exit code (1 failed, 2 bad input): library errors with
     their own message, system errors with the file they concern, anything else as an unexpected error;
-    `--debug` prints the traceback first. An interrupt exits 130 after the library has removed its partial
-    outputs."""
+    `--debug` prints the traceback first. SIGTERM is handled as SIGINT: after the library has removed its
+    partial outputs, one line (with `on_interrupt`: how to continue) and exit 130 (SIGINT) or 143 (SIGTERM),
+    the codes a shell gives a process those signals end. A `NothingToDo` is one line on stdout, exit 0."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, UsageError):
             raise
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            err_console.print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}"
+                              f"{'; ' + on_interrupt if on_interrupt else ''}")
+            raise typer.Exit(143 if terminated else 130) from None
+        except NothingToDo as exc:
+            out_console.print(escape(str(exc)))
+            raise typer.Exit(0) from None
         except CdtoolError as exc:
             error, message, code = exc, str(exc), exc.exit_code
         except OSError as exc:

@@ -16,7 +16,7 @@ def tile(
     before: Annotated[Path, typer.Argument(help="BEFORE image, or a folder with A/ B/ [label/], or a list file.")],
     after: Annotated[Optional[Path], typer.Argument(help="AFTER image (omit for a folder or list file).")] = None,
     out: OutDir = Path("tiles"),
-    mask: Annotated[Optional[Path], typer.Option("--mask", "-m", help="Change mask of the pair (> 0 = changed).")] = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", "-m", help="Change mask of the pair (0/1, 0/255, OSCD 1/2; see `cdtool evaluate --help`).")] = None,
     size: Annotated[int, typer.Option("--size", help="Tile side in pixels.")] = 256,
     stride: Annotated[Optional[int], typer.Option("--stride", help="Step between tiles (default: --size).")] = None,
     max_nodata: Annotated[float, typer.Option("--max-nodata", help="Skip tiles with more nodata than this share.")] = 0.5,
@@ -47,5 +47,9 @@ def tile(
                           f"on split borders")
 
 
+# after Ctrl-C or SIGTERM (the partial outputs are gone)
+ON_INTERRUPT = "the finished tiles are kept: the same command again continues"
+
+
 def register(app: typer.Typer) -> None:
-    app.command("tile")(friendly_errors(tile))
+    app.command("tile")(friendly_errors(tile, on_interrupt=ON_INTERRUPT))

@@ -36,5 +36,9 @@ def train(
                           f"threshold {result.threshold:.3f}) -> {result.run_dir / 'best.safetensors'}")
 
 
+# after Ctrl-C or SIGTERM (the partial outputs are gone)
+ON_INTERRUPT = "the finished epochs are kept: cdtool train --resume RUN_FOLDER continues"
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train")(friendly_errors(train))
+    app.command("train")(friendly_errors(train, on_interrupt=ON_INTERRUPT))

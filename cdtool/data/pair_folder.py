@@ -4,7 +4,8 @@ Two layouts are recognised under each root:
 - LEVIR-CD / DSIFN style: ``A/<name>.png``, ``B/<name>.png``, ``label/<name>.png`` (0/255, change > 0), and the
   other folder names and image suffixes `cdtool tile` accepts (`cdtool.data.sources`);
 - OSCD style: one folder per city with ``imgs_1/``, ``imgs_2/`` (single-band files, stacked onto the 10 m
-  grid by `open_pair`) and ``cm/<city>-cm.tif`` (1 = no change, 2 = change; plain 0/1 also accepted).
+  grid by `open_pair`) and ``cm/<city>-cm.tif`` (1 = no change, 2 = change); every mask is read by the one
+  rule of `cdtool.io.change_mask`.
 
 Pairs are named ``<root folder>/<name>`` (e.g. ``levir/test_2_0000_0000``, ``oscd/paris``); `pairs` and
 `exclude` pick by exact name or by root (``levir``). Pairs are small, so they are read once into memory.
@@ -28,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
 import torch.nn.functional as F
 
 from cdtool.errors import InputError
 from cdtool.data.pair_crops import PairCrops
 from cdtool.data.sources import is_pair_folder, pairs_from_folder
+from cdtool.io.change_mask import read_change_mask
 from cdtool.io.pair import open_pair
 from cdtool.windows import Tile
 
@@ -83,25 +84,23 @@ def select(records: list[PairRecord], pairs: list[str] | None, exclude: list[str
     return out
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Change mask as bool: OSCD's 1/2 coding (2 = change), else anything > 0."""
-    with rasterio.open(path) as ds:
-        m = ds.read(1)
-    if m.size and m.min() >= 1 and m.max() == 2:
-        return m == 2
-    return m > 0
+def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(changed, valid) of a whole change mask, by the one rule every mask reader follows
+    (`cdtool.io.change_mask`: 0/1, 0/255, OSCD 1/2, 255 or the file's nodata)."""
+    return read_change_mask(path)
 
 
 def load_pair(rec: PairRecord, bands: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(raw float32 (2, C, H, W), valid bool (H, W), change bool (H, W)) of one whole pair."""
+    """(raw float32 (2, C, H, W), valid bool (H, W), change bool (H, W)) of one whole pair; pixels the mask
+    holds nodata for are not valid."""
     with open_pair(rec.before, rec.after, bands=bands, align=rec.align) as pair:
         h, w = pair.shape
         data, valid = pair.read(Tile(0, 0, h, w))
         r0, c0 = pair.origin  # the mask lies on BEFORE's grid; an aligned pair may be a window of it
-    mask = read_mask(rec.label)[r0:r0 + h, c0:c0 + w]
-    if mask.shape != (h, w):
-        raise InputError(f"{rec.label}: mask is {mask.shape[1]}x{mask.shape[0]} but the pair is {w}x{h}")
-    return data, valid, mask
+    changed, mask_valid = (a[r0:r0 + h, c0:c0 + w] for a in read_mask(rec.label))
+    if changed.shape != (h, w):
+        raise InputError(f"{rec.label}: mask is {changed.shape[1]}x{changed.shape[0]} but the pair is {w}x{h}")
+    return data, valid & mask_valid, changed
 
 
 def pair_stats(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -64,8 +64,8 @@ def _candidates(pair: PairSource, height: int, width: int, opts: PcdOptions, ori
     out = []
     with MaskReader(pair.mask, height, width, origin) as mr:
         for r in rows:
-            band = mr.read(Tile(r + off, 0, opts.centre, width + ext))
-            for c, lab in zip(cols, centre_labels(band, None, cols, opts.centre, off)):
+            band, valid = mr.read_valid(Tile(r + off, 0, opts.centre, width + ext))
+            for c, lab in zip(cols, centre_labels(band, valid, cols, opts.centre, off)):
                 if lab >= 0:
                     out.append((r, c, int(lab)))
     return out

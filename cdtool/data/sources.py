@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from cdtool.errors import InputError
+from cdtool.io.change_mask import ChangeMask
 from cdtool.windows import Tile, wrapped_runs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".vrt", ".bmp"}
@@ -133,27 +132,36 @@ def collect_pairs(before: Path, after: Path | None = None, mask: Path | None = N
 
 
 class MaskReader:
-    """Windows of a change mask on the pair grid (> 0 is changed), wrapping columns for panoramas."""
+    """Windows of a change mask on the pair grid, wrapping columns for panoramas; the mask's coding (0/1,
+    0/255, OSCD 1/2, nodata) is decided once for the whole file by `cdtool.io.change_mask`."""
 
     def __init__(self, path: Path, height: int, width: int, origin: tuple[int, int] = (0, 0)):
         self.path = path
-        try:
-            self.ds = rasterio.open(path)
-        except RasterioIOError as exc:
-            raise InputError(f"{path}: cannot read as a mask ({str(exc).splitlines()[0]})") from None
-        if (self.ds.height, self.ds.width) != (height, width) and origin == (0, 0):
-            self.ds.close()
-            raise InputError(f"{path}: mask is {self.ds.width}x{self.ds.height} but the images are "
+        self.mask = ChangeMask(path)
+        if self.mask.shape != (height, width) and origin == (0, 0):
+            self.mask.close()
+            raise InputError(f"{path}: mask is {self.mask.shape[1]}x{self.mask.shape[0]} but the images are "
                              f"{width}x{height}")
         self.width, self.origin = width, origin
 
+    @property
+    def has_nodata(self) -> bool:
+        return self.mask.has_nodata
+
+    def read_valid(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """(changed, valid) of a tile: valid is False where the mask itself holds nodata."""
+        parts = [self.mask.read(Window(c0 + self.origin[1], tile.row + self.origin[0], c1 - c0, tile.height))
+                 for c0, c1 in wrapped_runs(tile.col, tile.col_stop, self.width)]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate([p[k] for p in parts], axis=1) for k in (0, 1))
+
     def read(self, tile: Tile) -> np.ndarray:
-        cols = [self.ds.read(1, window=Window(c0 + self.origin[1], tile.row + self.origin[0], c1 - c0, tile.height)) > 0
-                for c0, c1 in wrapped_runs(tile.col, tile.col_stop, self.width)]
-        return cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
+        """Changed pixels of a tile (nodata reads as unchanged; `read_valid` tells them apart)."""
+        return self.read_valid(tile)[0]
 
     def close(self) -> None:
-        self.ds.close()
+        self.mask.close()
 
     def __enter__(self) -> "MaskReader":
         return self

@@ -35,6 +35,7 @@ from cdtool.data.sources import IMAGE_SUFFIXES, PairSource
 from cdtool.data.splits import split_of
 from cdtool.data.store import DatasetWriter
 from cdtool.errors import InputError
+from cdtool.io.change_mask import read_change_mask
 
 SAMPLES_PER_UNIT = 200
 
@@ -75,7 +76,7 @@ class ObjectBank:
         if k not in self._cache:
             p = self.pairs[k]
             tex = _load_rgb(p.after)
-            mask = np.asarray(Image.open(p.mask).convert("L")) > 0
+            mask = read_change_mask(p.mask)[0]  # the one mask rule: an OSCD 1/2 mask is not all change
             if mask.shape != tex.shape[:2]:
                 raise InputError(f"{p.mask}: mask size {mask.shape[::-1]} differs from {p.after}")
             lab, _ = cc_label(mask)

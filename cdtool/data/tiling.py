@@ -112,9 +112,10 @@ def _fill(store, pairs, metas, opts: TileOptions, bands, split_by: str, block: i
         splitter = BlockSplitter(pair.name, block, opts.seed, opts.fractions)
         pair_split = name_split(pair.name) if split_by == "name" else split_of(pair.name, opts.seed, opts.fractions)
         with open_pair(pair.before, pair.after, bands=bands, align=opts.align, wrap=opts.wrap) as rp:
-            has_nodata = any(ds.nodata is not None or any(ds.nodatavals) for ds in (rp.before, rp.after))
             norm_stats = statistics_record(rp)
             mask = MaskReader(pair.mask, height, width, rp.origin) if pair.mask else None
+            has_nodata = any(ds.nodata is not None or any(ds.nodatavals) for ds in (rp.before, rp.after)) or \
+                bool(mask and mask.has_nodata)
             try:
                 for u0 in range(0, len(grid_rows), ROWS_PER_UNIT):
                     unit = f"{pair.name}.r{u0 // ROWS_PER_UNIT:05d}"
@@ -132,11 +133,14 @@ def _fill(store, pairs, metas, opts: TileOptions, bands, split_by: str, block: i
                             stats["dropped_guard"] += 1
                             continue
                         image, valid = rp.read(tile)
+                        m = None
+                        if mask:  # a pixel the mask holds no truth for is nodata like one the images lack
+                            m, mask_valid = mask.read_valid(tile)
+                            valid = valid & mask_valid
                         nodata_share = 1.0 - float(valid.mean())
                         if nodata_share > opts.max_nodata or valid.sum() == 0:
                             stats["skipped_nodata"] += 1
                             continue
-                        m = mask.read(tile) if mask else None
                         changed = float(m[valid].mean()) if m is not None else None
                         row = {"sample": f"{pair.name}/{tile.row}_{tile.col}", "pair": pair.name,
                                "before": str(pair.before), "after": str(pair.after),

@@ -18,6 +18,7 @@ from cdtool.errors import InputError
 from cdtool.inference.centre_patch import CentrePatch, as_dense
 from cdtool.inference.predictor import predict_padded
 from cdtool.inference.threshold import METHODS, ScoreHistogram
+from cdtool.io.change_mask import NotAMask, read_change_mask
 from cdtool.metrics import BinaryMetrics
 from cdtool.normalization import normalize_batch
 
@@ -118,7 +119,7 @@ def evaluate_chips(spec: str, roots: list[str], split: str | None = "test", thre
 
 
 def read_map(path: Path) -> np.ndarray:
-    """First band of a raster or image as float: a mask (0/1, 0/255, OSCD 1/2) or scores in [0, 1]."""
+    """First band of a raster or image as float, NaN where it holds nodata: a score map."""
     try:
         with rasterio.open(path) as ds:
             a = ds.read(1, masked=True)
@@ -127,28 +128,21 @@ def read_map(path: Path) -> np.ndarray:
     return np.ma.filled(a.astype(np.float64), np.nan)
 
 
-def as_truth(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    valid = np.isfinite(a)
-    v = a[valid]
-    if v.size and v.min() >= 1 and v.max() == 2:
-        return a == 2, valid
-    return a > 0, valid
-
-
-def as_prediction(a: np.ndarray, threshold: float | str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mask, scores or None): values in [0, 1] that are not all 0/1 are scores; 0/255 or 0/1 are masks;
-    8-bit grey levels (many values up to 255, as `cdtool detect` writes change_prob.png) are scores × 255."""
+def read_prediction(path: Path, threshold: float | str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mask, scores or None): a file whose values fit a mask coding is read by the one mask rule
+    (`cdtool.io.change_mask`, as the truth is); other files are scores in [0, 1], or 8-bit grey levels
+    (scores × 255, as `cdtool detect` writes change_prob.png)."""
+    try:
+        return read_change_mask(path)[0], None
+    except NotAMask:
+        pass
+    a = read_map(path)
     v = a[np.isfinite(a)]
     if v.size and (v.max() > 1.0 or v.min() < 0.0):
         if v.min() < 0.0 or v.max() > 255 or not np.array_equal(v, np.round(v)):
-            raise InputError(f"values from {v.min():g} to {v.max():g} are neither scores in [0, 1], 8-bit grey "
-                             "levels nor a 0/1 or 0/255 mask")
-        if np.unique(v).size > 2:
-            a = a / 255.0
-            return threshold_scores(np.nan_to_num(a), threshold, np.isfinite(a)), np.nan_to_num(a)
-        return np.nan_to_num(a) > 0, None
-    if v.size and np.isin(v, (0.0, 1.0)).all():
-        return np.nan_to_num(a) > 0.5, None
+            raise InputError(f"{path}: values from {v.min():g} to {v.max():g} are neither scores in [0, 1], "
+                             "8-bit grey levels nor a change mask (0/1, 0/255, 0/1/2[/255], OSCD 1/2)")
+        a = a / 255.0
     s = np.nan_to_num(a)
     return threshold_scores(s, threshold, np.isfinite(a)), s
 
@@ -170,17 +164,15 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
 
 
 def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5) -> tuple[dict, list[dict]]:
+    """Score prediction files against truth masks, both read by the one mask rule; where the truth holds
+    nodata nothing is scored (a prediction's own nodata counts as unchanged)."""
     acc = BinaryMetrics(bins=HIST_BINS)
     rows = []
     for p, t in pair_files(Path(pred), Path(truth)):
-        tm, tv = as_truth(read_map(t))
-        pa = read_map(p)
-        if pa.shape != tm.shape:
-            raise InputError(f"{p}: is {pa.shape[1]}x{pa.shape[0]} but {t} is {tm.shape[1]}x{tm.shape[0]}")
-        try:
-            pm, scores = as_prediction(pa, threshold)
-        except InputError as exc:
-            raise InputError(f"{p}: {exc}") from None
+        tm, tv = read_change_mask(t)
+        pm, scores = read_prediction(p, threshold)
+        if pm.shape != tm.shape:
+            raise InputError(f"{p}: is {pm.shape[1]}x{pm.shape[0]} but {t} is {tm.shape[1]}x{tm.shape[0]}")
         acc.update(pm, tm, tv, scores)
         rows.append({"name": p.name, **BinaryMetrics(bins=HIST_BINS).update(pm, tm, tv, scores).compute()})
     return acc.compute(), rows

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,15 +26,15 @@ from rasterio.enums import Resampling
 from tqdm import tqdm
 
 from cdtool import __version__
-from cdtool.domain import InputDomain
-from cdtool.errors import InputError
+from cdtool.domain import InputDomain, model_bands
+from cdtool.errors import InputError, NothingToDo
 from cdtool.inference.cleanup import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
 from cdtool.inference.flow import flow_model, write_flow
 from cdtool.inference.predictor import Predictor, fit_to_pair, usable_cores
 from cdtool.inference.rescale import Rescaled
-from cdtool.inference.scaleout import dask_rows, local_rows
-from cdtool.inference.journal import Journal, discard_journal, fingerprint
+from cdtool.inference.scaleout import capped_workers, dask_rows, local_rows
+from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
@@ -68,7 +68,7 @@ class DetectOptions:
     blend: str = "cosine"
     wrap: bool = False
     overwrite: bool = False
-    min_pixels: int = 1
+    min_pixels: int | None = None  # None: DEFAULT_MIN_PIXELS, or 1 when min_area is given
     min_area: float | None = None  # square metres; None: DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
     clean: int = 0  # radius in pixels of a morphological opening of the mask (0: none)
     polygons: bool = True
@@ -79,7 +79,7 @@ class DetectOptions:
     native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
     skip_bad_windows: bool = False  # unreadable windows (a corrupt tile) become nodata instead of an error
     readers: int | None = None  # threads reading tiles ahead of the model; None: 1 on the CPU, up to 4 on a GPU
-    workers: int = 0  # > 0: score tiles as Dask tasks on an embedded local cluster of this many processes
+    workers: int = 0  # > 0: score tiles as Dask tasks on a local cluster of this many processes (at most the cores)
     scheduler: str | None = None  # address of an existing Dask scheduler to score tiles on
     resume: bool = False  # continue an interrupted run into the same folder from its finished row bands
     flow: bool = False  # also write flow.tif: the estimated misregistration (joint flow + change models)
@@ -145,14 +145,20 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
     if opts.overlap is not None and opts.overlap < 0:
         raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
+    if opts.resume and _complete(Path(out)):
+        raise NothingToDo(f"{out}: the run there is complete, nothing to resume (run without --resume, with "
+                          "--overwrite, to run it again)")
+    notes = []
+    if opts.workers and not opts.scheduler:
+        workers, note = capped_workers(opts.workers)
+        opts, notes = replace(opts, workers=workers), [note] if note else []
     device = pick_device(opts.device)
     from rasterio import Env
 
-    with Env(**GDAL_ENV), open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
-                                    skip_bad_windows=opts.skip_bad_windows) as pair:
-        domain = input_domain(pair, opts.gsd)
+    with Env(**GDAL_ENV):
+        pair, domain, choice, opts = _open_and_choose(before, after, opts)
+    with Env(**GDAL_ENV), pair:
         mapping_unit(opts, domain.gsd, pair.info.georeferenced)  # refuse a bad --min-area before any work
-        choice = choose_detector(opts.model, domain, opts.native_scale)
         trained_on = choice.detector.card.band_count
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
@@ -160,30 +166,70 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         if opts.flow:
             flow_model(choice.detector.model)  # refuse a model without flow before any work
         names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format, opts.flow)
-        with OutputSet(out, names, opts.overwrite) as outs:
+        inputs = [*pair.files(), *_checkpoint(opts)]
+        with OutputSet(out, names, opts.overwrite, inputs, pair.folders()) as outs:
+            if opts.polygons:
+                from cdtool.io.vectors import check_gpkg_writable
+
+                check_gpkg_writable(outs.folder)  # before the work: GDAL's SQLite refuses some paths
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
-                result = _run(pair, choice, domain.gsd, device, opts, outs, scratch)
+                result = _run(pair, choice, domain.gsd, device, opts, outs, scratch, inputs)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             result.seconds = time.perf_counter() - start
+            result.extra["notes"] = notes
             _write_summary(outs.path("detect.json"), result, before, after, opts)
             result.outputs = outs.commit()
             discard_journal(outs.folder)  # complete: nothing to resume
     return result
 
 
+def _open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, InputDomain, Choice, DetectOptions]:
+    """Open the pair, choose its detector, and where a Sentinel-2 model reads its bands by name (another order,
+    B10 or extra layers in the input), open it again with just those bands, in the model's order."""
+    pair = open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
+                     skip_bad_windows=opts.skip_bad_windows)
+    try:
+        domain = input_domain(pair, opts.gsd)
+        choice = choose_detector(opts.model, domain, opts.native_scale)
+        picks = model_bands(choice.detector.card, domain) if opts.bands is None else None
+    except BaseException:
+        pair.close()
+        raise
+    if picks is None:
+        return pair, domain, choice, opts
+    file_bands = [pair.bands_before[i - 1] for i in picks]
+    pair.close()
+    opts = replace(opts, bands=file_bands)
+    pair = open_pair(before, after, bands=file_bands, align=opts.align, wrap=opts.wrap,
+                     skip_bad_windows=opts.skip_bad_windows)
+    return pair, input_domain(pair, opts.gsd), choice, opts
+
+
+def _complete(out: Path) -> bool:
+    """Whether `out` holds a finished run: its summary is written last and the journal removed once the outputs
+    are in place, so a --resume there has nothing to continue."""
+    return (out / "detect.json").is_file() and not (out / JOURNAL / "state.json").exists()
+
+
+def _checkpoint(opts: DetectOptions) -> list[Path]:
+    """The checkpoint file --model names, if it names one: an input like the images."""
+    return [Path(opts.model)] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
+
+
 def mapping_unit(opts: DetectOptions, gsd: float | None, georeferenced: bool) -> tuple[int, float]:
     """(minimum pixels, minimum m²) of a polygon: the options given, else the defaults; for PNG pairs the
     area becomes pixels through --gsd. Checked before any work, so a bad value costs nothing."""
-    if opts.min_pixels < 1:
+    if opts.min_pixels is not None and opts.min_pixels < 1:
         raise InputError(f"--min-pixels must be at least 1, got {opts.min_pixels}")
     min_area = opts.min_area if opts.min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
     if not (math.isfinite(min_area) and min_area >= 0):
         raise InputError(f"--min-area must be zero or a positive area in square metres, got {min_area}")
     if min_area and not gsd:
         raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
-    min_pixels = max(opts.min_pixels, DEFAULT_MIN_PIXELS if opts.min_area is None else 1)
+    default = DEFAULT_MIN_PIXELS if opts.min_area is None else 1  # None means not set: 1 is a real choice
+    min_pixels = default if opts.min_pixels is None else opts.min_pixels
     if min_area and not georeferenced:
         min_pixels, min_area = max(min_pixels, int(np.ceil(min_area / (gsd * gsd)))), 0.0
     return min_pixels, min_area
@@ -359,12 +405,11 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
 
 
 def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
-         scratch: Path) -> DetectResult:
+         scratch: Path, inputs: list[Path]) -> DetectResult:
     info, (height, width) = pair.info, pair.shape
     plan = plan_scoring(pair, choice, device, opts)
     detector = plan.detector
-    checkpoint = [opts.model] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
-    journal = Journal(outs.folder, fingerprint([*pair.sources, *checkpoint], plan.settings), opts.resume)
+    journal = Journal(outs.folder, fingerprint([*inputs, *pair.sources], plan.settings), opts.resume)
     canvas = PreviewCanvas(PreviewGrid.for_raster(height, width, info.band_names)) if opts.preview else None
     # staged (the journal's bands, the mask in the scratch folder), then copied as Cloud-optimised GeoTIFFs (or
     # PNGs) into the outputs

@@ -28,7 +28,8 @@ from cdtool.io.outputs import replaced_when_done, write_text_atomic
 from cdtool.io.writers import BLOCK, PROB_NODATA
 
 JOURNAL = ".cdtool-resume"
-FORMAT = 3  # 3: nodata-filled GeoTIFF bands (zstd); 2 had a validity mask; 1 was zlib-deflated raw bytes
+FORMAT = 4  # 4: the fingerprint holds every file read; 3: nodata-filled GeoTIFF bands (zstd); 2 had a validity
+# mask; 1 was zlib-deflated raw bytes
 # GDAL's zstd at level 1 writes a band of scores 6x faster than zlib at its fastest, at the same size: zlib cost
 # a second core the whole scoring pass. No predictor: noisy floats shrink less with one. Tiled as the outputs
 # are: GDAL copied a mosaic of 16-row strips into the score COG 6x slower (8192²: 9.6 s against 1.7 s).
@@ -43,12 +44,29 @@ def _rows_from(row: int) -> Affine:
 
 
 def fingerprint(paths: list[Path], settings: dict) -> dict:
-    """The inputs (path, size, modification time) and the settings the scores depend on."""
+    """The inputs (path, size, modification time in ns) and the settings the scores depend on. `paths` are the
+    names given and every file they read (a band folder's members, a VRT's sources, a /vsizip/ archive:
+    `RasterPair.files`): size and time, not a hash of the contents, so a resume costs no pass over the
+    inputs; a file rewritten in place gets a new time."""
     files = []
     for p in paths:
-        st = Path(p).stat() if Path(p).exists() else None
+        try:
+            st = Path(p).stat()
+        except (OSError, ValueError):  # a GDAL dataset name, not a path
+            st = None
         files.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
     return json.loads(json.dumps({"inputs": files, "settings": settings}, default=str))
+
+
+def _difference(saved: dict, now: dict) -> str:
+    """How an interrupted run's fingerprint differs from this run's, naming the first changed file."""
+    old = {p: stamp for p, *stamp in saved.get("inputs", [])}
+    new = {p: stamp for p, *stamp in now["inputs"]}
+    changed = next((p for p in old if p in new and old[p] != new[p]), None)
+    if changed is not None:
+        return f"{changed} changed after the interrupted run (its size or modification time differs)"
+    other = [k for k in ("inputs", "settings") if saved.get(k) != now[k]] or ["inputs"]
+    return f"the interrupted run there used other {' and '.join(other)}"
 
 
 class Journal:
@@ -68,8 +86,7 @@ class Journal:
                 raise InputError(f"{folder}: the interrupted run there was made by another cdtool version; "
                                  "run again without --resume to start afresh")
             if saved.get("fingerprint") != prints:
-                changed = [k for k in ("inputs", "settings") if saved.get("fingerprint", {}).get(k) != prints[k]]
-                raise InputError(f"{folder}: the interrupted run there used other {' and '.join(changed)}; "
+                raise InputError(f"{folder}: cannot resume: {_difference(saved.get('fingerprint', {}), prints)}; "
                                  "run again without --resume to start afresh")
             self.bands = [int(r) for r in saved.get("bands", [])]
         else:

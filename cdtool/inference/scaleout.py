@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cdtool.errors import CdtoolError, InputError
-from cdtool.inference.predictor import CpuShare
+from cdtool.inference.predictor import CpuShare, usable_cores
 from cdtool.io.preview import PreviewGrid
 from cdtool.windows import Tile
 
@@ -98,6 +98,26 @@ def _score_row(open_args: dict, predictor, tiles: list[Tile], grid: PreviewGrid 
     scores = predictor([d for d, _, _ in data])
     # blocks read as nodata (--skip-bad-windows) in this task travel back, so detect.json counts them
     return [(s, v, thumb) for s, (_, v, thumb) in zip(scores, data)], own.bad_blocks - known
+
+
+def workers_option(value: int | None) -> int:
+    """`--workers` as given on the command line: left out, tiles are scored in this process (0); given, it
+    counts processes, so 0 or fewer is a mistake rather than a quiet fallback."""
+    if value is None:
+        return 0
+    if value < 1:
+        raise InputError(f"--workers must be at least 1 process (leave it out to score in this process), got {value}")
+    return value
+
+
+def capped_workers(workers: int) -> tuple[int, str | None]:
+    """(processes to start, a note when fewer than asked): at most one per core this process may use; more only
+    queue for the same cores, each paying a process start and a copy of the model (--workers 1000 on a 64x64
+    pair started 41 processes)."""
+    cores = usable_cores()
+    if workers > cores:
+        return cores, f"--workers {workers} capped at {cores}, the cores this process may use"
+    return workers, None
 
 
 def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: str | None,

@@ -15,6 +15,7 @@ from cdtool.errors import InputError, write_failure
 
 
 LOCK = ".cdtool.lock"
+REPLACED = ".replaced-"  # an old output moved aside while a set is committed: `.change_prob.tif.replaced-1a2b3c4d`
 
 
 @contextmanager
@@ -107,30 +108,83 @@ class FolderLock:
         self.release()
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two resolved paths name one file: equal, or one file under two names (a hard link)."""
+    try:
+        return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def refuse_inputs(folder: Path, names: list[str], inputs: list[Path], input_folders: list[Path]) -> None:
+    """A run never writes over what it reads, --overwrite or not: an output folder that is or lies inside an
+    input band folder (the outputs would join the bands), or an output that would replace an input file (a
+    band-folder member, a VRT's source, an archive), is refused before anything is written."""
+    here = Path(folder).resolve()
+    for source in input_folders:
+        if here == source or source in here.parents:
+            where = "is" if here == source else "lies inside"
+            raise InputError(f"{folder}: {where} the input folder {source}; choose another --out")
+    for name in names:
+        hit = next((p for p in inputs if _same_file(here / name, Path(p))), None)
+        if hit is not None:
+            what = "is" if hit == here / name else f"would replace {hit},"
+            raise InputError(f"{Path(folder) / name}: {what} an input of this run; choose another --out (outputs "
+                             "never replace inputs, even with --overwrite)")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class OutputSet:
     """A set of files renamed together when complete, written under a `FolderLock`; the hidden partial files of
-    a killed run into the same folder are removed."""
+    a killed run into the same folder are removed. Outputs never replace the run's inputs (`refuse_inputs`), and
+    existing outputs only with `overwrite`, all of them or none (`commit`)."""
 
-    def __init__(self, folder: str | os.PathLike, names: list[str], overwrite: bool = False):
+    def __init__(self, folder: str | os.PathLike, names: list[str], overwrite: bool = False,
+                 inputs: list[Path] = (), input_folders: list[Path] = ()):
         self.folder = Path(folder)
+        refuse_inputs(self.folder, names, list(inputs), list(input_folders))
         self.lock = FolderLock(folder, on_stale=lambda: self._remove_leftovers(names))
         try:
             existing = [n for n in names if (self.folder / n).exists()]
             if existing and not overwrite:
                 raise InputError(f"{self.folder}: already holds {', '.join(existing)} (use --overwrite to replace)")
+            self._check_targets(names)
         except BaseException:
             self.lock.release()
             raise
-        tag = uuid.uuid4().hex[:8]
+        self.tag = uuid.uuid4().hex[:8]
         self.names = names
-        self.temp = {n: self.folder / f".{Path(n).stem}.partial-{tag}{Path(n).suffix}" for n in names}
+        self.temp = {n: self.folder / f".{Path(n).stem}.partial-{self.tag}{Path(n).suffix}" for n in names}
         self.done = False
 
+    def _check_targets(self, names: list[str]) -> None:
+        """Before any work, and again before any rename: a folder where an output goes cannot be replaced by it
+        (and is the user's, not ours to delete), so it is refused rather than met half-way through a commit."""
+        for n in names:
+            final = self.folder / n
+            if final.is_dir() and not final.is_symlink():
+                raise InputError(f"{final}: is a folder, so the output {n} cannot replace it; move it away")
+
     def _remove_leftovers(self, names: list[str]) -> None:
-        """Hidden partial files and work folders of a run that was killed (their names are cdtool's own)."""
+        """Hidden partial files and work folders of a run that was killed (their names are cdtool's own); an old
+        output it had moved aside while committing goes back where nothing replaced it."""
         for n in names:
             for p in self.folder.glob(f".{Path(n).stem}.partial-*"):
-                p.unlink(missing_ok=True)
+                _remove(p)
+        for p in self.folder.glob(f".*{REPLACED}*"):
+            final = self.folder / p.name[1:p.name.rindex(REPLACED)]
+            if not any(final.name.startswith(n) for n in names):
+                continue
+            if final.exists() or final.is_symlink():
+                _remove(p)
+            else:
+                os.replace(p, final)
         for d in self.folder.glob(".cdtool-work-*"):
             shutil.rmtree(d, ignore_errors=True)
 
@@ -141,27 +195,52 @@ class OutputSet:
     def final(self, name: str) -> Path:
         return self.folder / name
 
-    def commit(self) -> dict[str, Path]:
+    def _moves(self) -> list[tuple[Path, Path]]:
+        """(written file, its final path) for every output written and its sidecars (GDAL's .aux.xml)."""
+        moves = []
         for n in self.names:
-            tmp = self.temp[n]
-            if tmp.is_dir():
-                if self.final(n).exists():
-                    shutil.rmtree(self.final(n))
-                tmp.rename(self.final(n))
-            elif tmp.exists():
-                os.replace(tmp, self.final(n))
-            for side in tmp.parent.glob(tmp.name + ".*"):  # e.g. GDAL's .aux.xml sidecars
-                os.replace(side, self.final(n).with_name(self.final(n).name + side.name[len(tmp.name):]))
+            tmp, final = self.temp[n], self.final(n)
+            if tmp.exists():
+                moves.append((tmp, final))
+            for side in tmp.parent.glob(tmp.name + ".*"):
+                moves.append((side, final.with_name(final.name + side.name[len(tmp.name):])))
+        return moves
+
+    def commit(self) -> dict[str, Path]:
+        """Put the set in place as one step: every target checked first, the old outputs moved aside, the new
+        ones renamed in, the old ones deleted; a failed rename moves everything back, so the folder holds the
+        old set or the new one, never a mix."""
+        self._check_targets(self.names)
+        moves, aside, placed, final = self._moves(), [], [], self.folder
+        try:
+            for _, final in moves:
+                if final.exists() or final.is_symlink():
+                    backup = final.with_name(f".{final.name}{REPLACED}{self.tag}")
+                    os.replace(final, backup)
+                    aside.append((backup, final))
+            for tmp, final in moves:
+                os.replace(tmp, final)
+                placed.append((tmp, final))
+        except OSError as exc:
+            self._undo(placed, aside)
+            raise write_failure(final, exc) from exc
+        for backup, _ in aside:
+            _remove(backup)
         self.done = True
         return {n: self.final(n) for n in self.names if self.final(n).exists()}
+
+    @staticmethod
+    def _undo(placed: list[tuple[Path, Path]], aside: list[tuple[Path, Path]]) -> None:
+        """Back to where the commit started: new files to their hidden names (abort removes them), old back."""
+        for tmp, final in reversed(placed):
+            os.replace(final, tmp)
+        for backup, final in reversed(aside):
+            os.replace(backup, final)
 
     def abort(self) -> None:
         for tmp in self.temp.values():
             for p in [tmp, *tmp.parent.glob(tmp.name + ".*")]:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                elif p.exists():
-                    p.unlink()
+                _remove(p)
 
     def __enter__(self) -> "OutputSet":
         return self

@@ -61,6 +61,42 @@ def open_raster(source: str | Path):
     return ds
 
 
+_VSI_PREFIX = re.compile(r"^/vsi[a-z0-9_]+/")
+
+
+def _on_disk(name: str) -> Path | None:
+    """The local file behind a GDAL file name: the path itself, or the archive or compressed file a /vsizip/,
+    /vsitar/, /vsigzip/... name reads from (its longest prefix that is a file); None for remote names."""
+    rest = name
+    while _VSI_PREFIX.match(rest):
+        rest = _VSI_PREFIX.sub("", rest, count=1).replace("{", "").replace("}", "")
+    path = Path(rest)
+    try:
+        return next((c.resolve() for c in (path, *path.parents) if c.is_file()), None)
+    except (OSError, ValueError):  # a name no file system holds (too long, NUL)
+        return None
+
+
+def dataset_files(ds, seen: set[Path] | None = None) -> list[Path]:
+    """Every local file a dataset reads (resolved): the raster, its sidecars, the members of a stacked band
+    folder and a VRT's sources (nested VRTs followed), an archive for a /vsizip/ name. A resumed run and the
+    outputs' overlap check need them all: a changed band or an output written over a source is as bad as
+    a change to the file named."""
+    seen = set() if seen is None else seen
+    for name in ds.files:
+        path = _on_disk(str(name))
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        if path.suffix.lower() == ".vrt" and str(name) != str(ds.name):
+            try:
+                with rasterio.open(path) as nested:
+                    dataset_files(nested, seen)
+            except RasterioIOError:
+                pass  # GDAL reported it among the files; what it reads is not ours to judge here
+    return sorted(seen)
+
+
 def data_bands(ds, bands: list[int] | None, name: str) -> list[int]:
     """1-based band indexes to compare: the ones asked for, else every band but alpha."""
     if bands:
@@ -270,6 +306,17 @@ class RasterPair:
                 except RasterioIOError:
                     self.bad_blocks.add((ds.name, br, bc))
         return data, masks
+
+    def files(self) -> list[Path]:
+        """Every local file the pair reads (see `dataset_files`), both dates, resolved."""
+        seen: set[Path] = set()
+        for ds in self._open[:2]:  # the datasets as opened; a WarpedVRT on top reads the same files
+            dataset_files(ds, seen)
+        return sorted(seen)
+
+    def folders(self) -> list[Path]:
+        """The band folders given as inputs, resolved: nothing may be written into them."""
+        return [Path(s).resolve() for s in self.sources if Path(s).is_dir()]
 
     def open_args(self) -> dict:
         """The arguments of `open_pair` that open this pair again, picklable for a Dask worker."""

@@ -27,7 +27,7 @@ from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
 
-from cdtool.errors import write_failure
+from cdtool.errors import InputError, disk_full, write_failure
 
 LAYER = "changes"
 FLUSH_EVERY = 5000
@@ -78,6 +78,27 @@ def writing(path: Path):
         yield
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, sqlite3.Error, OSError) as exc:
         raise write_failure(path, exc) from None
+
+
+def check_gpkg_writable(folder: Path) -> None:
+    """GDAL's SQLite refuses some paths the file system takes (a newline in a folder's name): an empty
+    GeoPackage is made (and removed) in `folder` before the scoring pass, so such an --out is refused in one
+    line at the start rather than after all the work."""
+    import uuid
+
+    probe = Path(folder) / f".cdtool-probe-{uuid.uuid4().hex[:8]}.gpkg"
+    try:
+        pyogrio.raw.write(str(probe), geometry=np.array([], dtype=object), field_data=[], fields=[],
+                          driver="GPKG", geometry_type="Polygon", layer=LAYER, crs="EPSG:4326")
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError) as exc:
+        if disk_full(probe):
+            raise write_failure(probe, exc) from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{folder}: GDAL cannot write a GeoPackage into this folder ({reason}); choose "
+                         "another --out") from None
+    finally:
+        for p in probe.parent.glob(probe.name + "*"):  # with SQLite's -journal / -wal files
+            p.unlink(missing_ok=True)
 
 
 class Polygonizer:
