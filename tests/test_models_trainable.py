@@ -69,3 +69,41 @@ def test_cosimnet_variants():
     assert float(same(x1, x1).max()) < 1e-3  # identical dates: zero distance, zero change
     with pytest.raises(ValueError, match="metric"):
         create_model("cosimnet", metric="l1")
+
+
+class _Scaled(torch.nn.Module):
+    """An encoder whose every feature map is multiplied by its own factor (per layer)."""
+
+    def __init__(self, encoder, factors):
+        super().__init__()
+        self.encoder, self.factors = encoder, factors
+
+    def forward(self, x):
+        return [k * f for k, f in zip(self.factors, self.encoder(x))]
+
+
+@pytest.mark.parametrize("side_outputs", [1, 3])
+def test_cosimnet_features_reach_the_metric_with_unit_length(side_outputs):
+    """Paper 002: features live on the hypersphere (‖f‖ = 1) before the l2 or cosine metric, at every side
+    output; so l2 distances lie in [0, 2] and scaling a layer's features leaves its distance map unchanged."""
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    m = create_model("cosimnet", metric="l2", side_outputs=side_outputs, width=4).eval()
+    seen = []
+    inner = m._distance
+    m._distance = lambda a, b: (seen.append((a, b)), inner(a, b))[1]
+    with torch.no_grad():
+        ref = m.forward_train(x1, x2)["distances"]
+    assert len(seen) == side_outputs
+    for a, b in seen:
+        for f in (a, b):
+            assert torch.allclose(f.norm(dim=1), torch.ones(()), atol=1e-5)  # every pixel, every layer
+    assert all(float(d.min()) >= 0 and float(d.max()) <= 2 + 1e-5 for d in ref)
+    m._distance = inner
+    m.encoder = _Scaled(m.encoder, [0.01, 7.0, 300.0])
+    with torch.no_grad():
+        scaled = m.forward_train(x1, x2)["distances"]
+    for d, s in zip(ref, scaled):
+        assert torch.allclose(d, s, atol=1e-5)  # raw feature scale no longer reaches the l2 distance
+    with pytest.raises(ValueError, match="margin"):
+        create_model("cosimnet", margin=3.0)  # unreachable on the unit sphere

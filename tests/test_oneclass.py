@@ -14,7 +14,7 @@ import cdtool.tasks  # noqa: F401
 from cdtool.errors import InputError
 from cdtool.inference.centre_patch import as_dense
 from cdtool.losses import create_loss
-from cdtool.losses.oneclass import dual_term, l1
+from cdtool.losses.oneclass import dual_term, l1_norm, l2_norm
 from cdtool.models import create_model
 
 torch.set_num_threads(1)
@@ -59,14 +59,16 @@ def test_dual_loss_sign_and_gradients():
     # failing on generated inputs (the second term lowers it)
     assert float(dual_term(x, gx, torch.nn.Identity(), 0.4)) == 0.0
     zero = lambda t: torch.zeros_like(t)
-    assert torch.isclose(dual_term(x, gx, zero, 0.4), x.abs().mean() - 0.4 * gx.abs().mean())
+    # each term the 1-norm of a sample (summed over its pixels), averaged over the batch
+    norm1 = lambda t: t.abs().sum((1, 2, 3)).mean()
+    assert torch.isclose(dual_term(x, gx, zero, 0.4), norm1(x) - 0.4 * norm1(gx))
     full = create_loss("adae")
     no_dual = create_loss("adae", w_dual=0.0)
     lg, _ = full.generator(m, x)
     lg0, _ = no_dual.generator(m, x)
     g = m.generator(x)
     # G's side of the min-max: + w_d ||G(x) - D'(G(x))||_1 (it wants its outputs reconstructed by D')
-    assert torch.isclose(lg - lg0, l1(g, m.auxiliary(g)), atol=1e-5)
+    assert torch.isclose(lg - lg0, l1_norm(g, m.auxiliary(g)), atol=1e-3)
     for step, part in ((full.discriminator, m.discriminator), (full.auxiliary, m.auxiliary), (full.generator, m.generator)):
         m.zero_grad()
         loss, _ = step(m, x)
@@ -75,6 +77,51 @@ def test_dual_loss_sign_and_gradients():
     m.zero_grad()
     full.discriminator(m, x)[0].backward()
     assert all(p.grad is None for p in m.generator.parameters())  # D's step leaves G alone
+
+
+class _FixedAE:
+    """G (or D′) that encodes any batch to `z` and decodes to a constant image of x's shape."""
+
+    def __init__(self, shape, value, z):
+        self.shape, self.value, self.z = shape, value, z
+
+    def encode(self, x):
+        return self.z[: len(x)]
+
+    def decode(self, z):
+        return torch.full((len(z), *self.shape), self.value)
+
+    def __call__(self, x):
+        return torch.full_like(x, self.value)
+
+
+@pytest.mark.parametrize("side", [16, 32])
+def test_adae_reconstruction_terms_are_norms_that_grow_with_the_image(side):
+    """Paper 003: L_irec = E‖x − G(x)‖₁, L_dual's terms alike, L_zrec = E‖Ge(x) − Ge′(G(x))‖₂ (eqs. 3, 5-8):
+    norms of each sample, so a fixed per-pixel error costs 4× as much on an image twice as wide, while
+    L_adv (a per-sample BCE) does not grow; the batch size does not change any term (a mean over samples)."""
+    from types import SimpleNamespace
+
+    nz = 16
+    z = torch.zeros(5, nz)
+    for batch in (2, 5):
+        x = torch.zeros(batch, 1, side, side)
+        model = SimpleNamespace(generator=_FixedAE((1, side, side), 0.25, z),
+                                auxiliary=_FixedAE((1, side, side), 0.0, z + 3.0 / nz ** 0.5),
+                                centre=torch.zeros(nz), discriminate=lambda t: torch.zeros(len(t)))
+        loss = create_loss("adae", w_adv=5.0, w_zrec=1.0, w_c=0.05, w_dual=1.0, k=0.4)
+        _, parts = loss.generator(model, x)
+        pixels = side * side
+        assert parts["irec"] == pytest.approx(0.25 * pixels)       # ‖x − G(x)‖₁, not the mean 0.25
+        assert parts["g_direc"] == pytest.approx(0.25 * pixels)    # ‖G(x) − D′(G(x))‖₁, D′ outputs 0
+        assert parts["zrec"] == pytest.approx(3.0)                 # ‖·‖₂ = 3, not its square or a mean
+        assert parts["adv"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.0))))
+        _, aux_parts = loss.auxiliary(model, x)
+        assert aux_parts["dual"] == pytest.approx(0.0 - 0.4 * 0.25 * pixels)  # D′ reconstructs x = 0 exactly
+    a, b = torch.rand(3, 2, side, side), torch.rand(3, 2, side, side)
+    assert float(l1_norm(a, b)) == pytest.approx(float((a - b).abs().mean()) * 2 * side * side, rel=1e-5)
+    assert float(l2_norm(a[:, :, 0, 0], b[:, :, 0, 0])) == pytest.approx(
+        float((a - b)[:, :, 0, 0].norm(dim=1).mean()), rel=1e-5)
 
 
 def test_rotnet_losses_and_frozen_encoder_gradients():

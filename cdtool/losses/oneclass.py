@@ -3,9 +3,12 @@ them directly on the model and its prepared input, not through the dense-loss co
 
 - ``adae`` (paper 003): per-optimiser objectives of the adversarial dual autoencoder, with the paper's weights
   w = (w_i, w_a, w_z, w_c, w_d) = (1, 5, 1, 0.05, 1) and k = 0.4:
-  L_irec = ‖x − G(x)‖₁, L_adv (non-saturating BCE for G, BCE on real/fake for D), L_zrec = ‖Ge(x) − Ge′(G(x))‖₂²
-  (mean over the latent), L_c = ‖Ge(x) − c‖² (sum over the latent, mean over the batch),
-  L_dual = ‖x − D′(x)‖₁ − k·‖G(x) − D′(G(x))‖₁.
+  L_irec = E‖x − G(x)‖₁, L_adv (non-saturating BCE for G, BCE on real/fake for D; a mean over the batch),
+  L_zrec = E‖Ge(x) − Ge′(G(x))‖₂, L_c = E‖Ge(x) − c‖², L_dual = E‖x − D′(x)‖₁ − k·E‖G(x) − D′(G(x))‖₁.
+  Every ‖·‖ is the paper's norm of one sample (the 1-norm sums |·| over all its channels and pixels, the
+  2-norm is the root of the sum of squares over the latent, not squared: eq. 5), and E the mean over the
+  batch. The reconstruction terms therefore grow with the image (a 32×32 grey image sums 1,024 pixels)
+  while L_adv does not, which is the balance the paper's weights were chosen for.
   D minimises its BCE; D′ minimises w_d·L_dual + w_z·L_zrec (its encoder maps G(x) back to Ge(x)); G minimises
   w_i·L_irec + w_a·L_adv + w_z·L_zrec + w_c·L_c + w_d·‖G(x) − D′(G(x))‖₁, the other side of the min–max in
   L_dual (only its second term depends on G, and G wants its outputs reconstructed, as in Vu et al. 2019).
@@ -23,13 +26,20 @@ from torch import nn
 from cdtool.losses.base import register_loss
 
 
-def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).abs().mean()
+def l1_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """E‖a − b‖₁: the 1-norm of each sample (|·| summed over every dimension but the first), averaged over
+    the batch. Not a per-pixel mean: the paper's reconstruction terms are norms (eqs. 3, 6, 7)."""
+    return (a - b).abs().flatten(1).sum(1).mean()
+
+
+def l2_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """E‖a − b‖₂: the (unsquared) 2-norm of each sample, averaged over the batch (the paper's eq. 5)."""
+    return torch.linalg.vector_norm((a - b).flatten(1), ord=2, dim=1).mean()
 
 
 def dual_term(x: torch.Tensor, gx: torch.Tensor, aux: nn.Module, k: float) -> torch.Tensor:
-    """L_dual = ‖x − D′(x)‖₁ − k·‖G(x) − D′(G(x))‖₁."""
-    return l1(x, aux(x)) - k * l1(gx, aux(gx))
+    """L_dual = E‖x − D′(x)‖₁ − k·E‖G(x) − D′(G(x))‖₁."""
+    return l1_norm(x, aux(x)) - k * l1_norm(gx, aux(gx))
 
 
 @register_loss("adae")
@@ -67,7 +77,7 @@ class ADAELoss(nn.Module):
             loss = loss + self.w["dual"] * dual
             parts["dual"] = float(dual.detach())
         if self.w["zrec"] > 0:
-            zrec = (z - model.auxiliary.encode(gx)).pow(2).mean()
+            zrec = l2_norm(z, model.auxiliary.encode(gx))
             loss = loss + self.w["zrec"] * zrec
         return loss, parts
 
@@ -76,7 +86,7 @@ class ADAELoss(nn.Module):
         z = model.generator.encode(x)
         gx = model.generator.decode(z)
         parts = {}
-        irec = l1(x, gx)
+        irec = l1_norm(x, gx)
         loss = self.w["irec"] * irec
         parts["irec"] = float(irec.detach())
         if self.w["adv"] > 0:
@@ -85,7 +95,7 @@ class ADAELoss(nn.Module):
             loss = loss + self.w["adv"] * adv
             parts["adv"] = float(adv.detach())
         if self.w["zrec"] > 0:
-            zrec = (z - model.auxiliary.encode(gx)).pow(2).mean()
+            zrec = l2_norm(z, model.auxiliary.encode(gx))
             loss = loss + self.w["zrec"] * zrec
             parts["zrec"] = float(zrec.detach())
         if self.w["c"] > 0:
@@ -93,7 +103,7 @@ class ADAELoss(nn.Module):
             loss = loss + self.w["c"] * c
             parts["c"] = float(c.detach())
         if self.w["dual"] > 0:
-            g_dual = l1(gx, model.auxiliary(gx))
+            g_dual = l1_norm(gx, model.auxiliary(gx))
             loss = loss + self.w["dual"] * g_dual
             parts["g_direc"] = float(g_dual.detach())
         return loss, parts

@@ -2,8 +2,14 @@
 for scene change detection", paper 002) and its FCN-Metrics variant.
 
 A siamese, fully convolutional encoder shaped like a small DeepLab-v2 (two pooled stages, then dilated
-"conv5", an atrous "fc6" and a 1×1 "fc7") maps both dates to features; a fixed metric, Euclidean (l2) or
-cosine, compares them pixel by pixel into a distance map, upsampled bilinearly to the input size. With
+"conv5", an atrous "fc6" and a 1×1 "fc7") maps both dates to features. Every feature vector used by the
+metric is first scaled to unit length, ‖f‖ = 1 at each pixel of each layer (the paper: "we first constrain
+this embedding to live on the C-dimensional hypersphere, i.e. ‖feat‖ = 1"; the authors' code l2-normalises
+conv5, fc7 and the embedding alike); a fixed metric, Euclidean (l2) or cosine, then compares them pixel by
+pixel into a distance map, upsampled bilinearly to the input size. On unit vectors the l2 distance lies in
+[0, 2] and the contrastive margin m = 2 (the authors' code, with normalised features; the paper gives no
+number) is the largest distance there is; after a ReLU (conv5, fc6) features are non-negative and the
+largest reachable distance is √2, so changed pixels there are pushed towards orthogonal features. With
 multi-layer side outputs (MLSO) the distance is taken at conv5, fc6 and fc7 (the last `side_outputs` of
 them), each trained by its own contrastive loss weighted by β, and the prediction is the mean of the
 per-layer change scores. The paper fine-tunes ImageNet DeepLab weights; none can be downloaded here, so it
@@ -11,9 +17,11 @@ trains from scratch, and `cdtool train` can initialise the encoder from a local 
 (recipe key `model.init`).
 
 Distances become change scores in [0, 1] with a fixed monotone map so detection has one interface:
-l2: s = D / (D + m/2), 0.5 halfway to the margin m; cosine: s = 1 - exp(-|w·cos + b|) with the learnable
-w, b of the paper's cosine loss. The detection threshold is chosen on validation pairs and stored in the
-checkpoint. FCN-Metrics adds a 1×1 classifier on fc7 and predicts with its sigmoid.
+l2: s = D / (D + m/2), 0.5 halfway to the margin m (D ≤ 2, so s ≤ 2/3 at m = 2); cosine:
+s = 1 - exp(-|w·cos + b|) with the learnable w, b of the paper's cosine loss. The detection threshold is
+chosen on validation pairs and stored in the checkpoint. FCN-Metrics adds a 1×1 classifier on the two
+dates' fc7 features (as they come out of the encoder, not normalised: the paper does not say) and predicts
+with its sigmoid.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ from cdtool.models.base import ChangeModel
 from cdtool.models.registry import register_model
 
 LAYERS = ("conv5", "fc6", "fc7")
+
+
+def unit_length(f: torch.Tensor) -> torch.Tensor:
+    """Each pixel's feature vector (dim 1) scaled to ‖f‖ = 1; an all-zero vector stays zero."""
+    return F.normalize(f.float(), p=2.0, dim=1, eps=1e-12)
 
 
 def _block(cin: int, cout: int, dilation: int = 1, k: int = 3) -> nn.Sequential:
@@ -62,6 +75,9 @@ class CosimNet(ChangeModel):
             raise ValueError(f"metric must be 'l2' or 'cos', got {metric!r}")
         if not 1 <= side_outputs <= 3:
             raise ValueError(f"side_outputs must be 1, 2 or 3, got {side_outputs}")
+        if not 0.0 < float(margin) <= 2.0:
+            raise ValueError(f"margin must be in (0, 2]: features have unit length, so l2 distances lie in "
+                             f"[0, 2]; got {margin}")
         self.metric, self.side_outputs, self.margin = metric, side_outputs, float(margin)
         self.encoder = MetricEncoder(in_channels, width, embed)
         # the paper's learnable scale and shift of the cosine similarity, one pair per side output
@@ -70,7 +86,7 @@ class CosimNet(ChangeModel):
         self.classifier = nn.Conv2d(2 * embed, 1, 1) if classifier else None
 
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a, b = a.float(), b.float()
+        """Per-pixel distance of two feature maps that `forward_train` has scaled to unit length."""
         if self.metric == "l2":
             return (a - b).pow(2).sum(1, keepdim=True).add(1e-8).sqrt()
         return 1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-6).unsqueeze(1)
@@ -88,7 +104,8 @@ class CosimNet(ChangeModel):
         feats = self.encoder(torch.cat([before, after]))[-self.side_outputs:]
         dists, scores = [], []
         for k, f in enumerate(feats):
-            d = F.interpolate(self._distance(f[:n], f[n:]), size=size, mode="bilinear", align_corners=False)
+            u = unit_length(f)  # the paper's hypersphere: ‖f‖ = 1 before any metric
+            d = F.interpolate(self._distance(u[:n], u[n:]), size=size, mode="bilinear", align_corners=False)
             dists.append(d)
             scores.append(self._score(d, k))
         out = {"distances": dists, "layer_scores": scores}
