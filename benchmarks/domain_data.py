@@ -8,6 +8,10 @@ Sources (ground sampling distance):
   oscd_test   10 OSCD test cities, same layout (labels cm/cm.png 0/255 on the 10 m grid)
   nanjing     one Landsat-5 TM pair (6-band ENVI, 800x800, 30 m), partial labels: change.bmp marks changed
               pixels, unchanged.bmp pixels known unchanged, everything else is unknown
+  oscd        all 20 OSCD cities (the two above together): the Sentinel-2 domain's scenes
+  egy_bcd     9 EGY-BCD New Cairo crops, 256x256 RGB PNG, about 0.25 m, building change, label 0/255
+  beijing     INLPG's two Beijing pairs, 500x500 RGB JPEG (Google Earth, very high resolution; the source
+              states no GSD, taken as 0.5 m), label JPEG > 127
 
 Run from the repository root:
 
@@ -17,7 +21,9 @@ writes `<source>.npz` (np.savez_compressed) with, per pair i: `before_i`, `after
 `mask_i` (H, W) uint8 (0 unchanged, 1 changed, 255 unknown), plus `names` (str array) and `gsd` (metres),
 and `manifest.json`. OSCD reflectance (uint16) becomes uint8 by one linear stretch per city and band, shared
 by both dates (0.5-99.5 percentiles of both dates' pixels together), so the dates keep their relative
-radiometry. Load with `np.load(path)`; `int(f["count"])` pairs.
+radiometry. Load with `np.load(path)`; `int(f["count"])` pairs. `--bands all` writes `<source>_all.npz` with
+every band in the file's own dtype (OSCD: 13 bands, uint16 reflectance x 10000, in Sentinel-2 order B01-B08,
+B8A, B09-B12, listed in `band_names`) and no stretch: training standardises each date per band as detect does.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ OSCD_TRAIN = ("bercy", "paris", "rennes", "saclay_e", "pisa", "mumbai")
 OSCD_TEST = ("brasilia", "chongqing", "dubai", "lasvegas", "milano", "montpellier", "norcia", "rio",
              "saclay_w", "valencia")
 NANJING = ("LT51200382000124BJC00_Nanjing", "LT51200382002193BJC00_Nanjing")  # 2000-05-03, 2002-07-12
+OSCD_MORE = ("abudhabi", "beihai", "beirut", "cupertino")  # training cities added to ../shared/data later
 UNKNOWN = 255
 PERCENTILES = (0.5, 99.5)
 
@@ -79,6 +86,9 @@ SOURCES = {
     "oscd_train": Source("oscd_train", 10.0, True, "OSCD training cities " + ", ".join(OSCD_TRAIN)),
     "oscd_test": Source("oscd_test", 10.0, True, "OSCD test cities " + ", ".join(OSCD_TEST)),
     "nanjing": Source("nanjing", 30.0, True, "Landsat-5 TM Nanjing pair, partial labels"),
+    "oscd": Source("oscd", 10.0, True, "all 20 OSCD cities in ../shared/data"),
+    "egy_bcd": Source("egy_bcd", 0.25, False, "EGY-BCD New Cairo crops (A/, B/, label/ PNG), building change"),
+    "beijing": Source("beijing", 0.5, False, "INLPG Beijing VHR pairs (JPEG, Google Earth; GSD not stated)"),
 }
 
 
@@ -99,11 +109,22 @@ def pairs(source: str, data: Path = DEFAULT_DATA) -> list[Pair]:
         # only pairs with a label (levir's A/test_113_0256.png is a 768x384 figure with no label)
         return [Pair(source, lab.stem, root / "A" / lab.name, root / "B" / lab.name, (1, 2, 3), (1, 2, 3), False)
                 for lab in sorted((root / "label").glob("*.png")) if (root / "A" / lab.name).is_file()]
-    if source in ("oscd_train", "oscd_test"):
+    if source == "egy_bcd":
+        root = data / "egy_bcd"
+        return [Pair(source, f"{lab.parent.parent.name}/{lab.stem}", lab.parent.parent / "A" / lab.name,
+                     lab.parent.parent / "B" / lab.name, (1, 2, 3), (1, 2, 3), False)
+                for split in ("train", "val", "test") for lab in sorted((root / split / "label").glob("*.png"),
+                                                                         key=lambda p: int(p.stem.split("_")[-1]))]
+    if source == "beijing":
+        root = data / "inlpg"
+        return [Pair(source, n, root / f"{n}_1.jpg", root / f"{n}_2.jpg", (1, 2, 3), (1, 2, 3), False)
+                for n in ("beijing_A", "beijing_B")]
+    if source in ("oscd_train", "oscd_test", "oscd"):
         from cdtool.io.stack import band_files
 
         out = []
-        for city in OSCD_TRAIN if source == "oscd_train" else OSCD_TEST:
+        cities = {"oscd_train": OSCD_TRAIN, "oscd_test": OSCD_TEST}.get(source, OSCD_TRAIN + OSCD_MORE + OSCD_TEST)
+        for city in cities:
             d1, d2 = data / "oscd" / city / "imgs_1", data / "oscd" / city / "imgs_2"
             order = [_s2_band(p) for p in band_files(d1)]
             if order != [_s2_band(p) for p in band_files(d2)]:
@@ -123,9 +144,11 @@ def _s2_band(path: Path) -> str:
 
 
 def read_mask(pair: Pair) -> np.ndarray:
-    if pair.source in ("levir", "dsifn"):
+    if pair.source in ("levir", "dsifn", "egy_bcd"):
         label = _read(pair.before.parent.parent / "label" / pair.before.name, 1)
         return (label > 0).astype(np.uint8)
+    if pair.source == "beijing":
+        return (_read(pair.before.parent / f"{pair.name}_gt.jpg", 1) > 127).astype(np.uint8)  # JPEG: not pure
     if pair.source.startswith("oscd"):
         return (_read(pair.before.parent / "cm" / "cm.png", 1) > 0).astype(np.uint8)  # 0/255 on the 10 m grid
     if pair.source == "nanjing":
@@ -168,12 +191,28 @@ def read_rgb(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     return out[0], out[1], valid, how
 
 
-def export(source: str, data: Path, out: Path) -> dict:
+def read_all(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(before, after) as (C, H, W) with every band in its own dtype, where both dates are valid."""
+    from cdtool.io.pair import open_pair
+    from cdtool.windows import Tile
+
+    with open_pair(pair.before, pair.after, bands=list(pair.all_bands), align=True) as p:
+        h, w = p.shape
+        if p.origin != (0, 0):
+            raise SystemExit(f"{pair.name}: dates overlap only in part; not handled")
+        x, valid = p.read(Tile(0, 0, h, w))
+        names = list(p.info.band_names)
+    dtype = np.uint16 if np.nanmax(x) < 65536 and np.nanmin(x) >= 0 else np.float32
+    x = np.where(valid[None, None], x, 0).astype(dtype)
+    return x[0], x[1], valid, {"scaling": "none (native values)", "band_names": names}
+
+
+def export(source: str, data: Path, out: Path, bands: str = "rgb") -> dict:
     arrays: dict[str, np.ndarray] = {}
     records = []
     names = []
     for i, pair in enumerate(pairs(source, data)):
-        before, after, valid, how = read_rgb(pair)
+        before, after, valid, how = (read_rgb if bands == "rgb" else read_all)(pair)
         mask = pair.mask()
         if mask.shape != before.shape[1:]:
             raise SystemExit(f"{source}/{pair.name}: label is {mask.shape} but the images are {before.shape[1:]}")
@@ -185,7 +224,7 @@ def export(source: str, data: Path, out: Path) -> dict:
                         "unknown": int((mask == UNKNOWN).sum()), "rgb_bands": list(pair.rgb),
                         "before": str(pair.before.relative_to(data)), "after": str(pair.after.relative_to(data)),
                         **how})
-    path = out / f"{source}.npz"
+    path = out / (f"{source}.npz" if bands == "rgb" else f"{source}_all.npz")
     np.savez_compressed(path, names=np.array(names), gsd=np.float64(SOURCES[source].gsd),
                         count=np.int64(len(names)), **arrays)
     return {"file": path.name, "bytes": path.stat().st_size, "gsd": SOURCES[source].gsd,
@@ -197,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--out", type=Path, default=Path(".domain_data"))
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    ap.add_argument("--bands", choices=("rgb", "all"), default="rgb",
+                    help="rgb: 3 uint8 bands; all: every band in its own dtype (<source>_all.npz)")
     ap.add_argument("--max-mb", type=float, default=40.0, help="fail when the files together exceed this")
     args = ap.parse_args(argv)
     data = args.data.resolve()
@@ -210,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                 "sources": {}}
     total = 0
     for source in args.sources:
-        info = export(source, data, args.out)
+        info = export(source, data, args.out, args.bands)
         manifest["sources"][source] = info
         total += info["bytes"]
         px = sum(p["height"] * p["width"] for p in info["pairs"])

@@ -13,7 +13,10 @@ Run from the repository root:
 
 `default` is DetectOptions(model=None), whatever detect picks for the input; `MODEL@T` runs MODEL with
 threshold T (a number, or otsu, kmeans, gmm). `--loso DIR` adds a row
-"loso:<DIR name>" that scores each source S with DIR/S.safetensors (a model trained without S).
+"loso:<DIR name>" that scores each source S with DIR/S.safetensors (a model trained without S); `--cv DIR`
+a row "cv:<DIR name>" that scores each scene with the fold model of benchmarks/train_domain.py that left
+it out, and a per-scene table with the default rule (mean F1 above the best label-free method's, losing to
+it on at most a third of the scenes).
 `--bands rgb` compares the three RGB bands of every source (OSCD B04, B03, B02; Nanjing TM 3, 2, 1);
 `all` every band (OSCD 13, Nanjing 6; LEVIR and DSIFN stay 3). PNG sources get their nominal GSD through
 DetectOptions(gsd=...); georeferenced ones (OSCD, Nanjing) let detect read it from the transform. OSCD
@@ -145,18 +148,24 @@ def radiometric_twin(before: Path, folder: Path) -> Path:
 
 
 # -- running ---------------------------------------------------------------------------------------------
-def model_for(spec: str, source: str) -> str | None:
-    """DetectOptions.model for a row spec: None for 'default', DIR/<source>.safetensors for 'loso:DIR'."""
+def model_for(spec: str, source: str, scene: str = "") -> str | None:
+    """DetectOptions.model for a row spec: None for 'default', DIR/<source>.safetensors for 'loso:DIR', and for
+    'cv:DIR' the fold model of benchmarks/train_domain.py that left `scene` out (DIR/summary.json)."""
     if spec == "default":
         return None
     if spec.startswith("loso:"):
         return str(Path(spec[5:]) / f"{source}.safetensors")
+    if spec.startswith("cv:"):
+        folds = json.loads((Path(spec[3:]) / "summary.json").read_text())["scene_fold"]
+        key = f"{source}/{scene}"
+        return str(Path(spec[3:]) / folds[key]) if key in folds else f"{spec[3:]}/not-cross-validated-{scene}.safetensors"
     return spec
 
 
 def row_label(spec: str) -> str:
-    if spec.startswith("loso:"):
-        return f"loso:{Path(spec[5:]).name}"
+    if spec.startswith(("loso:", "cv:")):
+        kind, _, folder = spec.partition(":")
+        return f"{kind}:{Path(folder).name}"
     return Path(spec).name if spec.endswith(".safetensors") else spec
 
 
@@ -178,17 +187,19 @@ def evaluate(spec: str, source: str, data: Path = DEFAULT_DATA, bands: str = "rg
     cell = Cell(row_label(spec), source)
     todo: list[Pair] = [p for p in pairs(source, data) if only is None or p.name in only]
     spec, _, threshold = spec.partition("@")  # "cva@gmm": a model with another threshold method or value
-    model = model_for(spec, source)
-    if model is not None and model.endswith(".safetensors") and not Path(model).is_file():
-        cell.error = f"no checkpoint {model}"
-        return cell
     gsd = None if SOURCES[source].georeferenced else SOURCES[source].gsd
     acc = BinaryMetrics(bins=1024)
     same, radio = [], []
     with tempfile.TemporaryDirectory(prefix="domain-table-") as tmp:
         work = Path(tmp)
         for pair in todo:
-            opts = DetectOptions(model=model, bands=pair.bands(bands), gsd=gsd, polygons=False, progress=False,
+            model = model_for(spec, source, pair.name)
+            if model is not None and model.endswith(".safetensors") and not Path(model).is_file():
+                cell.error = f"no checkpoint {model}"
+                return cell
+            # every band: none picked, so a Sentinel-2 model reads its own bands by name
+            picked = None if bands == "all" else pair.bands(bands)
+            opts = DetectOptions(model=model, bands=picked, gsd=gsd, polygons=False, progress=False,
                                  align=pair.source.startswith("oscd"), device=device, preview=False,
                                  threshold=(threshold if threshold in ("otsu", "kmeans", "gmm") else float(threshold))
                                  if threshold else None)
@@ -268,6 +279,37 @@ def markdown(cells: list[Cell], bands: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+LABEL_FREE = ("cva", "pca_kmeans", "irmad")
+
+
+def scene_table(cells: list[Cell]) -> tuple[str, dict]:
+    """Per-scene F1 of every row, and the default rule for each learned row: its mean per-scene F1 beats the best
+    label-free method's and it loses to that method on at most a third of the scenes."""
+    rows = list(dict.fromkeys(c.model for c in cells if not c.error))
+    f1 = {m: {f"{c.source}/{p['name']}": p["f1"] for c in cells if c.model == m and not c.error for p in c.pairs}
+          for m in rows}
+    scenes = list(dict.fromkeys(s for m in rows for s in f1[m]))
+    mean = {m: float(np.mean([f1[m][s] for s in scenes if s in f1[m]])) for m in rows}
+    free = [m for m in rows if m.split("@")[0] in LABEL_FREE]
+    best_free = max(free, key=mean.get) if free else None
+    lines = ["| scene | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
+    lines += [f"| {s} | " + " | ".join(_num(f1[m].get(s, math.nan)) for m in rows) + " |" for s in scenes]
+    lines.append("| **mean** | " + " | ".join(f"**{_num(mean[m])}**" for m in rows) + " |")
+    verdicts = {}
+    if best_free:
+        lines += ["", f"Best label-free method: {best_free} (mean F1 {_num(mean[best_free])}).", ""]
+        for m in rows:
+            if m in free:
+                continue
+            losses = sum(f1[m][s] < f1[best_free][s] for s in scenes if s in f1[m] and s in f1[best_free])
+            wins = mean[m] > mean[best_free] and losses <= len(scenes) / 3
+            verdicts[m] = {"mean_f1": mean[m], "best_label_free": best_free, "best_label_free_f1": mean[best_free],
+                           "losses": losses, "scenes": len(scenes), "default": wins}
+            lines.append(f"- {m}: mean F1 {_num(mean[m])}, loses to {best_free} on {losses} of {len(scenes)} "
+                         f"scenes: {'qualifies as the default' if wins else 'does not qualify as the default'}")
+    return "\n".join(lines) + "\n", verdicts
+
+
 def run_table(specs: list[str], sources: list[str], data: Path, bands: str, invariance: bool = True,
               device: str | None = None) -> list[Cell]:
     total = sum(len(pairs(s, data)) for s in sources) * len(specs) * (3 if invariance else 1)
@@ -297,29 +339,36 @@ def _finite(x):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["cva"],
+    ap.add_argument("--models", nargs="*", default=["cva"],
                     help="registry names, checkpoint paths, or 'default' (what detect picks)")
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     ap.add_argument("--loso", type=Path, help="folder of <source>.safetensors, each trained without that source")
+    ap.add_argument("--cv", type=Path, help="a benchmarks/train_domain.py folder: each scene scored by the fold "
+                                             "model that left it out, with the per-scene table and default rule")
     ap.add_argument("--bands", choices=("rgb", "all"), default="rgb")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--no-invariance", action="store_true", help="skip the same/radiometric runs")
     ap.add_argument("--device", help="torch device for detect (default: cuda when available)")
+    ap.add_argument("--with", dest="earlier", type=Path, nargs="*", default=[],
+                    help="--json files of earlier runs whose rows join this table (e.g. the label-free rows)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: no such folder")
-    specs = list(args.models) + ([f"loso:{args.loso}"] if args.loso else [])
+    specs = list(args.models) + ([f"loso:{args.loso}"] if args.loso else []) + ([f"cv:{args.cv}"] if args.cv else [])
     start = time.perf_counter()
-    cells = run_table(specs, args.sources, args.data, args.bands, not args.no_invariance, args.device)
+    cells = [Cell(**c) for f in args.earlier for c in json.loads(f.read_text())["cells"]]
+    cells += run_table(specs, args.sources, args.data, args.bands, not args.no_invariance, args.device)
     table = markdown(cells, args.bands)
+    scenes, verdicts = scene_table(cells)
+    table += "\nF1 by scene (each learned row scores a scene with a model that never saw it):\n\n" + scenes
     print(table)
     print(f"{time.perf_counter() - start:.1f} s in all")
     if args.md:
         args.md.write_text(table)
     if args.json:
-        args.json.write_text(json.dumps(_finite({"bands": args.bands, "data": str(args.data),
+        args.json.write_text(json.dumps(_finite({"bands": args.bands, "data": str(args.data), "verdicts": verdicts,
                                                  "cells": [c.__dict__ for c in cells]}), indent=2, default=str))
 
 

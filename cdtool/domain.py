@@ -37,6 +37,7 @@ class ModelCard:
     value_range: str = "any (each date is standardised per band)"
     gsd_m: tuple[float, float] | None = None  # effective GSDs seen in training (after scale augmentation)
     usable_gsd_m: tuple[float, float] | None = None  # input GSDs where it beat the label-free methods
+    usable_without_gsd: bool = False  # also the default where the GSD is unknown (it was validated on such pairs)
     change: str = "any"
     data: str = ""
     recipe: str = ""
@@ -65,6 +66,9 @@ class ModelCard:
         if known.get("band_count") is not None and not (isinstance(known["band_count"], int)
                                                         and 0 < known["band_count"] <= 10_000):
             raise InputError(f"checkpoint card: band_count must be a positive integer, got {known['band_count']!r}")
+        if not isinstance(known.get("usable_without_gsd", False), bool):
+            raise InputError(f"checkpoint card: usable_without_gsd must be true or false, got "
+                             f"{known['usable_without_gsd']!r}")
         return cls(**known)
 
     def to_meta(self) -> dict:
@@ -78,7 +82,8 @@ class ModelCard:
         if self.layout:
             bands += f" ({self.layout}{': ' + ', '.join(self.band_names) if self.band_names else ''})"
         return [("bands", bands), ("values", self.value_range), ("GSD trained", rng(self.gsd_m)),
-                ("default for GSD", "never" if self.usable_gsd_m is None else rng(self.usable_gsd_m)), ("change learned", self.change),
+                ("default for GSD", "never" if self.usable_gsd_m is None else rng(self.usable_gsd_m)
+                 + (" and unknown GSD (aerial)" if self.usable_without_gsd else "")), ("change learned", self.change),
                 ("data", self.data or "-"), ("recipe", self.recipe or "-")]
 
 
@@ -92,6 +97,7 @@ class InputDomain:
     dtype: str
     gsd: float | None
     gsd_source: str  # "transform", "--gsd" or "unknown"
+    panorama: bool = False  # a 360° street-level panorama (--wrap): never an aerial model's domain
 
     @property
     def sentinel2_bands(self) -> list[str | None]:

@@ -42,6 +42,13 @@ def f1(out: Path, truth: np.ndarray) -> float:
     return 0.0 if np.isnan(score) else score
 
 
+def held_out_f1(card: dict, scene: str | None) -> float | None:
+    """The F1 a model's card records for `scene` from its cross-validation (a fold model that left the scene
+    out), or None when the model did not train on it."""
+    per_scene = ((card or {}).get("scores") or {}).get("per_scene_f1") or {}
+    return per_scene.get(scene) if scene else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "demo_out")
@@ -56,18 +63,18 @@ def main() -> int:
     if (SHARED / "oscd" / "rennes").is_dir():
         city = SHARED / "oscd" / "rennes"
         truth = read_change_mask(city / "cm" / "rennes-cm.tif")[0]  # OSCD 1/2, read by cdtool's one mask rule
-        jobs.append(("oscd_rennes", city / "imgs_1", city / "imgs_2", truth, None))
+        jobs.append(("oscd_rennes", city / "imgs_1", city / "imgs_2", truth, None, "oscd/rennes"))
         name = "test_2_0000_0000.png"  # a 0.5 m PNG pair: no georeference, so its GSD is given
         truth = read_change_mask(SHARED / "levir" / "label" / name)[0]
         jobs.append(("levir_" + Path(name).stem, SHARED / "levir" / "A" / name, SHARED / "levir" / "B" / name,
-                     truth, 0.5))
+                     truth, 0.5, "levir/" + Path(name).stem))
     else:
         print(f"{SHARED} not found: using a generated pair instead")
         before, after, truth_tif = write_pair(args.out / "generated_input", size=1024, seed=7)
         truth = read_change_mask(truth_tif)[0]
-        jobs.append(("generated", before, after, truth, None))
+        jobs.append(("generated", before, after, truth, None, None))
 
-    for name, before, after, truth, gsd in jobs:
+    for name, before, after, truth, gsd, scene in jobs:
         out = args.out / name
         opts = DetectOptions(model=args.model, overwrite=True, progress=sys.stderr.isatty(), gsd=gsd)
         res = detect(before, after, out, opts)
@@ -75,6 +82,10 @@ def main() -> int:
         print(f"{name}: model {res.model}, {res.width}x{res.height} px, threshold {res.threshold:.3f}, "
               f"{res.changed_share:.1%} flagged, {res.regions} regions, F1 vs truth {f1(out, truth):.3f}, "
               f"{res.seconds:.1f} s")
+        held_out = held_out_f1(res.extra["model_choice"]["card"], scene)
+        if held_out is not None:
+            print(f"  this pair is in the model's training data, so that F1 flatters it; scored by the "
+                  f"cross-validation model that never saw it: F1 {held_out:.3f}")
         print(f"  why this model: {res.extra['model_choice']['reason']}")
         print(f"  outputs in {out}/ (drag the change_prob, change_mask and changes.gpkg files into QGIS; preview: {pv})")
         same = detect(before, before, args.out / f"{name}_same", opts)

@@ -20,9 +20,9 @@ def test_shipped_weights_match_their_provenance_and_cards():
         shipped = re.search(rf"{path.stem}.*?sha256: ([0-9a-f]{{64}})", text, re.S).group(1)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == shipped
         det = load_detector(path.stem)  # by name, as `--model siam_diff_unet_rgb`
-        assert det.card.band_count == 3 and det.card.gsd_m is not None and det.card.scores
+        assert det.card.band_count in (3, 12) and det.card.gsd_m is not None and det.card.scores
         assert f"threshold {det.threshold:.3f}" in text
-        x = torch.rand(1, 3, 64, 64)
+        x = torch.rand(1, det.card.band_count, 64, 64)
         with torch.no_grad():
             y = det.model(x, x)
         # identical dates: one constant score, below the threshold
@@ -30,8 +30,27 @@ def test_shipped_weights_match_their_provenance_and_cards():
 
 
 def test_default_is_label_free_where_no_card_covers_the_input():
-    for count, names, gsd in ((3, ["a", "b", "c"], 0.5), (3, ["a", "b", "c"], None), (13, ["b"] * 13, 10.0)):
-        domain = InputDomain(count, names, [], "uint8", gsd, "transform" if gsd else "unknown")
+    cases = ((3, ["a", "b", "c"], 30.0, False), (3, ["a", "b", "c"], None, True), (13, ["b"] * 13, 10.0, False),
+             (4, ["a", "b", "c", "d"], 0.5, False))
+    for count, names, gsd, panorama in cases:
+        domain = InputDomain(count, names, [], "uint8", gsd, "transform" if gsd else "unknown", panorama)
         choice = choose_detector(None, domain)
         kind = "rgb" if count == 3 else "multispectral"
         assert choice.detector.name == LABEL_FREE_DEFAULT[kind] and "label-free" in choice.reason
+
+
+def test_very_high_resolution_rgb_gets_the_learned_default():
+    """vhr_rgb beat the best label-free method in cross-validation over whole scenes at 0.25-2 m (its card), on
+    pairs without georeference too; outside that range, or for a panorama, the default stays label-free."""
+    for gsd in (0.25, 0.5, 1.5, 2.0, None):
+        domain = InputDomain(3, ["a", "b", "c"], ["red", "green", "blue"], "uint8", gsd,
+                             "transform" if gsd else "unknown")
+        choice = choose_detector(None, domain)
+        assert choice.detector.card.usable_gsd_m == (0.25, 2.0) and choice.reason.startswith("vhr_rgb")
+        assert ("GSD unknown" in choice.reason) == (gsd is None)
+        scores = choice.detector.card.scores["cross_validated"]
+        assert scores["default"] and scores["mean_f1"] > scores["best_label_free_f1"]
+        assert scores["losses"] <= scores["scenes"] / 3
+    for gsd in (0.1, 3.0, 10.0):
+        domain = InputDomain(3, ["a", "b", "c"], ["red", "green", "blue"], "uint8", gsd, "transform")
+        assert choose_detector(None, domain).detector.name == LABEL_FREE_DEFAULT["rgb"]
