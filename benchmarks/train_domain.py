@@ -371,6 +371,7 @@ def main() -> None:
     summary["scene_fold"] = {s: f"fold{k}.safetensors" for s, k in cv["folds"].items()}
     thr_all, f1_oof = best_threshold(oof, 0.0)
     summary["oof_mean_f1_at_best"] = round(f1_oof, 4)
+    (a.out / "summary.json").write_text(json.dumps(summary, indent=2))  # the folds can be scored already
     if not a.no_all:
         log(f"all: {len(scenes)} scenes")
         model, curve, secs = train_one(scenes, [], dom, a, log)
