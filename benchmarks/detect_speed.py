@@ -9,6 +9,7 @@ range over repeats. Pairs are generated once per --workdir (seeded, structured t
     python benchmarks/detect_speed.py memory --shapes 2048x2048 4096x4096 8192x8192 16384x4096 4096x16384
     python benchmarks/detect_speed.py throughput --size 4096 --models cva pca_kmeans irmad
     python benchmarks/detect_speed.py workers --size 8192 --workers 0 1 2 4 8
+    python benchmarks/detect_speed.py changed --size 8192 --repeats 1
 
 Modes of `compare`:
   detect     `cdtool detect` as a user runs it (score + mask COGs, polygons, preview)
@@ -19,6 +20,10 @@ Modes of `compare`:
   monai      MONAI sliding_window_inference (Gaussian blending, same model, weights, tile, overlap and batch),
              the rasters loaded whole as its users do, then the score map written (deflate GeoTIFF)
   naive      the whole raster through the model in one call, then the score map written
+`changed` runs `cdtool detect` (polygons and preview) on the pair and on the same pair with AFTER's lower half
+replaced by noise, an unrelated texture: one changed region winds through every band of that half, with
+thousands of holes (the polygon writer held all its pieces until it closed). Peak memory should not differ by
+more than a band's worth; regions per second are the regions written over the run's wall time.
 Every mode runs the model chosen by --model with --native-scale semantics (no resampling), so all see the
 same pixels. Fixed settings are printed with each result.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -133,6 +139,27 @@ def pair(workdir: Path, height: int, width: int, bands: int = 3, dtype: str = "u
     return folder / "before.tif", folder / "after.tif"
 
 
+def half_changed(workdir: Path, size: int, bands: int = 3, dtype: str = "uint8") -> tuple[Path, Path]:
+    """The seeded pair with AFTER's lower half replaced by seeded uniform noise, written once per workdir."""
+    import numpy as np
+    import rasterio
+
+    before, after = pair(workdir, size, size, bands, dtype)
+    half = after.with_name("after_lower_half_noise.tif")
+    if not half.exists():
+        tmp = half.with_name(".partial-" + half.name)
+        shutil.copy(after, tmp)
+        rng = np.random.default_rng(1)
+        top = np.iinfo(dtype).max if np.dtype(dtype).kind in "ui" else 1.0
+        with rasterio.open(tmp, "r+") as ds:
+            for r in range(size // 2, size, 256):
+                h = min(256, size - r)
+                noise = rng.random((bands, h, size)) * top
+                ds.write(noise.astype(dtype), window=((r, r + h), (0, size)))
+        os.replace(tmp, half)
+    return before, half
+
+
 def measure(spec: dict, timeout: float) -> dict:
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +205,7 @@ def base_spec(args, before: Path, after: Path, work: Path, name: str, **over) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["compare", "memory", "throughput", "workers"])
+    parser.add_argument("what", choices=["compare", "memory", "throughput", "workers", "changed"])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--bands", type=int, default=3)
@@ -231,6 +258,19 @@ def main() -> None:
         for shape, rs in runs.items():
             h, w = (int(v) for v in shape.split("x"))
             print(f"| {shape} | {h * w / 1e6:.0f} | {summary(rs, 'seconds')} | {summary(rs, 'peak_mib')} |")
+    elif args.what == "changed":
+        before, after = pair(work, args.size, args.size, args.bands, args.dtype)
+        half = half_changed(work, args.size, args.bands, args.dtype)[1]
+        specs = {"unchanged pair": base_spec(args, before, after, work, "detect", out=str(work / "out_same")),
+                 "lower half changed": base_spec(args, before, half, work, "detect", out=str(work / "out_half"))}
+        runs = interleaved(specs, args.repeats, args.timeout)
+        print(f"\n{args.size}² × {args.bands} {args.dtype}, {args.model}, detect with polygons and preview")
+        print("| pair | wall s | peak RSS MiB | regions | regions/s |\n|---|---|---|---|---|")
+        for name, rs in runs.items():
+            ok = [r for r in rs if "seconds" in r]
+            rate = f"{statistics.median(r['regions'] / r['seconds'] for r in ok):.1f}" if ok else "–"
+            regions = ok[0]["regions"] if ok else "–"
+            print(f"| {name} | {summary(rs, 'seconds')} | {summary(rs, 'peak_mib')} | {regions} | {rate} |")
     elif args.what == "throughput":
         before, after = pair(work, args.size, args.size, args.bands, args.dtype)
         specs = {}

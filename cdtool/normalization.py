@@ -40,18 +40,46 @@ def sample_tiles(height: int, width: int, size: int = 256, per_side: int = 6) ->
     return [Tile(int(r), int(c), th, tw) for r in rows for c in cols]
 
 
-def pair_statistics(pair) -> tuple[np.ndarray, np.ndarray]:
-    """Per-date, per-band mean and std (each (2, C)) over the valid pixels of a sample of windows."""
-    h, w = pair.shape
+# Valid pixels the spread sample must hold for its statistics to be trusted. Below it, the data may lie between
+# the sampled windows (a 400² island in a 4096² raster of nodata was refused as "all nodata"): every window of
+# the raster is then read once, in bounded pieces, so a refusal means no pixel is valid anywhere.
+MIN_SAMPLE = 4096
+SCAN_TILE = 512
+
+
+def scan_tiles(height: int, width: int, size: int = SCAN_TILE) -> list[Tile]:
+    """Every pixel once, in windows of at most size²: the full scan behind a sample that found too little."""
+    return [Tile(r, c, min(size, height - r), min(size, width - c))
+            for r in range(0, height, size) for c in range(0, width, size)]
+
+
+def tiles_with_data(pair, limit: int = 36) -> list[Tile]:
+    """Windows of a full scan that hold pixels valid in both dates, at most `limit` of them spread over those
+    found (a label-free model is fitted on them in memory)."""
+    found = [t for t in scan_tiles(*pair.shape) if pair.read(t)[1].any()]
+    return found[:: -(-len(found) // limit)] if found else []
+
+
+def _moments(pair, tiles: list[Tile]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(valid pixel count, per-date per-band sum, sum of squares) over the valid pixels of `tiles`."""
     n = 0
     s = np.zeros((2, pair.info.count), np.float64)
     s2 = np.zeros_like(s)
-    for tile in sample_tiles(h, w):
+    for tile in tiles:
         data, valid = pair.read(tile)
         px = data[:, :, valid].astype(np.float64)  # (2, C, n)
         n += px.shape[-1]
         s += px.sum(-1)
         s2 += (px * px).sum(-1)
+    return n, s, s2
+
+
+def pair_statistics(pair) -> tuple[np.ndarray, np.ndarray]:
+    """Per-date, per-band mean and std (each (2, C)) over the valid pixels of a spread sample of windows, or of
+    the whole raster where the sample holds fewer than MIN_SAMPLE of them."""
+    n, s, s2 = _moments(pair, sample_tiles(*pair.shape))
+    if n < MIN_SAMPLE:
+        n, s, s2 = _moments(pair, scan_tiles(*pair.shape))
     if n == 0:
         raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
                          "(all nodata, masked or NaN)")
@@ -85,12 +113,16 @@ class Normalizer:
                 raise ValueError("per-image normalisation needs the pair to estimate statistics")
             self.mean, self.std = pair_statistics(pair)
         else:
-            mean = np.asarray(spec["mean"], np.float32)
+            mean = np.asarray(spec["mean"], np.float64)  # float32 after the offset below: raw units may be large
             std = np.maximum(np.asarray(spec["std"], np.float32), 1e-6)
             if pair is not None and len(mean) != pair.info.count:
                 raise InputError(f"{pair.before_path}: has {pair.info.count} bands but the model was trained "
                                  f"on {len(mean)}; pick bands with --bands")
             self.mean, self.std = np.stack([mean, mean]), np.stack([std, std])
+        offset = getattr(pair, "offset", None)
+        if offset is not None and spec["mode"] != "per-image":  # values are read less an offset; these are raw
+            self.mean = self.mean - offset
+        self.mean = np.asarray(self.mean, np.float32)
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         """stack: (..., 2, C, h, w) raw pixels -> standardised float32."""

@@ -1135,6 +1135,138 @@ def _(w):
     return Expect(["stack", w.p("s.vrt"), w.tif(bands=1), w.p("pipe.tif")], ("pipe.tif",))
 
 
+# hostile sizes, grids, weights, recipes and addresses (each ended in "unexpected ...", a hang or a leftover folder)
+def huge_tiff(w: World, name: str = "huge.tif", side: int = 10**6) -> Path:
+    """A TIFF of about 120 bytes whose header claims side x side pixels in one empty (sparse) strip."""
+    tags = [(256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+            (278, 4, side), (279, 4, 0)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", v, 0) if kind == 3 else struct.pack("<I", v))
+        for tag, kind, v in tags) + struct.pack("<I", 0)
+    return w.file(name, b"II*\x00" + struct.pack("<I", 8) + ifd)
+
+
+@probe("detect a 120-byte TIFF whose header claims 10^6 x 10^6 pixels")
+def _(w):
+    huge = huge_tiff(w)
+    return Expect(detect_args(w, before=huge, after=huge), ("huge.tif", "1000000x1000000", "--max-pixels"))
+
+
+@probe("detect /vsizip/ of a raster above the pixel limit")
+def _(w):
+    import zipfile
+
+    huge = huge_tiff(w, ".huge.tif", side=200_000)
+    with zipfile.ZipFile(w.p("huge.zip"), "w") as z:
+        z.write(huge, "huge.tif")
+    huge.unlink()
+    name = f"/vsizip/{w.p('huge.zip')}/huge.tif"
+    return Expect(detect_args(w, before=name, after=name), ("huge.zip", "--max-pixels"))
+
+
+@probe("detect above --max-pixels")
+def _(w):
+    return Expect(detect_args(w, "--max-pixels", "4000"), ("before.tif", "64x64", "--max-pixels 4096"))
+
+
+for _value, _word in (("0", "got 0"), ("-5", "got -5"), ("abc", "integer")):
+    probe(f"detect --max-pixels {_value}")(lambda w, v=_value, word=_word: Expect(detect_args(w, "--max-pixels", v),
+                                                                                 ("--max-pixels", word)))
+
+
+def rotated_band_folder(w: World) -> Path:
+    """A band folder whose second band lies on a grid rotated 90 degrees from the first's."""
+    w.p("rot").mkdir()
+    w.tif("rot/B02.tif", bands=1)
+    w.tif("rot/B03.tif", bands=1, transform=Affine(0, 10, 600000, 10, 0, 4999360))
+    return w.p("rot")
+
+
+@probe("detect band folder with one band on a rotated grid")
+def _(w):
+    rot = rotated_band_folder(w)
+    return Expect(detect_args(w, before=rot, after=rot), ("B03.tif", "rotated"))
+
+
+def crafted_weights(w: World, edit: Callable[[dict], None] | None = None, card: dict | None = None,
+                    in_channels: int = 3) -> Path:
+    """A checkpoint of a small fc_siam_diff whose weights (edited in place by `edit`) and card are crafted."""
+    model = create_model("fc_siam_diff", width=4, in_channels=in_channels)
+    state = model.state_dict()
+    if edit is not None:
+        edit(state)
+    meta = {"model": {"name": "fc_siam_diff", "args": {"width": 4, "in_channels": in_channels}},
+            "normalization": {"mode": "per-image"}, "threshold": 0.5, **({"card": card} if card else {})}
+    return save_checkpoint(w.p("crafted.safetensors"), {"model": state}, meta)
+
+
+def _fill(value: float) -> Callable[[dict], None]:
+    def edit(state: dict) -> None:
+        for t in state.values():
+            if t.is_floating_point():
+                t.fill_(value)
+    return edit
+
+
+def _one_nan_bias(state: dict) -> None:
+    next(t for k, t in state.items() if k.endswith("bias"))[0] = float("nan")
+
+
+WEIGHT_EDITS = {"all NaN": dict(edit=_fill(float("nan"))), "all +Inf": dict(edit=_fill(float("inf"))),
+                "one NaN in a bias": dict(edit=_one_nan_bias)}
+for _kind, _kw in WEIGHT_EDITS.items():
+    probe(f"detect --model weights {_kind}")(lambda w, kw=_kw: Expect(
+        _model(w, crafted_weights(w, **kw)), ("crafted.safetensors", "not finite")))
+    probe(f"info weights {_kind}")(lambda w, kw=_kw: Expect(
+        ["info", crafted_weights(w, **kw)], ("crafted.safetensors", "not finite")))
+
+
+@probe("detect --model card of 3 bands over weights for 13")
+def _(w):
+    path = crafted_weights(w, card={"band_count": 3}, in_channels=13)
+    return Expect(_model(w, path), ("crafted.safetensors", "3 bands", "13"))
+
+
+@probe("detect --model card of 13 bands over weights for 3")
+def _(w):
+    path = crafted_weights(w, card={"band_count": 13}, in_channels=3)
+    return Expect(_model(w, path), ("crafted.safetensors", "13 bands", "3"))
+
+
+def _nested(depth: int) -> Callable[[dict], str]:
+    return lambda meta: '{"model": ' + "[" * depth + "]" * depth + "}"
+
+
+for _depth in (100_000, 200_000):
+    probe(f"detect --model metadata nested {_depth} deep")(lambda w, d=_depth: Expect(
+        _model(w, w.ckpt("crafted.safetensors", meta=_nested(d))), ("crafted.safetensors", "nested")))
+    probe(f"info metadata nested {_depth} deep")(lambda w, d=_depth: Expect(
+        ["info", w.ckpt("crafted.safetensors", meta=_nested(d))], ("crafted.safetensors", "nested")))
+
+
+def alias_bomb(levels: int = 10, flow: bool = False) -> str:
+    """Billion laughs: `levels` anchors, each a list of 9 aliases of the one before (9**levels leaves)."""
+    rows = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "{" + ", ".join(rows) + "}" if flow else "\n".join(rows) + "\n"
+
+
+YAML_BOMBS = {  # (lines added to a recipe, the same as a --set value)
+    "billion laughs (9^10 leaves)": (alias_bomb(), alias_bomb(flow=True)),
+    "a recursive alias": ("self: &s {again: *s}\n", "&s {again: *s}"),
+}
+for _kind, (_text, _value) in YAML_BOMBS.items():
+    probe(f"train recipe with {_kind}")(lambda w, t=_text: Expect(
+        train_args(w, recipe=w.file("bad.yaml", yaml.safe_dump(tiny_recipe(w.folder())) + t)), ("bad.yaml", "alias")))
+    probe(f"train --set with {_kind}")(lambda w, v=_value: Expect(train_args(w, "--set", "seed=" + v),
+                                                                 ("--set", "alias")))
+
+
+for _address in ("not-an-address", "tcp://", "http://127.0.0.1:8786", "tcp://127.0.0.1:1"):
+    probe(f"detect --scheduler {_address}")(lambda w, a=_address: Expect(
+        detect_args(w, "--scheduler", a), ("--scheduler",)))
+
+
 # -- running them ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,8 @@ def evaluate(
     threshold: Annotated[Optional[str], typer.Option("--threshold", help="Score threshold, or otsu, kmeans, gmm (default: the "
                                                      "model's; 0.5 for score files).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON here.")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse PRED or TRUTH files of more "
+                                                      "pixels than this [default: 10000000000].")] = None,
     device: Device = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -62,7 +64,10 @@ def evaluate(
     else:
         if pred is None or truth is None:
             raise InputError("give PRED and TRUTH, or --model CKPT --data DATASET")
-        total, rows = ev.evaluate_files(pred, truth, 0.5 if thr is None else thr)
+        if max_pixels is not None and max_pixels < 1:
+            raise InputError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+        total, rows = ev.evaluate_files(pred, truth, 0.5 if thr is None else thr,
+                                        ev.MAX_PIXELS if max_pixels is None else max_pixels)
     rows_all = rows + [{"name": "all", **total}]
     table = Table(title="change detection scores")
     # in a narrow terminal long pair names wrap onto a second line; scores and names are never cut

@@ -28,6 +28,7 @@ def models(
 
     if recipes is not None and not recipes.is_dir():
         raise InputError(f"{recipes}: no such folder of recipes")
+    from cdtool.engine.recipe import read_yaml
     from cdtool.models.registry import create_model, model_entry, model_names
 
     t = Table("model", "output", "trainable", "paper", "summary", title="models")
@@ -63,7 +64,7 @@ def models(
     for d in [recipes] if recipes else recipe_dirs():
         for path in sorted(Path(d).glob("*.yaml")):
             try:
-                r = yaml.safe_load(path.read_text()) or {}
+                r = read_yaml(path.read_text()) or {}
                 rt.add_row(str(path), str(r.get("task", "")), _names(r.get("models")), _names(r.get("losses")),
                            str(r.get("description", "")))
             except (yaml.YAMLError, AttributeError):

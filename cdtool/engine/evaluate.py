@@ -3,6 +3,10 @@
 Models are run on whole pairs the way detection runs them: the normalisation recorded with the model,
 reflection-free replicate padding to the model's size multiple, scores in [0, 1], and the threshold of
 the checkpoint (a number, or a per-image method such as "otsu" for the label-free detectors).
+
+Prediction files are compared with their truth window by window, so memory stays bounded whatever their size
+and the counts equal whole files'; a file that cannot be read so (blocks too large to decode, more pixels than
+the limit, two sizes) is refused from its header before any pixel is read.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 import torch
 import torch.nn as nn
 
@@ -18,7 +23,9 @@ from cdtool.errors import InputError
 from cdtool.inference.centre_patch import CentrePatch, as_dense
 from cdtool.inference.predictor import predict_padded
 from cdtool.inference.threshold import METHODS, ScoreHistogram
-from cdtool.io.change_mask import NotAMask, read_change_mask
+from cdtool.io.change_mask import (MAX_PIXELS, ChangeMask, NotAMask, check_readable, open_raster, read_change_mask,
+                                   windows)
+from cdtool.io.writers import GDAL_ENV
 from cdtool.metrics import BinaryMetrics
 from cdtool.normalization import normalize_batch
 
@@ -118,33 +125,69 @@ def evaluate_chips(spec: str, roots: list[str], split: str | None = "test", thre
     return acc.compute(), []
 
 
-def read_map(path: Path) -> np.ndarray:
-    """First band of a raster or image as float, NaN where it holds nodata: a score map."""
-    try:
-        with rasterio.open(path) as ds:
-            a = ds.read(1, masked=True)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
-    return np.ma.filled(a.astype(np.float64), np.nan)
+EVAL_PIXELS = 1 << 18  # pixels per window of evaluate: its float64 scores and their temporaries take about 30 MB
 
 
-def read_prediction(path: Path, threshold: float | str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mask, scores or None): a file whose values fit a mask coding is read by the one mask rule
-    (`cdtool.io.change_mask`, as the truth is); other files are scores in [0, 1], or 8-bit grey levels
-    (scores × 255, as `cdtool detect` writes change_prob.png)."""
+class ScoreMap:
+    """A prediction file that is no mask, read window by window as scores in [0, 1] or as 8-bit grey levels
+    (scores × 255, as `cdtool detect` writes change_prob.png). Which of the two is decided from all its values,
+    and a threshold method (otsu, ...) from the histogram of all its scores: each in a first pass over windows."""
+
+    def __init__(self, path: Path, threshold: float | str):
+        self.path, self.ds = path, open_raster(path)
+        try:
+            self.scale = self._scale()
+            self.threshold = self._pick(threshold) if isinstance(threshold, str) else float(threshold)
+        except BaseException:
+            self.ds.close()
+            raise
+
+    def _values(self, window: Window) -> np.ndarray:
+        return np.ma.filled(self.ds.read(1, window=window, masked=True).astype(np.float64), np.nan)
+
+    def _scale(self) -> float:
+        lo, hi, whole = np.inf, -np.inf, True
+        for w in windows(self.ds, EVAL_PIXELS):
+            v = self._values(w)
+            v = v[np.isfinite(v)]
+            if v.size:
+                lo, hi, whole = min(lo, v.min()), max(hi, v.max()), whole and np.array_equal(v, np.round(v))
+        if hi > 1.0 or lo < 0.0:
+            if lo < 0.0 or hi > 255 or not whole:
+                raise InputError(f"{self.path}: values from {lo:g} to {hi:g} are neither scores in [0, 1], 8-bit "
+                                 "grey levels nor a change mask (0/1, 0/255, 0/1/2[/255], OSCD 1/2)")
+            return 255.0
+        return 1.0
+
+    def _pick(self, method: str) -> float:
+        hist = ScoreHistogram(HIST_BINS)
+        for w in windows(self.ds, EVAL_PIXELS):
+            scores, valid = self.scores(w)
+            hist.add(scores[valid])
+        return hist.pick(method)
+
+    def scores(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, NaN and nodata as 0; valid) of a window."""
+        a = self._values(window)
+        if self.scale != 1.0:
+            a = a / self.scale
+        return np.nan_to_num(a), np.isfinite(a)
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(changed, scores) of a window."""
+        s = self.scores(window)[0]
+        return s >= self.threshold, s
+
+    def close(self) -> None:
+        self.ds.close()
+
+
+def open_prediction(path: Path, threshold: float | str) -> ChangeMask | ScoreMap:
+    """The prediction, read by the mask rule where its values fit one, else as scores."""
     try:
-        return read_change_mask(path)[0], None
+        return ChangeMask(path)
     except NotAMask:
-        pass
-    a = read_map(path)
-    v = a[np.isfinite(a)]
-    if v.size and (v.max() > 1.0 or v.min() < 0.0):
-        if v.min() < 0.0 or v.max() > 255 or not np.array_equal(v, np.round(v)):
-            raise InputError(f"{path}: values from {v.min():g} to {v.max():g} are neither scores in [0, 1], "
-                             "8-bit grey levels nor a change mask (0/1, 0/255, 0/1/2[/255], OSCD 1/2)")
-        a = a / 255.0
-    s = np.nan_to_num(a)
-    return threshold_scores(s, threshold, np.isfinite(a)), s
+        return ScoreMap(path, threshold)
 
 
 def pair_files(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
@@ -163,19 +206,47 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
     raise InputError("PRED and TRUTH must both be files or both be folders")
 
 
-def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5) -> tuple[dict, list[dict]]:
+def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5,
+                   max_pixels: int | None = MAX_PIXELS) -> tuple[dict, list[dict]]:
     """Score prediction files against truth masks, both read by the one mask rule; where the truth holds
-    nodata nothing is scored (a prediction's own nodata counts as unchanged)."""
+    nodata nothing is scored (a prediction's own nodata counts as unchanged). Read in windows, so memory stays
+    bounded whatever the files' size; the counts are those of whole files."""
     acc = BinaryMetrics(bins=HIST_BINS)
     rows = []
     for p, t in pair_files(Path(pred), Path(truth)):
-        tm, tv = read_change_mask(t)
-        pm, scores = read_prediction(p, threshold)
-        if pm.shape != tm.shape:
-            raise InputError(f"{p}: is {pm.shape[1]}x{pm.shape[0]} but {t} is {tm.shape[1]}x{tm.shape[0]}")
-        acc.update(pm, tm, tv, scores)
-        rows.append({"name": p.name, **BinaryMetrics(bins=HIST_BINS).update(pm, tm, tv, scores).compute()})
+        one = BinaryMetrics(bins=HIST_BINS)
+        with rasterio.Env(**GDAL_ENV):  # detect's block cache: GDAL's default (5 % of RAM) filled with the files
+            for pm, tm, tv, scores in scored_windows(p, t, threshold, max_pixels):
+                acc.update(pm, tm, tv, scores)
+                one.update(pm, tm, tv, scores)
+        rows.append({"name": p.name, **one.compute()})
     return acc.compute(), rows
+
+
+def check_pair(pred: Path, truth: Path, max_pixels: int | None) -> None:
+    """From the headers, before any pixel is read: each file readable in bounded memory and within
+    `max_pixels`, and both of one size."""
+    shapes = {}
+    for path in (truth, pred):
+        with open_raster(path) as ds:
+            check_readable(ds, path, max_pixels)
+            shapes[path] = ds.height, ds.width
+    (ph, pw), (th, tw) = shapes[pred], shapes[truth]
+    if (ph, pw) != (th, tw):
+        raise InputError(f"{pred}: is {pw}x{ph} but {truth} is {tw}x{th}")
+
+
+def scored_windows(pred: Path, truth: Path, threshold: float | str, max_pixels: int | None):
+    """(prediction, truth changed, truth valid, scores or None) window by window over a pair of files."""
+    check_pair(pred, truth, max_pixels)
+    with ChangeMask(truth) as t:
+        p = open_prediction(pred, threshold)
+        try:
+            for w in windows(t.ds, EVAL_PIXELS):
+                pm, scores = (p.read(w)[0], None) if isinstance(p, ChangeMask) else p.read(w)
+                yield (pm, *t.read(w), scores)
+        finally:
+            p.close()
 
 
 def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) -> list[str]:

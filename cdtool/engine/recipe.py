@@ -43,6 +43,61 @@ def _adapter() -> TypeAdapter:
     return TypeAdapter(union)
 
 
+# Values a YAML text may expand to through its aliases. PyYAML shares an aliased node instead of copying it, so
+# nine levels of nine aliases (billion laughs: 9^10 leaves from a few hundred bytes) load at once and then hang
+# whatever walks the tree; an alias inside its own anchor (`self: &s {again: *s}`) makes a cycle that ended in
+# RecursionError. A recipe of real use expands to a few hundred values.
+MAX_YAML_VALUES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing an alias to a node that holds it and aliases that expand beyond
+    MAX_YAML_VALUES, as YAML errors (composed nodes are checked before any object is built)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._open_anchors: set[str] = set()
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
+            raise yaml.composer.ComposerError(None, None, f"the alias *{event.anchor} lies inside its own anchor "
+                                              "(a cycle)", event.start_mark)
+        anchor = None if isinstance(event, yaml.AliasEvent) else event.anchor
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.discard(anchor)
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(None, None, f"its aliases expand to more than {MAX_YAML_VALUES:,} "
+                                              "values", node.start_mark)
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values `node` stands for once its aliases are expanded, each shared node counted once per use and
+    computed once (`sizes`), so the count costs the nodes written, not the values they expand to."""
+    if id(node) not in sizes:
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def read_yaml(text: str):
+    """YAML text as Python values, safely (no tags that build objects) and bounded (see `_BoundedLoader`); a
+    nesting too deep to compose is a YAML error too."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def set_key(tree: dict, dotted: str, value: Any) -> None:
     """Set tree['a']['b'] = value for 'a.b', creating dicts on the way."""
     keys = dotted.split(".")
@@ -57,12 +112,13 @@ def set_key(tree: dict, dotted: str, value: Any) -> None:
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     for item in overrides or []:
         key, sep, text = item.partition("=")
+        shown = repr(item if len(item) <= 80 else item[:77] + "...")
         if not sep or not key.strip():
-            raise InputError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.001")
+            raise InputError(f"--set {shown}: expected key=value, e.g. optim.lr=0.001")
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as exc:
-            raise InputError(f"--set {item!r}: the value is not valid YAML ({_first_line(exc)})") from None
+            raise InputError(f"--set {shown}: the value is not valid YAML ({_first_line(exc)})") from None
         set_key(tree, key.strip(), value)
     return tree
 
@@ -126,7 +182,7 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | None = None) -
         if not path.is_file():
             raise InputError(f"{path}: no such recipe file")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = read_yaml(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid YAML ({_first_line(exc)})") from None
         if not isinstance(tree, dict):

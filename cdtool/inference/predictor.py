@@ -11,19 +11,27 @@ import torch
 import torch.nn.functional as F
 
 from cdtool.inference.detector import Detector
-from cdtool.normalization import Normalizer, sample_tiles
+from cdtool.normalization import MIN_SAMPLE, Normalizer, sample_tiles, tiles_with_data
 from cdtool.runtime import tune_allocator
 
 
 def fit_to_pair(model, pair, normalizer: Normalizer) -> None:
     """Give a label-free model its per-pair statistics from normalised windows spread over the pair (the
-    windows the normaliser samples), so every tile is then scored with the same statistics."""
-    tiles = []
-    for tile in sample_tiles(*pair.shape):
+    windows the normaliser samples, or where they hold too few valid pixels, windows of a full scan that hold
+    some), so every tile is then scored with the same statistics."""
+    tiles = _normalised(pair, normalizer, sample_tiles(*pair.shape))
+    if sum(int(v.sum()) for *_, v in tiles) < MIN_SAMPLE:
+        tiles = _normalised(pair, normalizer, tiles_with_data(pair))
+    model.fit(tiles)
+
+
+def _normalised(pair, normalizer: Normalizer, tiles) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    out = []
+    for tile in tiles:
         data, valid = pair.read(tile)
         z = torch.from_numpy(normalizer(data))
-        tiles.append((z[0], z[1], torch.from_numpy(valid)))
-    model.fit(tiles)
+        out.append((z[0], z[1], torch.from_numpy(valid)))
+    return out
 
 
 @torch.no_grad()

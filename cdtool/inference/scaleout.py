@@ -11,6 +11,7 @@ is in flight, so the driver's memory stays bounded by the window.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import deque
@@ -120,6 +121,32 @@ def capped_workers(workers: int) -> tuple[int, str | None]:
     return workers, None
 
 
+def check_scheduler(address: str, timeout: float = 10.0) -> None:
+    """Refuse a --scheduler that is no Dask address, or at which nothing answers, in one line and before any
+    output exists: the address was first used when the first row was sent, after the output folder was made
+    (an unreachable scheduler left it behind), and a malformed one ended in "unexpected ValueError"."""
+    try:
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import get_address_host_port
+        from distributed.comm.registry import get_backend
+    except ImportError:
+        raise InputError("--workers/--scheduler need Dask: pip install 'dask[distributed]'") from None
+    try:
+        scheme, _ = parse_address(address)
+        get_backend(scheme)
+        host, port = get_address_host_port(address) if scheme in ("tcp", "tls", "ws", "wss") else (None, None)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"--scheduler {address!r}: not a Dask scheduler address ({exc}); expected one like "
+                         "tcp://10.0.0.5:8786") from None
+    if host is None:
+        return  # in-process and UCX addresses: the client's own connection tells
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except (OSError, OverflowError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise InputError(f"--scheduler {address}: cannot reach the Dask scheduler ({reason})") from None
+
+
 def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: str | None,
               grid: PreviewGrid | None = None) -> Iterator[tuple[int, RowResult, bool]]:
     """Score the grid as one Dask task per grid row, yielding rows in order with at most 2 per worker queued."""
@@ -135,7 +162,7 @@ def dask_rows(pair, predictor, rows: list[list[Tile]], workers: int, scheduler: 
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=40)
             client = Client(cluster)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise InputError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from None
     try:
         open_args = pair.open_args()

@@ -23,8 +23,14 @@ from cdtool.errors import InputError
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # PNG masks have no georeference
 
-SCAN_PIXELS = 1 << 22  # pixels per window of the scan: memory stays bounded whatever the mask's size
+SCAN_PIXELS = 1 << 20  # pixels per window of the scan: memory stays bounded whatever the mask's size
 MAX_VALUES = 4  # a mask has at most 0/1/2/255: more distinct values mean scores or an image
+# GDAL decodes whole blocks: a file stored in larger ones (a 300-byte TIFF may claim one tile of 10^6 x 10^6
+# pixels) cannot be read in bounded memory, so it is refused before any pixel is read
+MAX_BLOCK_BYTES = 1 << 28
+# Larger rasters are refused unless the caller raises the limit (detect's --max-pixels default too): a header
+# may claim far more pixels than its file holds, and reading 10^12 pixels takes hours even in windows
+MAX_PIXELS = 10**10
 
 
 class NotAMask(InputError):
@@ -104,6 +110,43 @@ def _show(values: set) -> str:
     return shown + ("/…" if len(values) > MAX_VALUES else "")
 
 
+def open_raster(path):
+    """The file opened with rasterio, or one line saying why it cannot be."""
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read as a mask ({str(exc).splitlines()[0]})") from None
+
+
+def check_readable(ds, path, max_pixels: int | None = None) -> None:
+    """Refuse, before any pixel is read, a raster that cannot be read in bounded memory (blocks over
+    MAX_BLOCK_BYTES: no limit helps) or, where a limit is given (evaluate: MAX_PIXELS), in reasonable time."""
+    bh, bw = ds.block_shapes[0]
+    size = bh * bw * ds.count * np.dtype(ds.dtypes[0]).itemsize
+    if size > MAX_BLOCK_BYTES:
+        raise InputError(f"{path}: stored in blocks of {bw}x{bh} pixels ({size / 2**30:,.3g} GiB each), too large "
+                         "to read in bounded memory; rewrite it tiled (gdal_translate -co TILED=YES)")
+    n = ds.height * ds.width
+    if max_pixels is not None and n > max_pixels:
+        raise InputError(f"{path}: {ds.width}x{ds.height} pixels ({n:,}) is more than the limit of {max_pixels:,}; "
+                         f"pass --max-pixels {n} to read it anyway")
+
+
+def windows(ds, pixels: int = SCAN_PIXELS):
+    """Windows covering a raster in reading order, each of whole blocks and at most `pixels` pixels (or one
+    block, where a block is larger): full-width row bands, or runs of block columns where a band of one block
+    row is wider than that."""
+    height, width = ds.height, ds.width
+    bh, bw = (min(b, n) for b, n in zip(ds.block_shapes[0], (height, width)))
+    if bh * width <= pixels:
+        rows, cols = max(bh, pixels // width // bh * bh), width
+    else:
+        rows, cols = bh, max(bw, pixels // bh // bw * bw)
+    for r0 in range(0, height, rows):
+        for c0 in range(0, width, cols):
+            yield Window(c0, r0, min(cols, width - c0), min(rows, height - r0))
+
+
 def mask_bands(ds) -> list[int]:
     """The bands that code change: the colour bands of an RGB(A) or grey + alpha image, else band 1."""
     interp = list(ds.colorinterp)
@@ -116,13 +159,11 @@ class ChangeMask:
     """A change-mask file, opened once, its coding decided from all its values (`decide`); windows of it
     read as (changed, valid)."""
 
-    def __init__(self, path):
+    def __init__(self, path, max_pixels: int | None = None):
         self.path = path
+        self.ds = open_raster(path)
         try:
-            self.ds = rasterio.open(path)
-        except RasterioIOError as exc:
-            raise InputError(f"{path}: cannot read as a mask ({str(exc).splitlines()[0]})") from None
-        try:
+            check_readable(self.ds, path, max_pixels)
             self.bands = mask_bands(self.ds)
             self.encoding = decide(self._scan(), len(self.bands) > 1, path)
         except BaseException:
@@ -149,9 +190,8 @@ class ChangeMask:
     def _scan(self) -> set:
         """Every distinct valid value (colours: tuples), window by window; stops once there are too many."""
         found: set = set()
-        rows = max(1, SCAN_PIXELS // max(self.ds.width, 1))
-        for r0 in range(0, self.ds.height, rows):
-            data, valid = self._raw(Window(0, r0, self.ds.width, min(rows, self.ds.height - r0)))
+        for window in windows(self.ds):
+            data, valid = self._raw(window)
             px = data[:, valid]
             if len(self.bands) == 1:
                 found |= set(np.unique(px[0]).tolist())

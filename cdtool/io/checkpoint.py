@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -39,6 +40,27 @@ def save_checkpoint(path: str | os.PathLike, states: dict[str, dict[str, torch.T
     return path
 
 
+# Levels of nesting the metadata may have (a resolved recipe needs under 10): json.loads recurses once per
+# level, so a header nested 100,000 deep ended in RecursionError, and every reader of the tree after it would too.
+MAX_META_DEPTH = 64
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects deeper than `limit` (brackets inside strings do not count);
+    one pass that stops at the first level too deep."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif bracket in "]}":
+            depth -= 1
+    return False
+
+
 def read_meta(path: str | os.PathLike) -> dict:
     """Only the metadata (from the file's header; no tensor is read), e.g. to check a model's card."""
     from safetensors import safe_open
@@ -51,13 +73,25 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise InputError(f"{path}: not a readable cdtool checkpoint ({exc})") from None
     if raw is None:
         raise InputError(f"{path}: safetensors file without cdtool metadata (model name, normalisation)")
+    if nesting_exceeds(raw, MAX_META_DEPTH):
+        raise InputError(f"{path}: checkpoint metadata is nested more than {MAX_META_DEPTH} levels deep")
     try:
         meta = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InputError(f"{path}: checkpoint metadata is not valid JSON") from None
     if not isinstance(meta, dict):
         raise InputError(f"{path}: checkpoint metadata is not a mapping")
     return meta
+
+
+def check_finite(path: Path, state: dict[str, torch.Tensor], name: str = "model") -> None:
+    """Refuse weights holding NaN or ±Inf: one NaN anywhere (a diverged run, a crafted file) turns every score
+    it reaches into NaN, which would be written as if it were a map."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{path}: weights are not finite ({bad} of {tensor.numel()} values of {name}.{key} "
+                             "are NaN or Inf)")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:

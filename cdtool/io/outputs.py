@@ -4,6 +4,7 @@ nothing half-written and nothing the user had is overwritten silently: one file 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
@@ -53,9 +54,16 @@ def _alive(pid: int) -> bool:
 
 
 class FolderLock:
-    """One cdtool run writes into a folder at a time: a second run is refused in one line; a lock left by a
-    killed run (its process gone), or by this process after a failure, is taken over, after `on_stale` has
-    removed what that run left behind."""
+    """One cdtool run writes into a folder at a time: a second run is refused in one line.
+
+    The lock is an flock on `.cdtool.lock`, held for the run's life (the file holds the pid, for the message).
+    The kernel drops it when the process dies, so a killed run's lock is taken over by exactly one process,
+    after `on_stale` has removed what that run left behind: reading the old pid, deleting the file and creating
+    a new one raced (four processes taking over a dead run's lock, 300 times: 7 times two of them held it). A
+    lock file naming a live process that holds no flock (an older cdtool) still refuses; a lock of this
+    process's own, left by a failure, is taken over."""
+
+    _held: dict[str, "FolderLock"] = {}  # lock path -> the lock this process holds there
 
     def __init__(self, folder: str | os.PathLike, on_stale: Callable[[], None] | None = None):
         self.folder = Path(folder)
@@ -66,35 +74,89 @@ class FolderLock:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
-        self.path = self._acquire(on_stale)
+        self.path = self.folder / LOCK
+        self.fd: int | None = None
+        self._acquire(on_stale)
 
-    def _acquire(self, on_stale: Callable[[], None] | None) -> Path:
-        lock = self.folder / LOCK
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(lock.read_text().split()[0])
-                except (OSError, ValueError, IndexError):
-                    pid = -1
-                if pid > 0 and pid != os.getpid() and _alive(pid):  # this process's own lock: left by a failure
-                    raise InputError(f"{self.folder}: another cdtool run (process {pid}) is writing here; wait for "
-                                     f"it or choose another --out (if there is no such run, delete {lock})") from None
-                lock.unlink(missing_ok=True)
-                if on_stale is not None:
-                    on_stale()
+    def _acquire(self, on_stale: Callable[[], None] | None) -> None:
+        for _ in range(100):  # another run may remove the file between our open and our flock: open it again
+            fd, found = self._open()
+            if not self._flock(fd):
                 continue
-            except OSError as exc:
-                raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            return lock
+            pid = _read_pid(fd)
+            if pid > 0 and pid != os.getpid() and _alive(pid):
+                os.close(fd)
+                self._refuse(pid)
+            self.fd = fd
+            FolderLock._held[str(self.path)] = self
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if found and on_stale is not None:  # a lock no process holds: what its run left goes first
+                try:
+                    on_stale()
+                except BaseException:
+                    self.release()
+                    raise
+            return
         raise InputError(f"{self.folder}: could not lock the output folder")
 
+    def _open(self) -> tuple[int, bool]:
+        """(descriptor, whether the file was there already) of the lock file, created if missing."""
+        try:
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), False
+            except FileExistsError:
+                return os.open(self.path, os.O_RDWR | os.O_CLOEXEC), True
+        except FileNotFoundError:  # removed between the two opens: the loop tries again
+            return self._open()
+        except OSError as exc:
+            raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
+
+    def _flock(self, fd: int) -> bool:
+        """Take the flock on `fd`: True when held on the file the lock path names now; False (fd closed) when
+        that file was replaced meanwhile; a lock held by another run is refused."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            ours = FolderLock._held.get(str(self.path)) if pid == os.getpid() else None
+            if ours is None or ours.fd is None:
+                os.close(fd)
+                self._refuse(pid)
+            ours._forget()  # this process's own lock, left by a failure: taken over
+            return self._flock(fd)
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        if current is None or not os.path.samestat(current, os.fstat(fd)):
+            os.close(fd)
+            return False
+        return True
+
+    def _refuse(self, pid: int) -> None:
+        who = f"process {pid}" if pid > 0 else "a process"
+        raise InputError(f"{self.folder}: another cdtool run ({who}) is writing here; wait for it or choose "
+                         f"another --out (if there is no such run, delete {self.path})") from None
+
+    def _forget(self) -> None:
+        """Close the file without removing it: the lock passes to another FolderLock of this process."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def release(self) -> None:
-        """Unlock; the folder goes too when this run created it and left it empty (it failed before writing)."""
-        self.path.unlink(missing_ok=True)
+        """Unlock (the file removed while still locked, so no other run can take it meanwhile); the folder goes
+        too when this run created it and left it empty (it failed before writing)."""
+        if self.fd is not None:
+            try:
+                if os.path.samestat(os.stat(self.path), os.fstat(self.fd)):
+                    self.path.unlink()
+            except OSError:
+                pass
+            self._forget()
+            if FolderLock._held.get(str(self.path)) is self:
+                del FolderLock._held[str(self.path)]
         if self.created:
             try:
                 self.folder.rmdir()
@@ -106,6 +168,14 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _read_pid(fd: int) -> int:
+    """The pid a lock file holds; -1 when it holds none (a fresh file, or garbage)."""
+    try:
+        return int(os.pread(fd, 64, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -161,6 +231,7 @@ class OutputSet:
         self.tag = uuid.uuid4().hex[:8]
         self.names = names
         self.temp = {n: self.folder / f".{Path(n).stem}.partial-{self.tag}{Path(n).suffix}" for n in names}
+        self.dropped: set[str] = set()
         self.done = False
 
     def _check_targets(self, names: list[str]) -> None:
@@ -195,6 +266,11 @@ class OutputSet:
     def final(self, name: str) -> Path:
         return self.folder / name
 
+    def drop(self, *names: str) -> None:
+        """These outputs are not written this time (detect's polygons past --max-regions): an older run's files
+        of those names go at commit, so the folder never pairs them with this run's other outputs."""
+        self.dropped.update(names)
+
     def _moves(self) -> list[tuple[Path, Path]]:
         """(written file, its final path) for every output written and its sidecars (GDAL's .aux.xml)."""
         moves = []
@@ -213,7 +289,7 @@ class OutputSet:
         self._check_targets(self.names)
         moves, aside, placed, final = self._moves(), [], [], self.folder
         try:
-            for _, final in moves:
+            for final in [f for _, f in moves] + [self.final(n) for n in sorted(self.dropped)]:
                 if final.exists() or final.is_symlink():
                     backup = final.with_name(f".{final.name}{REPLACED}{self.tag}")
                     os.replace(final, backup)

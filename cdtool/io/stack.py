@@ -10,6 +10,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import rasterio
+from affine import Affine
 from rasterio.errors import RasterioIOError
 
 from cdtool.errors import InputError
@@ -40,8 +41,34 @@ _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "In
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
 
 
+def common_type(dtypes: list[str]) -> str:
+    """The one type every band of a stack is read in: the smallest that holds each band's values exactly.
+    Real products mix types in one folder (Sentinel-2 L2A puts its uint8 scene classification beside uint16
+    reflectances), and a dataset's bands cannot be read together in different types."""
+    import numpy as np
+
+    common = np.result_type(*dtypes).name
+    return common if common in _GDAL_TYPES else "float64"
+
+
+def _placement(path: Path, transform: Affine, ref_path: Path, ref: Affine, width: int, height: int) -> tuple:
+    """(x_off, y_off, x_size, y_size) of a band file's pixels on the reference grid: its transform in the
+    reference grid's pixel coordinates, which must be a plain scale and shift. A grid rotated or sheared
+    against the reference (or degenerate) cannot be placed by a VRT's rectangles: refused in one line."""
+    if abs(ref.determinant) < 1e-300 or abs(transform.determinant) < 1e-300:
+        raise InputError(f"{path if abs(transform.determinant) < 1e-300 else ref_path}: degenerate geotransform "
+                         "(zero pixel size); cannot place it on a grid")
+    m = ~ref * transform
+    tol = 1e-9 * max(abs(m.a), abs(m.e))
+    if abs(m.b) > tol or abs(m.d) > tol or m.a <= 0 or m.e <= 0:
+        raise InputError(f"{path}: its grid is rotated, sheared or flipped against {ref_path}'s; the bands of one "
+                         "stack must share a grid orientation (warp it onto the others' grid first, e.g. gdalwarp)")
+    return m.c, m.f, width * m.a, height * m.e
+
+
 def stack_vrt(files: list[Path], resampling: str = "bilinear") -> str:
-    """VRT XML stacking the first band of each file onto the grid of the finest file.
+    """VRT XML stacking the first band of each file onto the grid of the finest file, all bands in their common
+    type (`common_type`). Grids may be rotated, as long as every file's is rotated alike.
 
     All files must share a CRS and cover the same area (as the bands of one product do)."""
     metas = []
@@ -64,18 +91,16 @@ def stack_vrt(files: list[Path], resampling: str = "bilinear") -> str:
     for path, *_, b in metas[1:]:
         if b.left >= b0.right or b.right <= b0.left or b.bottom >= b0.top or b.top <= b0.bottom:
             raise InputError(f"{path}: does not overlap {metas[0][0]}; the bands of one stack must cover one area")
-    ref = min(metas, key=lambda m: abs(m[2].a * m[2].e))  # finest pixel
-    _, _, t, width, height, *_ = ref
+    ref = min(metas, key=lambda m: abs(m[2].determinant))  # finest pixel
+    ref_path, _, t, width, height, *_ = ref
+    places = [_placement(path, st, ref_path, t, w, h) for path, _, st, w, h, *_ in metas]
+    dtype = _GDAL_TYPES[common_type([m[5] for m in metas])]
     parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
     if crs0 is not None:
         parts.append(f"  <SRS>{escape(crs0.to_wkt())}</SRS>")
     parts.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>")
-    for i, (path, _, st, w, h, dtype, nodata, bounds) in enumerate(metas, start=1):
-        x_off = (bounds.left - t.c) / t.a
-        y_off = (bounds.top - t.f) / t.e
-        x_size = w * st.a / t.a
-        y_size = h * st.e / t.e
-        parts.append(f'  <VRTRasterBand dataType="{_GDAL_TYPES.get(dtype, "Float32")}" band="{i}">')
+    for i, ((path, _, st, w, h, _, nodata, _), (x_off, y_off, x_size, y_size)) in enumerate(zip(metas, places), 1):
+        parts.append(f'  <VRTRasterBand dataType="{dtype}" band="{i}">')
         parts.append(f"    <Description>{escape(path.stem)}</Description>")
         if nodata is not None:
             parts.append(f"    <NoDataValue>{nodata!r}</NoDataValue>")
