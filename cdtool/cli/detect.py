@@ -38,6 +38,7 @@ def detect(
     align: Annotated[bool, typer.Option("--align", help="Warp AFTER onto BEFORE's grid and process the common extent.")] = False,
     bands: Annotated[Optional[str], typer.Option(help="1-based bands to compare in both images, e.g. 1,2,3.")] = None,
     wrap: Annotated[bool, typer.Option("--wrap", help="360° panorama: pad circularly left/right so the seam is not an edge.")] = False,
+    scene: Annotated[Optional[str], typer.Option("--scene", help="street: a street-level pair (photos, panoramas), which gets the street default method. Default (auto): street when a panorama (--wrap) has no CRS.")] = None,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the inputs (needed for PNG/JPG; overrides the raster's).")] = None,
     native_scale: Annotated[bool, typer.Option("--native-scale", help="Run the model on the input's pixels, never resampled to its training GSD.")] = False,
     batch_size: Annotated[Optional[int], typer.Option(
@@ -45,6 +46,7 @@ def detect(
     blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
     min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4 pixels, or 1 with --min-area).")] = None,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
+    max_regions: Annotated[Optional[int], typer.Option("--max-regions", help="Write no polygons when there are more change regions than this (the rasters are still written; say so in one line) [default: 100000].")] = None,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="Skip preview.png.")] = False,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Score tiles on an embedded local Dask cluster of N processes, at most one per core [default: in this process].")] = None,
@@ -54,6 +56,7 @@ def detect(
     vector_format: Annotated[str, typer.Option("--format", help="Polygons as gpkg (GeoPackage) or geojson (RFC 7946, WGS84).")] = "gpkg",
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run into the same --out that was interrupted (killed, power cut): the row bands it finished are kept, the rest is scored; the result equals an uninterrupted run.")] = False,
     flow: Annotated[bool, typer.Option("--flow", help="Also write flow.tif: the misregistration between the dates a joint flow + change model (simsac) estimates, 2 bands (dx, dy in pixels) on BEFORE's grid, with a QGIS style.")] = False,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse inputs of more pixels than this [default: 10000000000].")] = None,
     device: Device = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -66,15 +69,18 @@ def detect(
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=parse_threshold(threshold), align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
-                         preview=not no_preview, vector_format=vector_format, clean=clean,
+                         preview=not no_preview, vector_format=vector_format, clean=clean, max_regions=max_regions,
                          skip_bad_windows=skip_bad_windows, workers=workers_option(workers), scheduler=scheduler,
-                         progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow)
+                         progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow,
+                         max_pixels=max_pixels, announce=None if quiet else announce, scene=scene)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]
     for warning in choice["warnings"]:  # shown even with --quiet
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     for note in result.extra.get("notes", []):
         err_console.print(f"note: {escape(note)}")
+    if result.extra.get("polygons_skipped"):  # too many regions: shown even with --quiet
+        err_console.print(f"[yellow]warning:[/] {escape(result.extra['polygons_skipped'])}", markup=True)
     if result.extra.get("bad_blocks"):
         err_console.print(f"[yellow]warning:[/] {result.extra['bad_blocks']} unreadable block(s) of the "
                           "input files written as nodata", markup=True)
@@ -82,12 +88,19 @@ def detect(
         if result.extra.get("resumed_rows"):
             out_console.print(f"resumed: rows 0-{result.extra['resumed_rows'] - 1} kept from the interrupted run")
         out_console.print(f"model {escape(choice['reason'])}")
+        if result.extra.get("alignment"):
+            out_console.print(escape(result.extra["alignment"]["line"]))
         out_console.print(
             f"{result.model}: {result.width}x{result.height} px, threshold {result.threshold:.3f}, "
             f"{result.changed_share:.2%} changed{area_text(result.extra['summary'])}, {result.regions} regions, "
             f"{result.seconds:.1f} s")
         for path in result.outputs.values():
             out_console.print(f"  {path}")
+
+
+def announce(line: str) -> None:
+    """The size and estimated time, before scoring starts (stderr, so the summary on stdout stays clean)."""
+    err_console.print(escape(line))
 
 
 # after Ctrl-C or SIGTERM (the partial outputs are gone)

@@ -33,9 +33,10 @@ from cdtool.inference.detector import Choice, Detector, choose_detector, pick_de
 from cdtool.inference.flow import flow_model, write_flow
 from cdtool.inference.predictor import Predictor, fit_to_pair, usable_cores
 from cdtool.inference.rescale import Rescaled
-from cdtool.inference.scaleout import capped_workers, dask_rows, local_rows
+from cdtool.inference.scaleout import capped_workers, check_scheduler, dask_rows, local_rows
 from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint
 from cdtool.inference.stitcher import BLENDS, Stitcher
+from cdtool.inference.street import alignment_record, check_scene, is_street, street_choice
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
@@ -74,6 +75,7 @@ class DetectOptions:
     polygons: bool = True
     preview: bool = True  # preview.png: before, after, score and mask side by side
     vector_format: str = "gpkg"  # changes.gpkg, or changes.geojson (RFC 7946, WGS84, for georeferenced pairs)
+    max_regions: int | None = None  # more regions: no polygons, rasters complete (None: cdtool.io.vectors.MAX_REGIONS)
     progress: bool = False
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
     native_scale: bool = False  # True: never resample windows to the model's ground sampling distance
@@ -83,6 +85,10 @@ class DetectOptions:
     scheduler: str | None = None  # address of an existing Dask scheduler to score tiles on
     resume: bool = False  # continue an interrupted run into the same folder from its finished row bands
     flow: bool = False  # also write flow.tif: the estimated misregistration (joint flow + change models)
+    max_pixels: int | None = None  # refuse a larger raster (a hostile header, a forgotten zoom level); None: default
+    announce: Callable[[str], None] | None = None  # gets the size and estimated time before scoring; None: not timed
+    scene: str | None = None  # "street": a street-level pair (its own default method); None/"auto": street when a
+    # panorama (--wrap) has no CRS
 
 
 @dataclass
@@ -111,6 +117,12 @@ DEFAULT_MIN_AREA_M2 = 20.0
 # default for such files). Polygons and the PNGs' world files use it, so they land on each other.
 PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 VECTOR_FORMATS = ("gpkg", "geojson")
+# Rasters larger than this are refused unless --max-pixels raises it: a 120-byte TIFF may claim 10^6 x 10^6
+# pixels and would be scored for days. 10 gigapixels (100,000²) take about 30 min with cva on 2 cores.
+DEFAULT_MAX_PIXELS = 10**10
+# Seconds per pixel of what follows scoring (the mask pass, the COG copies, polygons), measured on 2 cores (8192²
+# cva: 11.4 s in all, of which 4.1 s reading and scoring); the estimate's scoring part is timed on the input.
+WRITE_S_PER_PX = 1e-7
 
 
 def output_names(georeferenced: bool, polygons: bool, preview: bool = True, vector_format: str = "gpkg",
@@ -145,9 +157,14 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
     if opts.overlap is not None and opts.overlap < 0:
         raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
+    if opts.max_pixels is not None and opts.max_pixels < 1:
+        raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
+    check_scene(opts.scene)
     if opts.resume and _complete(Path(out)):
         raise NothingToDo(f"{out}: the run there is complete, nothing to resume (run without --resume, with "
                           "--overwrite, to run it again)")
+    if opts.scheduler:
+        check_scheduler(opts.scheduler)  # before any output: an unreachable one left the folder behind
     notes = []
     if opts.workers and not opts.scheduler:
         workers, note = capped_workers(opts.workers)
@@ -158,6 +175,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     with Env(**GDAL_ENV):
         pair, domain, choice, opts = _open_and_choose(before, after, opts)
     with Env(**GDAL_ENV), pair:
+        check_size(pair, opts.max_pixels)
+        notes += pair.notes
         mapping_unit(opts, domain.gsd, pair.info.georeferenced)  # refuse a bad --min-area before any work
         trained_on = choice.detector.card.band_count
         if trained_on is not None and trained_on != pair.info.count:
@@ -189,10 +208,12 @@ def _open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, In
     """Open the pair, choose its detector, and where a Sentinel-2 model reads its bands by name (another order,
     B10 or extra layers in the input), open it again with just those bands, in the model's order."""
     pair = open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
-                     skip_bad_windows=opts.skip_bad_windows)
+                     skip_bad_windows=opts.skip_bad_windows, offset="auto")  # uint32 near 2^31: exact in float32
     try:
         domain = input_domain(pair, opts.gsd)
-        choice = choose_detector(opts.model, domain, opts.native_scale)
+        street = opts.model is None and is_street(opts.scene, pair.info.georeferenced, opts.wrap)
+        choice = (street_choice(domain, opts.scene) if street
+                  else choose_detector(opts.model, domain, opts.native_scale))
         picks = model_bands(choice.detector.card, domain) if opts.bands is None else None
     except BaseException:
         pair.close()
@@ -203,7 +224,7 @@ def _open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, In
     pair.close()
     opts = replace(opts, bands=file_bands)
     pair = open_pair(before, after, bands=file_bands, align=opts.align, wrap=opts.wrap,
-                     skip_bad_windows=opts.skip_bad_windows)
+                     skip_bad_windows=opts.skip_bad_windows, offset="auto")
     return pair, input_domain(pair, opts.gsd), choice, opts
 
 
@@ -218,11 +239,47 @@ def _checkpoint(opts: DetectOptions) -> list[Path]:
     return [Path(opts.model)] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
 
 
+def check_size(pair: RasterPair, max_pixels: int | None) -> None:
+    """Refuse a pair larger than `max_pixels` (DEFAULT_MAX_PIXELS when None) before any work: a header may claim
+    far more pixels than its file holds (sparse or hostile TIFFs, a /vsizip/ member), and nothing else stops
+    a run that would take days."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    height, width = pair.shape
+    if height * width > limit:
+        raise InputError(f"{pair.sources[0]}: {width}x{height} pixels ({height * width:,}) is more than the limit of "
+                         f"{limit:,}; pass --max-pixels {height * width} to process it anyway")
+
+
+def size_line(pair: RasterPair, plan: "ScoringPlan", opts: DetectOptions, done_rows: int) -> str:
+    """One line of the work ahead: the size, the tiles and the time they will take, estimated from one tile
+    read and scored now, plus the writing a pixel costs (WRITE_S_PER_PX)."""
+    height, width = pair.shape
+    left = [t for row in plan.rows for t in row if t.row_stop > done_rows]
+    tile = max(left or plan.rows[0], key=lambda t: t.height * t.width)
+    start = time.perf_counter()
+    plan.predictor([pair.read(tile, native=True)[0]])
+    tile_s = time.perf_counter() - start
+    seconds = tile_s * len(left) / max(1, opts.workers) + WRITE_S_PER_PX * height * width
+    return (f"{plan.detector.name}: {width}x{height} px ({height * width / 1e6:,.3g} Mpx), {pair.info.count} "
+            f"band(s), {len(left):,} tile(s): about {duration(seconds)} (one tile took {tile_s:.2g} s here)")
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '12 min', '3.5 h', '2.1 days'."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.2g} h" if seconds < 2 * 86400 else f"{seconds / 86400:.2g} days"
+
+
 def mapping_unit(opts: DetectOptions, gsd: float | None, georeferenced: bool) -> tuple[int, float]:
     """(minimum pixels, minimum m²) of a polygon: the options given, else the defaults; for PNG pairs the
     area becomes pixels through --gsd. Checked before any work, so a bad value costs nothing."""
     if opts.min_pixels is not None and opts.min_pixels < 1:
         raise InputError(f"--min-pixels must be at least 1, got {opts.min_pixels}")
+    if opts.max_regions is not None and opts.max_regions < 1:
+        raise InputError(f"--max-regions must be at least 1, got {opts.max_regions}")
     min_area = opts.min_area if opts.min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
     if not (math.isfinite(min_area) and min_area >= 0):
         raise InputError(f"--min-area must be zero or a positive area in square metres, got {min_area}")
@@ -239,7 +296,7 @@ def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
     info = pair.info
     source = "--gsd" if gsd is not None else ("transform" if info.gsd is not None else "unknown")
     return InputDomain(info.count, info.band_names, info.colors, info.dtype,
-                       gsd if gsd is not None else info.gsd, source)
+                       gsd if gsd is not None else info.gsd, source, panorama=pair.wrap)
 
 
 @dataclass
@@ -367,6 +424,7 @@ class _Changes:
     min_pixels: int
     min_area: float
     largest_regions: list
+    polygons_skipped: str | None = None  # why no polygons were written (too many regions)
 
 
 def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: float | None, opts: DetectOptions,
@@ -379,9 +437,10 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
     ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
     min_pixels, min_area = mapping_unit(opts, gsd, georef)
     if opts.polygons:
-        from cdtool.io.vectors import Polygonizer  # GDAL's vector stack loads only where polygons are asked for
-    polys = (Polygonizer(gpkg_path, info.crs, info.transform if georef else PIXEL_GRID,
-                         min_pixels, min_area, ground_scale=ground_scale) if opts.polygons else None)
+        from cdtool.io.vectors import MAX_REGIONS, Polygonizer  # GDAL's vector stack loads only where asked for
+    polys = (Polygonizer(gpkg_path, info.crs, info.transform if georef else PIXEL_GRID, min_pixels, min_area,
+                         ground_scale=ground_scale, max_regions=opts.max_regions or MAX_REGIONS)
+             if opts.polygons else None)
     changed = 0
 
     def thresholded():
@@ -401,7 +460,17 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
         mask.close()
     regions = polys.close() if polys is not None else 0
     return _Changes(threshold, changed, regions, min_pixels, min_area,
-                    polys.largest_regions() if polys is not None else [])
+                    polys.largest_regions() if polys is not None else [],
+                    too_many_regions(regions, polys.max_regions, min_area) if polys is not None and polys.overflow
+                    else None)
+
+
+def too_many_regions(regions: int, limit: int, min_area: float) -> str:
+    """The one line saying why no polygons were written, and what gives fewer regions."""
+    unit = f" (now {min_area:g} m²)" if min_area else ""
+    return (f"polygons not written: {regions:,} change regions, more than the limit of {limit:,} (--max-regions); "
+            f"the score map and mask are complete. For fewer regions raise --min-area{unit}, remove specks with "
+            "--clean 1, or skip polygons with --no-polygons")
 
 
 def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
@@ -414,6 +483,8 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     # staged (the journal's bands, the mask in the scratch folder), then copied as Cloud-optimised GeoTIFFs (or
     # PNGs) into the outputs
     mask_path = scratch / "change_mask.tif"
+    if opts.announce is not None:
+        opts.announce(size_line(pair, plan, opts, journal.rows_done))
     scores = _score_pass(pair, plan, opts, journal, scratch, canvas)
     flow_stats = (write_flow(pair, detector.model, plan.predictor.normalizer, device, outs.path("flow.tif"),
                              plan.tile, plan.overlap, opts.blend) if opts.flow else None)
@@ -436,13 +507,16 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
         changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
         copying.result()
     georef = info.georeferenced
-    if opts.polygons and opts.vector_format == "geojson":
+    polygons = opts.polygons and not changes.polygons_skipped
+    if polygons and opts.vector_format == "geojson":
         from cdtool.io.vectors import to_geojson
 
         to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
     _write_mask(outs, pair, scores, changes, mask_path, tags)
-    if opts.polygons:
+    if polygons:
         write_text(outs.path("changes.qml"), polygons_qml())
+    elif opts.polygons:  # too many regions: an older run's polygons must not stay beside these rasters
+        outs.drop(f"changes.{opts.vector_format}", "changes.qml")
     if canvas is not None:
         canvas.fill_missing_inputs(pair)  # rows a resumed run did not read again
         canvas.write(outs.path("preview.png"), threshold)
@@ -456,7 +530,9 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
                         {"tile": plan.tile, "overlap": plan.overlap, "halo": plan.halo, "device": str(device),
                          "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
                          "gsd": gsd, "summary": summary, "model_choice": choice.record(),
-                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats})
+                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats,
+                         "polygons_skipped": changes.polygons_skipped,
+                         "alignment": alignment_record(pair)})
 
 
 def _score_output(outs: OutputSet, pair: RasterPair, scores: _Scores, threshold: float,
@@ -492,6 +568,6 @@ def _write_summary(path: Path, result: DetectResult, before, after, opts: Detect
         "height": result.height, "width": result.width, "valid_pixels": result.valid_pixels,
         "changed_pixels": result.changed_pixels, "changed_share": result.changed_share,
         "regions": result.regions, "seconds": round(result.seconds, 3),
-        "options": {k: v for k, v in asdict(opts).items() if k != "progress"}, **result.extra,
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "announce")}, **result.extra,
     }
     path.write_text(json.dumps(summary, indent=2, default=str))

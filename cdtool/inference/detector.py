@@ -3,6 +3,7 @@ registry name or a checkpoint file, so the pipeline never cares where a model ca
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
-from cdtool.io.checkpoint import load_checkpoint, read_meta
+from cdtool.io.checkpoint import check_finite, load_checkpoint, read_meta
 from cdtool.errors import InputError
 from cdtool.inference.centre_patch import as_dense
 from cdtool.models.base import ChangeModel
@@ -91,10 +92,13 @@ def choose_detector(spec: str | Detector | None, domain: InputDomain, native_sca
     for path, name, card in shipped_cards():
         if card.usable_gsd_m is None:
             continue  # shipped for --model, never the default: it did not beat the label-free methods
-        off = mismatches(card, domain) + (["GSD unknown"] if domain.gsd is None else [])
+        off = mismatches(card, domain) + _unknown_scale(card, domain)
         if not off:
             scale = 1.0 if native_scale else scale_factor(card, domain.gsd)
             how = "" if scale == 1.0 else f", windows resampled {scale:.3g}x to its training GSD"
+            if domain.gsd is None:
+                how += ("; with the GSD unknown it is taken as aerial imagery like its validation pairs: pass --gsd "
+                        "to check the scale, or --model cva for street-level photos")
             reason = (f"{path.stem} ({name}, {card.change}): its domain covers this input "
                       f"({domain.band_count} bands {domain.layout or ''}, {gsd_text}{how})")
             return Choice(_from_checkpoint(path), reason, [], scale)
@@ -107,6 +111,16 @@ def choose_detector(spec: str | Detector | None, domain: InputDomain, native_sca
         why = f"the best F1 on held-out {kind} sources, where no shipped trained model beat it"
     reason = f"{name} (label-free): {why}; input {domain.band_count} bands, {gsd_text}"
     return Choice(_from_registry(name), reason, [], 1.0)
+
+
+def _unknown_scale(card: ModelCard, domain: InputDomain) -> list[str]:
+    """Why an input whose scale is not known lies outside a default's domain: a panorama is street-level, and
+    an unknown GSD is trusted only where the card says the model was validated on such pairs."""
+    if domain.panorama:
+        return ["a street-level panorama (--wrap)"]
+    if domain.gsd is None and not card.usable_without_gsd:
+        return ["GSD unknown (pass --gsd)"]
+    return []
 
 
 def load_detector(spec: str | None, band_count: int | None = None) -> Detector:
@@ -158,6 +172,8 @@ def _from_checkpoint(path: Path) -> Detector:
         raise InputError(f"{path}: checkpoint threshold must be a number in [0, 1] or a method name, got {threshold!r}")
     card = _card_of(path, meta)
     _check_shapes(path, name, args, states.get("model", {}))
+    _check_card_bands(path, name, args, card)
+    check_finite(path, states.get("model", {}))
     model = create_model(name, **args)
     try:
         model.load_state_dict(states.get("model", {}))
@@ -191,6 +207,28 @@ def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:
         got = tuple(weights[key].shape) if key in weights else None
         if got != shape:
             raise InputError(f"{path}: weights do not fit model {name!r} ({key}: file {got}, model {shape})")
+
+
+def _check_card_bands(path: Path, name: str, args: dict, card: ModelCard) -> None:
+    """Refuse a card whose band count the weights cannot take (they already fit the model's arguments): the
+    band check against the input trusts the card, so a card of 3 bands over weights for 13 channels let a
+    3-band input through to fail inside the first convolution. The model is built on the meta device (no
+    memory) with the card's band count as `in_channels` and its tensor shapes compared with the weights'."""
+    if card.band_count is None or "in_channels" not in inspect.signature(model_entry(name).obj).parameters:
+        return
+    try:
+        with torch.device("meta"):
+            carded = create_model(name, **{**args, "in_channels": card.band_count}).state_dict()
+            weights = create_model(name, **args).state_dict()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: its card's {card.band_count} bands do not fit {name!r} "
+                         f"({str(exc).splitlines()[0]})") from None
+    for key, tensor in weights.items():
+        if key in carded and carded[key].shape != tensor.shape:
+            took = f"{tensor.shape[1]} input channels" if tensor.dim() >= 2 else f"shape {tuple(tensor.shape)}"
+            would = f"{carded[key].shape[1]}" if tensor.dim() >= 2 else f"{tuple(carded[key].shape)}"
+            raise InputError(f"{path}: its card says {card.band_count} bands but its weights are for another "
+                             f"band count ({key} takes {took}, where the card's {card.band_count} bands need {would})")
 
 
 def pick_device(device: str | None) -> torch.device:

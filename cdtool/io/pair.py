@@ -25,6 +25,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from cdtool.errors import InputError
+from cdtool.io.image_align import align_images
 from cdtool.io.stack import band_files, stack_vrt
 from cdtool.windows import Tile, wrapped_runs
 
@@ -51,6 +52,8 @@ def open_raster(source: str | Path):
         ds = rasterio.open(text if gdal_name else path)
     except RasterioIOError as exc:
         raise InputError(f"{text}: cannot read as a raster ({str(exc).splitlines()[0]})") from None
+    if ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:
+        return expand_palette(ds, text if gdal_name else str(path))
     if ds.count == 0:
         subs = ds.subdatasets
         ds.close()
@@ -59,6 +62,37 @@ def open_raster(source: str | Path):
                              f"{subs[0]} ({', '.join(s.rsplit(':', 1)[-1] for s in subs[:8])})")
         raise InputError(f"{text}: has no raster bands")
     return ds
+
+
+def expand_palette(ds, name: str):
+    """A paletted raster opened as the colours it shows, RGB plus alpha where the palette is transparent or a
+    nodata index is set, through a VRT whose lookup tables map each index to its colour. Indexes mean nothing
+    across files: two PNGs of identical colours whose palettes list them in another order were compared index
+    by index and flagged 10 % of their pixels."""
+    from xml.sax.saxutils import escape
+
+    colours = ds.colormap(1)
+    transparent = ds.nodata is not None and float(ds.nodata).is_integer()
+    if transparent:
+        colours[int(ds.nodata)] = (*colours.get(int(ds.nodata), (0, 0, 0))[:3], 0)
+    alpha = transparent or any(c[3] < 255 for c in colours.values() if len(c) > 3)
+    width, height, t = ds.width, ds.height, ds.transform
+    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
+    if ds.crs is not None:
+        parts.append(f"  <SRS>{escape(ds.crs.to_wkt())}</SRS>")
+    if not t.is_identity:
+        parts.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>")
+    for k, interp in enumerate(("Red", "Green", "Blue", "Alpha")[: 4 if alpha else 3]):
+        lut = ",".join(f"{i}:{(tuple(c) + (255,))[k]}" for i, c in sorted(colours.items()))
+        parts += [f'  <VRTRasterBand dataType="Byte" band="{k + 1}">', f"    <ColorInterp>{interp}</ColorInterp>",
+                  "    <ComplexSource>", f'      <SourceFilename relativeToVRT="0">{escape(name)}</SourceFilename>',
+                  "      <SourceBand>1</SourceBand>", f"      <LUT>{lut}</LUT>", "    </ComplexSource>",
+                  "  </VRTRasterBand>"]
+    ds.close()
+    try:
+        return rasterio.open("\n".join(parts + ["</VRTDataset>"]))
+    except RasterioIOError as exc:
+        raise InputError(f"{name}: cannot expand its palette ({str(exc).splitlines()[0]})") from None
 
 
 _VSI_PREFIX = re.compile(r"^/vsi[a-z0-9_]+/")
@@ -175,7 +209,8 @@ class RasterPair:
     """Two co-registered rasters read window by window. Use `open_pair` to build one."""
 
     def __init__(self, before: str | Path, after: str | Path, bands: list[int] | None = None,
-                 align: bool = False, wrap: bool = False, skip_bad_windows: bool = False):
+                 align: bool = False, wrap: bool = False, skip_bad_windows: bool = False,
+                 offset: list[float] | str | None = None):
         self.before_path, self.after_path = Path(before), Path(after)
         self.skip_bad_windows = skip_bad_windows
         self.requested_bands, self.align = bands, align  # as asked, so a worker process can open the same pair
@@ -183,8 +218,11 @@ class RasterPair:
         self.sources = (str(before), str(after))  # as given: GDAL names such as /vsizip//abs/path keep their //
         self.wrap = wrap
         self._open = []
+        self.offset: np.ndarray | None = None  # per band, subtracted on reading (see `_choose_offset`)
+        self.notes: list[str] = []  # what the reader changed, for the user to know
         try:
             self._setup(bands, align)
+            self._set_offset(offset)
         except BaseException:
             self.close()
             raise
@@ -202,14 +240,14 @@ class RasterPair:
         georef = b.crs is not None and not b.transform.is_identity
         self.origin = (0, 0)
         height, width = b.height, b.width
+        if align and not (georef and a.crs is not None):  # photos, panoramas: aligned by their content
+            a = align_images(b, a, self.bands_before, self.bands_after, self.wrap)
+            self._open.append(a)
         diffs = _grid_differences(b, a)
         if diffs and not align:
             raise InputError(f"{self.after_path}: not on the grid of {self.before_path}: " + "; ".join(diffs)
                              + (" (use --align to warp it onto BEFORE's grid)" if georef else ""))
         if diffs:
-            if not georef or a.crs is None:
-                raise InputError(f"{self.after_path}: cannot --align images without a CRS; "
-                                 "resample them to the same size first")
             window = self._common_window(b, a)
             self.origin = (int(window.row_off), int(window.col_off))
             height, width = int(window.height), int(window.width)
@@ -226,6 +264,39 @@ class RasterPair:
         self.profile = b.profile
         self.native_dtype = compact_dtype([b.dtypes[i - 1] for i in self.bands_before]
                                           + [a.dtypes[i - 1] for i in self.bands_after])
+
+    def _set_offset(self, offset: list[float] | str | None) -> None:
+        """Use `offset` (one value per band; zeros or None: none), or with "auto", choose one for bands of a type
+        float32 cannot hold exactly (see `_choose_offset`) and say so in `notes`. Only `detect` asks for "auto":
+        its normaliser takes the offset back out where a model wants raw units, while chips and training batches
+        keep the files' own values."""
+        types = [self.before.dtypes[i - 1] for i in self.bands_before] + \
+            [self.after.dtypes[i - 1] for i in self.bands_after]
+        if offset is None or (offset == "auto" and not any(lossy_in_float32(t) for t in types)):
+            return
+        chosen = self._choose_offset() if offset == "auto" else np.asarray(offset, np.float64)
+        if not chosen.any():
+            return
+        self.offset = chosen
+        self.native_dtype = np.dtype(np.float32)
+        if offset == "auto":
+            self.notes.append(f"{self.sources[0]}: {', '.join(sorted(set(types)))} values are read less a per-band "
+                              f"offset ({', '.join(f'{v:.10g}' for v in chosen)}), so float32 keeps them exact; the "
+                              "normalisation accounts for it")
+
+    def _choose_offset(self) -> np.ndarray:
+        """Per band, the rounded mean of the valid pixels of both dates over a spread sample of windows (0 where
+        none is valid), read in float64. Values near 2^31 differ by 256 between neighbouring float32 numbers: a
+        uint32 pair was scored on values rounded that coarsely and flagged 41 % of its pixels where the same data
+        as uint8 flags 3-4 %. Less the offset, such values are small and float32 holds them exactly."""
+        from cdtool.normalization import sample_tiles
+
+        total, n = np.zeros(self.info.count), 0
+        for tile in sample_tiles(*self.shape):
+            data, valid = self._read_inside(tile.row, tile.col, tile.height, tile.width, np.dtype(np.float64))
+            total += data[:, :, valid].sum(axis=(0, 2))
+            n += 2 * int(valid.sum())
+        return np.round(total / n) if n else np.zeros(self.info.count)
 
     def _common_window(self, b, a) -> Window:
         left, bottom, right, top = transform_bounds(a.crs, b.crs, *a.bounds)
@@ -267,6 +338,7 @@ class RasterPair:
                      dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         win = Window(col + self.origin[1], row + self.origin[0], width, height)
         stack, valid = [], np.ones((height, width), bool)
+        final, dtype = dtype, np.dtype(np.float64) if self.offset is not None else dtype
         for ds, bands, name in ((self.before, self.bands_before, self.sources[0]),
                                 (self.after, self.bands_after, self.sources[1])):
             try:
@@ -284,6 +356,8 @@ class RasterPair:
                 valid &= np.isfinite(data).all(axis=0)
             stack.append(data)
         pair = np.stack(stack)
+        if self.offset is not None:
+            pair = (pair - self.offset[:, None, None]).astype(final)
         pair[:, :, ~valid] = 0
         return pair, valid
 
@@ -321,7 +395,8 @@ class RasterPair:
     def open_args(self) -> dict:
         """The arguments of `open_pair` that open this pair again, picklable for a Dask worker."""
         return dict(before=self.sources[0], after=self.sources[1], bands=self.requested_bands, align=self.align,
-                    wrap=self.wrap, skip_bad_windows=self.skip_bad_windows)
+                    wrap=self.wrap, skip_bad_windows=self.skip_bad_windows,
+                    offset=self.offset.tolist() if self.offset is not None else None)
 
     def reopen(self) -> "RasterPair":
         """The same pair opened again: another reader thread needs its own GDAL handles."""
@@ -344,6 +419,12 @@ class RasterPair:
 COMPACT_TYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32"))
 
 
+def lossy_in_float32(dtype: str) -> bool:
+    """Whether float32 (24-bit significand) may round values of this type: 32- and 64-bit integers, float64."""
+    kind = np.dtype(dtype)
+    return (kind.kind in "iu" and kind.itemsize >= 4) or (kind.kind == "f" and kind.itemsize > 4)
+
+
 def compact_dtype(dtypes: list[str]) -> np.dtype:
     """The type a tile of these bands is read in natively: their common type where it is a compact integer,
     float32 otherwise (floats, and integers such as uint32 that float32 would round anyway)."""
@@ -352,6 +433,9 @@ def compact_dtype(dtypes: list[str]) -> np.dtype:
 
 
 def open_pair(before: str | Path, after: str | Path, *, bands: list[int] | None = None, align: bool = False,
-              wrap: bool = False, skip_bad_windows: bool = False) -> RasterPair:
-    """Open BEFORE and AFTER as one pair, checking they can be compared (see RasterPair)."""
-    return RasterPair(before, after, bands=bands, align=align, wrap=wrap, skip_bad_windows=skip_bad_windows)
+              wrap: bool = False, skip_bad_windows: bool = False,
+              offset: list[float] | str | None = None) -> RasterPair:
+    """Open BEFORE and AFTER as one pair, checking they can be compared (see RasterPair); `offset`, one value per
+    band subtracted on reading, or "auto": chosen for types float32 cannot hold exactly."""
+    return RasterPair(before, after, bands=bands, align=align, wrap=wrap, skip_bad_windows=skip_bad_windows,
+                      offset=offset)
