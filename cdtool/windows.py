@@ -8,6 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+# Rasters larger than this are refused unless the caller raises the limit (detect and evaluate --max-pixels):
+# a 120-byte TIFF may claim 10^6 x 10^6 pixels, and 10 gigapixels (100,000²) already take about 30 min with
+# cva on 2 cores.
+MAX_PIXELS = 10**10
+
 
 @dataclass(frozen=True, order=True)
 class Tile:

@@ -46,7 +46,7 @@ from cdtool.io.staging import OverviewPyramid, write_mosaic
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, copy_cog,
                                read_bands, tag_raster, tif_to_png, write_cog)
 from cdtool.normalization import Normalizer
-from cdtool.windows import fitted_grid
+from cdtool.windows import MAX_PIXELS, fitted_grid
 
 
 DEFAULT_OVERLAP = 64  # pixels of blending between tiles of a learned model, whose reach exceeds its halo
@@ -117,9 +117,6 @@ DEFAULT_MIN_AREA_M2 = 20.0
 # default for such files). Polygons and the PNGs' world files use it, so they land on each other.
 PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 VECTOR_FORMATS = ("gpkg", "geojson")
-# Rasters larger than this are refused unless --max-pixels raises it: a 120-byte TIFF may claim 10^6 x 10^6
-# pixels and would be scored for days. 10 gigapixels (100,000²) take about 30 min with cva on 2 cores.
-DEFAULT_MAX_PIXELS = 10**10
 # Seconds per pixel of what follows scoring (the mask pass, the COG copies, polygons), measured on 2 cores (8192²
 # cva: 11.4 s in all, of which 4.1 s reading and scoring); the estimate's scoring part is timed on the input.
 WRITE_S_PER_PX = 1e-7
@@ -240,10 +237,10 @@ def _checkpoint(opts: DetectOptions) -> list[Path]:
 
 
 def check_size(pair: RasterPair, max_pixels: int | None) -> None:
-    """Refuse a pair larger than `max_pixels` (DEFAULT_MAX_PIXELS when None) before any work: a header may claim
+    """Refuse a pair larger than `max_pixels` (MAX_PIXELS when None) before any work: a header may claim
     far more pixels than its file holds (sparse or hostile TIFFs, a /vsizip/ member), and nothing else stops
     a run that would take days."""
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     height, width = pair.shape
     if height * width > limit:
         raise InputError(f"{pair.sources[0]}: {width}x{height} pixels ({height * width:,}) is more than the limit of "

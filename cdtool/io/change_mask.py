@@ -20,6 +20,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from cdtool.errors import InputError
+from cdtool.windows import MAX_PIXELS
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # PNG masks have no georeference
 
@@ -28,9 +29,6 @@ MAX_VALUES = 4  # a mask has at most 0/1/2/255: more distinct values mean scores
 # GDAL decodes whole blocks: a file stored in larger ones (a 300-byte TIFF may claim one tile of 10^6 x 10^6
 # pixels) cannot be read in bounded memory, so it is refused before any pixel is read
 MAX_BLOCK_BYTES = 1 << 28
-# Larger rasters are refused unless the caller raises the limit (detect's --max-pixels default too): a header
-# may claim far more pixels than its file holds, and reading 10^12 pixels takes hours even in windows
-MAX_PIXELS = 10**10
 
 
 class NotAMask(InputError):
