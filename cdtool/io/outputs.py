@@ -60,6 +60,8 @@ class FolderLock:
     The kernel drops it when the process dies, so a killed run's lock is taken over by exactly one process,
     after `on_stale` has removed what that run left behind: reading the old pid, deleting the file and creating
     a new one raced (four processes taking over a dead run's lock, 300 times: 7 times two of them held it). A
+    lock is stale when its file names a pid, not merely when it exists: a contender may flock a file another
+    has just created and not yet written, and that run left nothing behind (6000 trials: one double clean). A
     lock file naming a live process that holds no flock (an older cdtool) still refuses; a lock of this
     process's own, left by a failure, is taken over."""
 
@@ -80,7 +82,7 @@ class FolderLock:
 
     def _acquire(self, on_stale: Callable[[], None] | None) -> None:
         for _ in range(100):  # another run may remove the file between our open and our flock: open it again
-            fd, found = self._open()
+            fd = self._open()
             if not self._flock(fd):
                 continue
             pid = _read_pid(fd)
@@ -91,7 +93,7 @@ class FolderLock:
             FolderLock._held[str(self.path)] = self
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            if found and on_stale is not None:  # a lock no process holds: what its run left goes first
+            if pid > 0 and on_stale is not None:  # a dead (or failed) run's lock: what it left goes first
                 try:
                     on_stale()
                 except BaseException:
@@ -100,15 +102,10 @@ class FolderLock:
             return
         raise InputError(f"{self.folder}: could not lock the output folder")
 
-    def _open(self) -> tuple[int, bool]:
-        """(descriptor, whether the file was there already) of the lock file, created if missing."""
+    def _open(self) -> int:
+        """A descriptor of the lock file, created if missing."""
         try:
-            try:
-                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), False
-            except FileExistsError:
-                return os.open(self.path, os.O_RDWR | os.O_CLOEXEC), True
-        except FileNotFoundError:  # removed between the two opens: the loop tries again
-            return self._open()
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise InputError(f"{self.folder}: output folder is not writable ({exc.strerror or exc})") from None
 
