@@ -220,6 +220,7 @@ class RasterPair:
         self._open = []
         self.offset: np.ndarray | None = None  # per band, subtracted on reading (see `_choose_offset`)
         self.notes: list[str] = []  # what the reader changed, for the user to know
+        self.before_smoothing: tuple[float, float] | None = None  # (rows, cols) taps: see `resampling_match`
         try:
             self._setup(bands, align)
             self._set_offset(offset)
@@ -251,6 +252,7 @@ class RasterPair:
             window = self._common_window(b, a)
             self.origin = (int(window.row_off), int(window.col_off))
             height, width = int(window.height), int(window.width)
+            self.before_smoothing = resampling_match(b, a)
             a = WarpedVRT(a, crs=b.crs, transform=b.transform, width=b.width, height=b.height,
                           resampling=Resampling.bilinear)
             self._open.append(a)
@@ -341,16 +343,11 @@ class RasterPair:
         final, dtype = dtype, np.dtype(np.float64) if self.offset is not None else dtype
         for ds, bands, name in ((self.before, self.bands_before, self.sources[0]),
                                 (self.after, self.bands_after, self.sources[1])):
-            try:
-                data = ds.read(bands, window=win, out_dtype=dtype)
-                masks = ds.read_masks(bands, window=win)
-            except RasterioIOError as exc:
-                if not self.skip_bad_windows:
-                    cause = exc.__cause__ or exc  # rasterio's own text only points at GDAL's, its cause
-                    raise InputError(f"{name}: cannot read rows {win.row_off}-{win.row_off + height - 1}, columns "
-                                     f"{win.col_off}-{win.col_off + width - 1} ({str(cause).splitlines()[0]}); "
-                                     "--skip-bad-windows writes nodata there instead") from None
-                data, masks = self._salvage(ds, bands, win, dtype)
+            if ds is self.before and self.before_smoothing is not None:
+                data, masks = self._read_smoothed(ds, bands, win, name)
+                data = data.astype(dtype) if dtype.kind == "f" else np.rint(data).astype(dtype)
+            else:
+                data, masks = self._read_window(ds, bands, win, dtype, name)
             valid &= (masks > 0).all(axis=0)
             if dtype.kind == "f":
                 valid &= np.isfinite(data).all(axis=0)
@@ -360,6 +357,37 @@ class RasterPair:
             pair = (pair - self.offset[:, None, None]).astype(final)
         pair[:, :, ~valid] = 0
         return pair, valid
+
+    def _read_window(self, ds, bands: list[int], win: Window, dtype: np.dtype,
+                     name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(data, masks) of `win`; a window GDAL cannot read is refused, or salvaged with --skip-bad-windows."""
+        try:
+            return ds.read(bands, window=win, out_dtype=dtype), ds.read_masks(bands, window=win)
+        except RasterioIOError as exc:
+            if not self.skip_bad_windows:
+                cause = exc.__cause__ or exc  # rasterio's own text only points at GDAL's, its cause
+                raise InputError(f"{name}: cannot read rows {win.row_off}-{win.row_off + win.height - 1}, columns "
+                                 f"{win.col_off}-{win.col_off + win.width - 1} ({str(cause).splitlines()[0]}); "
+                                 "--skip-bad-windows writes nodata there instead") from None
+            return self._salvage(ds, bands, win, dtype)
+
+    def _read_smoothed(self, ds, bands: list[int], win: Window, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """BEFORE's `win` filtered by the symmetric taps of `before_smoothing`, over its valid pixels only
+        (normalised convolution), read with a one-pixel border so windows join without seams."""
+        r0, c0 = int(win.row_off), int(win.col_off)
+        h, w = int(win.height), int(win.width)
+        top, left = max(0, r0 - 1), max(0, c0 - 1)
+        bottom, right = min(ds.height, r0 + h + 1), min(ds.width, c0 + w + 1)
+        data, masks = self._read_window(ds, bands, Window(left, top, right - left, bottom - top),
+                                        np.dtype(np.float64), name)
+        weight = (masks > 0).all(axis=0).astype(np.float64)
+        data = np.where(np.isfinite(data), data, 0.0) * weight
+        for axis, tap in ((0, self.before_smoothing[0]), (1, self.before_smoothing[1])):
+            data, weight = _taps(data, tap, axis + 1), _taps(weight, tap, axis)
+        inner = (slice(r0 - top, r0 - top + h), slice(c0 - left, c0 - left + w))
+        data, weight = data[(slice(None),) + inner], weight[inner]
+        masks = masks[(slice(None),) + inner]
+        return data / np.maximum(weight, 1e-12), masks
 
     def _salvage(self, ds, bands: list[int], win: Window, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """Read a window that failed block by block of the file's own block grid; blocks that still fail become
@@ -417,6 +445,38 @@ class RasterPair:
 # integer types that hold every value of the files' bands in at most 4 bytes and that torch casts everywhere
 # (uint16 travels as its int16 bit pattern: see `as_float_tensor`)
 COMPACT_TYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32"))
+
+
+def resampling_match(before, after) -> tuple[float, float]:
+    """Per axis (rows, columns), the outer tap `t` of a [t, 1 - 2t, t] filter that removes as much noise from
+    BEFORE as bilinear resampling removes from AFTER when AFTER is warped onto BEFORE's grid, so the order of
+    the dates does not decide how smooth each one is (and with it where an automatic threshold lands).
+
+    Bilinear at a sub-pixel offset d keeps (1 - d)² + d² of white noise's variance; the filter keeps
+    2t² + (1 - 2t)². Same CRS and pixel size: d is the grids' constant offset; otherwise d varies over the
+    scene and its mean, 2/3, is matched."""
+    def tap(kept: float) -> float:
+        return (2 - math.sqrt(max(0.0, 6 * kept - 2))) / 6
+
+    b, a = before.transform, after.transform
+    same = (before.crs == after.crs and b.b == b.d == a.b == a.d == 0
+            and math.isclose(a.a, b.a, rel_tol=1e-9) and math.isclose(a.e, b.e, rel_tol=1e-9))
+    if not same:
+        return tap(2 / 3), tap(2 / 3)
+    kept = []
+    for shift in ((b.f - a.f) / a.e, (b.c - a.c) / a.a):  # BEFORE's pixel edges in AFTER's pixels
+        d = shift - math.floor(shift)
+        kept.append((1 - d) ** 2 + d ** 2)
+    return tap(kept[0]), tap(kept[1])
+
+
+def _taps(x: np.ndarray, t: float, axis: int) -> np.ndarray:
+    """x filtered along `axis` by [t, 1 - 2t, t], edges repeated."""
+    if t <= 0:
+        return x
+    x = np.moveaxis(x, axis, -1)
+    p = np.concatenate([x[..., :1], x, x[..., -1:]], axis=-1)
+    return np.moveaxis(t * (p[..., :-2] + p[..., 2:]) + (1 - 2 * t) * x, -1, axis)
 
 
 def lossy_in_float32(dtype: str) -> bool:
