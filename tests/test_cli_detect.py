@@ -211,6 +211,25 @@ def test_stack_command_builds_a_vrt(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     with rasterio.open(tmp_path / "s.vrt") as ds:
         assert ds.count == 13 and ds.descriptions[8].endswith("B8A")
+        # natural colour in any GIS (bands 1-2-3 shown by default), then the product's order
+        assert [d[-3:] for d in ds.descriptions[:5]] == ["B04", "B03", "B02", "B01", "B05"]
+        assert [c.name for c in ds.colorinterp[:3]] == ["red", "green", "blue"]
+
+
+def test_stacked_bands_detect_as_the_band_folders_do(shared_data, tmp_path):
+    """The Sentinel-2 model finds its bands by name: the reordered stack gives the folders' scores."""
+    city = shared_data / "oscd" / "pisa"
+    for d in ("imgs_1", "imgs_2"):
+        assert invoke("stack", tmp_path / f"{d}.vrt", city / d).exit_code == 0
+    folders = invoke("detect", city / "imgs_1", city / "imgs_2", "-o", tmp_path / "f", "-q", "--no-polygons")
+    stacks = invoke("detect", tmp_path / "imgs_1.vrt", tmp_path / "imgs_2.vrt", "-o", tmp_path / "s", "-q",
+                    "--no-polygons")
+    assert folders.exit_code == 0 and stacks.exit_code == 0, folders.output + stacks.output
+    import json
+
+    assert json.loads((tmp_path / "s" / "detect.json").read_text())["model_choice"]["reason"].startswith("sentinel2")
+    with rasterio.open(tmp_path / "f" / "change_prob.tif") as f, rasterio.open(tmp_path / "s" / "change_prob.tif") as s:
+        np.testing.assert_allclose(s.read(1), f.read(1), atol=1e-5)
 
 
 def test_gdal_dataset_names_and_subdatasets(shared_data, tmp_path):

@@ -13,6 +13,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import RasterioIOError
 
+from cdtool.domain import sentinel2_band
 from cdtool.errors import InputError
 from cdtool.io.outputs import write_text_atomic
 
@@ -32,6 +33,20 @@ def band_files(source: str | os.PathLike) -> list[Path]:
     if not files:
         raise InputError(f"{folder}: folder holds no raster files ({', '.join(sorted(RASTER_SUFFIXES))})")
     return files
+
+
+# Sentinel-2's visible bands in GDAL's colour interpretation, for readers that honour it (QGIS 3.22 does not:
+# it opens bands 1-2-3, hence `natural_colour_first`)
+_S2_COLOURS = {"4": "Red", "3": "Green", "2": "Blue"}
+
+def natural_colour_first(files: list[Path]) -> list[Path]:
+    """A Sentinel-2 band folder with B04, B03 and B02 first, then the rest in band order, so every GIS opens
+    the stack in natural colour (bands 1-2-3 by default); cdtool finds Sentinel-2 bands by name, not place."""
+    found = {sentinel2_band(f.stem): f for f in files}
+    first = [found[b] for b in ("4", "3", "2") if b in found]
+    if len(first) < 3 or len(files) <= 3:
+        return files
+    return first + [f for f in files if f not in first]
 
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
@@ -102,6 +117,9 @@ def stack_vrt(files: list[Path], resampling: str = "bilinear") -> str:
     for i, ((path, _, st, w, h, _, nodata, _), (x_off, y_off, x_size, y_size)) in enumerate(zip(metas, places), 1):
         parts.append(f'  <VRTRasterBand dataType="{dtype}" band="{i}">')
         parts.append(f"    <Description>{escape(path.stem)}</Description>")
+        colour = _S2_COLOURS.get(sentinel2_band(path.stem) or "") if len(files) > 3 else None  # GDAL's readers
+        if colour:
+            parts.append(f"    <ColorInterp>{colour}</ColorInterp>")
         if nodata is not None:
             parts.append(f"    <NoDataValue>{nodata!r}</NoDataValue>")
         parts.append(f'    <ComplexSource resampling="{resampling}">')
@@ -122,7 +140,7 @@ def write_stack(out: str | os.PathLike, sources: list[str | os.PathLike], overwr
     """Write a VRT stacking `sources` (files, or one folder of band files); returns its path."""
     files: list[Path] = []
     for s in sources:
-        files.extend(band_files(s) if Path(s).is_dir() else [Path(s)])
+        files.extend(natural_colour_first(band_files(s)) if Path(s).is_dir() else [Path(s)])
     out = Path(out)
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give the VRT file to write")
