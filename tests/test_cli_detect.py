@@ -250,3 +250,24 @@ def test_gdal_dataset_names_and_subdatasets(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["detect", "NETCDF:missing.nc:x", str(tif), "-o", str(tmp_path / "d")])
     assert r.exit_code == 2 and "missing.nc" in r.output and "Traceback" not in r.output
+
+
+def test_gsd_gives_a_png_pair_areas_in_square_metres(shared_data, tmp_path):
+    """With --gsd, a pair without georeference has each polygon's area_m2 (pixels x gsd²), the minimum mapping
+    unit and the largest regions in m², as a georeferenced pair does."""
+    import json
+
+    import pyogrio
+
+    name = "test_2_0000_0000.png"
+    r = invoke("detect", shared_data / "levir" / "A" / name, shared_data / "levir" / "B" / name, "-o", tmp_path / "o",
+               "--gsd", "0.5", "--model", "cva", "--min-area", "10", "-q")
+    assert r.exit_code == 0, r.output
+    polygons = pyogrio.read_dataframe(tmp_path / "o" / "changes.gpkg")
+    assert len(polygons) > 10 and polygons.area_m2.notna().all()
+    np.testing.assert_allclose(polygons.area_m2, polygons.pixels * 0.25)
+    assert polygons.pixels.min() >= 40  # 10 m² at 0.5 m
+    summary = json.loads((tmp_path / "o" / "detect.json").read_text())["summary"]
+    assert summary["min_area_m2"] == 10 and summary["min_pixels"] == 40
+    largest = summary["largest_regions"][0]
+    assert largest["area_m2"] == largest["pixels"] * 0.25 == polygons.area_m2.max()

@@ -284,8 +284,8 @@ def mapping_unit(opts: DetectOptions, gsd: float | None, georeferenced: bool) ->
         raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
     default = DEFAULT_MIN_PIXELS if opts.min_area is None else 1  # None means not set: 1 is a real choice
     min_pixels = default if opts.min_pixels is None else opts.min_pixels
-    if min_area and not georeferenced:
-        min_pixels, min_area = max(min_pixels, int(np.ceil(min_area / (gsd * gsd)))), 0.0
+    if min_area and not georeferenced:  # exact in pixels; the area stays for the report
+        min_pixels = max(min_pixels, int(np.ceil(min_area / (gsd * gsd))))
     return min_pixels, min_area
 
 
@@ -430,8 +430,8 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
     preview's mask panel."""
     info, (height, width) = pair.info, pair.shape
     georef = info.georeferenced
-    pixel_map_area = abs(info.transform.determinant)
-    ground_scale = gsd * gsd / pixel_map_area if gsd and georef and pixel_map_area else None
+    pixel_map_area = abs(info.transform.determinant) if georef else 1.0  # PIXEL_GRID's unit is one pixel
+    ground_scale = gsd * gsd / pixel_map_area if gsd and pixel_map_area else None
     min_pixels, min_area = mapping_unit(opts, gsd, georef)
     if opts.polygons:
         from cdtool.io.vectors import MAX_REGIONS, Polygonizer  # GDAL's vector stack loads only where asked for

@@ -410,6 +410,8 @@ class Polygonizer:
         area = shapely.area(geoms)
         if self.geod is not None:
             area_m2 = np.array([abs(self.geod.geometry_area_perimeter(g)[0]) for g in geoms], np.float64)
+        elif self.crs is None and self.ground_scale:  # a pixel grid with --gsd
+            area_m2 = area * self.ground_scale
         elif self.crs is not None:
             unit = self.unit_area
             scale = self.ground_scale if self.ground_scale and abs(self.ground_scale / unit - 1) > 0.01 else unit
@@ -473,7 +475,7 @@ class Polygonizer:
         self.split_fids[w.rid] = w.fids
         self.ranked.append((np.array([w.size]), np.array([w.rid])))
         if self._heap_candidates(np.array([w.size])).size:
-            area_m2 = w.size if self.crs is not None else float("nan")
+            area_m2 = w.size if self.crs is not None or self.ground_scale else float("nan")
             self._push_summary(w.size, {"id": w.rid, "area_m2": None if np.isnan(area_m2) else round(area_m2, 2),
                                         "pixels": w.pixels, "x": round(w.point[0], 6), "y": round(w.point[1], 6),
                                         "max_prob": round(w.score_max, 4)})
