@@ -271,3 +271,12 @@ def test_gsd_gives_a_png_pair_areas_in_square_metres(shared_data, tmp_path):
     assert summary["min_area_m2"] == 10 and summary["min_pixels"] == 40
     largest = summary["largest_regions"][0]
     assert largest["area_m2"] == largest["pixels"] * 0.25 == polygons.area_m2.max()
+
+
+def test_geojson_of_a_pair_without_georeference_is_refused(shared_data, tmp_path):
+    """GeoJSON coordinates are WGS84 to every reader: pixel coordinates there would land at latitude -640."""
+    name = "test_2_0000_0000.png"
+    r = invoke("detect", shared_data / "levir" / "A" / name, shared_data / "levir" / "B" / name, "-o", tmp_path / "o",
+               "--format", "geojson")
+    _assert_one_line_error(r, "test_2_0000_0000.png", "no georeference", "--format gpkg")
+    assert r.exit_code == 2 and _no_outputs(tmp_path / "o")

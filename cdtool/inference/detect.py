@@ -74,7 +74,7 @@ class DetectOptions:
     clean: int = 0  # radius in pixels of a morphological opening of the mask (0: none)
     polygons: bool = True
     preview: bool = True  # preview.png: before, after, score and mask side by side
-    vector_format: str = "gpkg"  # changes.gpkg, or changes.geojson (RFC 7946, WGS84, for georeferenced pairs)
+    vector_format: str = "gpkg"  # changes.gpkg, or changes.geojson (RFC 7946, WGS84: georeferenced pairs only)
     max_regions: int | None = None  # more regions: no polygons, rasters complete (None: cdtool.io.vectors.MAX_REGIONS)
     progress: bool = False
     gsd: float | None = None  # metres per pixel of the input; None: read from the raster's transform
@@ -175,6 +175,9 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         check_size(pair, opts.max_pixels)
         notes += pair.notes
         mapping_unit(opts, domain.gsd, pair.info.georeferenced)  # refuse a bad --min-area before any work
+        if opts.polygons and opts.vector_format == "geojson" and not pair.info.georeferenced:
+            raise InputError(f"{pair.before_path}: has no georeference, and GeoJSON coordinates are read as WGS84 "
+                             "longitude/latitude everywhere; use --format gpkg (pixel grid: x = column, y = -row)")
         trained_on = choice.detector.card.band_count
         if trained_on is not None and trained_on != pair.info.count:
             raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
@@ -503,12 +506,11 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
         copying = pool.submit(copy_scores)
         changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
         copying.result()
-    georef = info.georeferenced
     polygons = opts.polygons and not changes.polygons_skipped
     if polygons and opts.vector_format == "geojson":
         from cdtool.io.vectors import to_geojson
 
-        to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
+        to_geojson(gpkg_path, outs.path("changes.geojson"))
     _write_mask(outs, pair, scores, changes, mask_path, tags)
     if polygons:
         write_text(outs.path("changes.qml"), polygons_qml())

@@ -569,11 +569,9 @@ class Polygonizer:
         return [s for _, _, s in sorted(self.largest, key=lambda t: (-t[0], t[1]))]
 
 
-def to_geojson(gpkg: Path, dst: Path, georeferenced: bool) -> None:
-    """The polygons as GeoJSON: RFC 7946 (WGS84 longitude/latitude) when georeferenced, pixel coordinates
-    (x = column, y = -row) otherwise."""
+def to_geojson(gpkg: Path, dst: Path) -> None:
+    """The polygons as RFC 7946 GeoJSON (WGS84 longitude/latitude): of a georeferenced pair only, since every
+    reader takes GeoJSON coordinates as WGS84."""
     df = pyogrio.read_dataframe(gpkg, layer=LAYER)
-    with warnings.catch_warnings(), writing(dst):
-        warnings.filterwarnings("ignore", message="'crs' was not provided")
-        pyogrio.write_dataframe(df, dst, driver="GeoJSON", layer=LAYER,
-                                layer_options={"RFC7946": "YES"} if georeferenced and df.crs else None)
+    with writing(dst):
+        pyogrio.write_dataframe(df, dst, driver="GeoJSON", layer=LAYER, layer_options={"RFC7946": "YES"})
