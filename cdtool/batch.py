@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from cdtool.errors import CdtoolError, InputError, NothingToDo
-from cdtool.io.dates import date_in
+from cdtool.io.dates import date_from_dates_txt, date_in_name
 from cdtool.io.outputs import write_text_atomic
 
 # names of the two dates inside a pair folder, in (before, after) order
@@ -86,7 +86,7 @@ def read_pairs_csv(path: Path) -> list[PairJob]:
 
 def _dates_of(folder: Path) -> tuple[Path, Path]:
     """The (before, after) inputs in one pair folder: by their names (before/after, A/B, imgs_1/imgs_2, t1/t2),
-    else the only two rasters or band folders there, ordered by the dates in their names, else by name."""
+    else the only two rasters or band folders there, ordered by their dates (dates.txt, names), else by name."""
     entries = [p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in RASTER_SUFFIXES]
     by_name = {p.stem.lower(): p for p in entries}
     for first, second in DATE_NAMES:
@@ -95,7 +95,7 @@ def _dates_of(folder: Path) -> tuple[Path, Path]:
     if len(entries) != 2:
         raise InputError(f"{folder}: a pair folder holds two rasters (or band folders) named before/after, A/B or "
                          f"imgs_1/imgs_2; found {len(entries)} candidates")
-    a, b = sorted(entries, key=lambda p: (date_in(p.name) or "", p.name))
+    a, b = sorted(entries, key=lambda p: (date_from_dates_txt(str(p)) or date_in_name(p.name) or "", p.name))
     return a, b
 
 

@@ -8,27 +8,41 @@ import re
 
 import numpy as np
 import pytest
+import rasterio
 from PIL import Image
 
 from cdtool.inference.detect import DetectOptions, detect
-from cdtool.io.dates import acquisition_date, date_in
+from cdtool.io.dates import acquisition_date, date_in, date_in_name
 from cdtool.io.pair import open_pair
 from cdtool.io.report import CROP, write_report
+from tests.conftest import write_tif
 
 
 @pytest.mark.parametrize("text, date", [
-    ("S2A_OPER_MSI_L1C_TL_EPA__20160706T155721_A000849_T30UWU_B04", "2016-07-06"),
+    ("S2A_MSIL1C_20170105T013442_N0204_R031_T53NMJ_20170105T013443", "2017-01-05"),
     ("LC08_L1TP_120038_20190512_20190521_01_T1", "2019-05-12"), ("site_2021-03-04.tif", "2021-03-04"),
     ("test_2_0000_0000.png", None), ("id_202113_x", None), ("99920160706", None), ("20161306", None)])
 def test_dates_in_names(text, date):
     assert date_in(text) == date
 
 
-def test_band_folder_dates_come_from_its_files(shared_data):
+def test_processing_dates_are_not_acquisition_dates():
+    """Older Sentinel-2 tile names carry when the tile was processed (pisa's imgs_1: 2016-08-09, imaged
+    2015-07-04)."""
+    assert date_in_name("S2A_OPER_MSI_L1C_TL_SGS__20160809T163127_A005603_T32TPP_B04.tif") is None
+    assert date_in_name("/data/LC08_L1TP_120038_20190512_20190521_01_T1_B4.TIF") == "2019-05-12"
+
+
+def test_band_folder_dates_come_from_dates_txt(shared_data, tmp_path):
     city = shared_data / "oscd" / "pisa"
     with open_pair(city / "imgs_1", city / "imgs_2") as pair:
-        assert acquisition_date(pair.before, str(city / "imgs_1")) == "2016-08-09"
+        assert acquisition_date(pair.before, str(city / "imgs_1")) == "2015-07-04"
         assert acquisition_date(pair.after, str(city / "imgs_2")) == "2018-02-11"
+    (tmp_path / "dates.txt").write_text("# site\nspring.tif: 2021-04-01\nautumn: 20211002\n")
+    for name, date in (("spring.tif", "2021-04-01"), ("autumn.tif", "2021-10-02"), ("winter.tif", None)):
+        write_tif(tmp_path / name, np.zeros((1, 4, 4), "uint8"))
+        with rasterio.open(tmp_path / name) as ds:
+            assert acquisition_date(ds, str(tmp_path / name)) == date
 
 
 def _images(text: str) -> list[Image.Image]:
@@ -45,7 +59,7 @@ def test_report_of_a_sentinel2_city(shared_data, tmp_path):
                             tmp_path / "o" / "preview.png")
         lat_lon = pair.info.crs.is_geographic
     text = path.read_text()
-    assert "pisa/imgs_1 and pisa/imgs_2" in text and "2016-08-09" in text and "2018-02-11" in text
+    assert "pisa/imgs_1 and pisa/imgs_2" in text and "2015-07-04" in text and "2018-02-11" in text
     assert f"{summary['threshold']:.4f}" in text and f"{100 * result.changed_share:.2f} %" in text
     regions = summary["summary"]["largest_regions"]
     assert len(regions) == 5 and text.count("<td class='crops'>") == 5
