@@ -9,7 +9,6 @@ import typer
 
 from cdtool.cli.options import OneOf, OutDir, Overwrite, Quiet, Seed, friendly_errors, out_console, parse_int_list, \
     show_progress
-from cdtool.data.splits import parse_fractions
 
 
 def tile(
@@ -32,6 +31,7 @@ def tile(
 ) -> None:
     """Cut pairs into chips for training; re-running resumes or does nothing when complete."""
     from cdtool.data.sources import collect_pairs
+    from cdtool.data.splits import parse_fractions
     from cdtool.data.tiling import TileOptions, make_tiles
 
     pairs = collect_pairs(before, after, mask)
