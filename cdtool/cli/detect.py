@@ -65,7 +65,7 @@ def detect(
     """Detect changes between BEFORE and AFTER; write change_prob, change_mask (GeoTIFF, or PNG for
     non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
     from cdtool.inference.detect import DetectOptions, detect as run_detect
-    from cdtool.inference.scaleout import workers_option
+    from cdtool.inference.row_scoring import workers_option
 
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=threshold, align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
