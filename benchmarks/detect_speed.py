@@ -128,7 +128,7 @@ print(json.dumps(res))
 
 def pair(workdir: Path, height: int, width: int, bands: int = 3, dtype: str = "uint8") -> tuple[Path, Path]:
     """The seeded generated pair of that shape, written once per workdir."""
-    from cdtool.sample_pair import write_pair
+    from cdtool.generated_pairs import write_pair
 
     folder = workdir / f"pair_{height}x{width}_{bands}{dtype}"
     if not (folder / "truth.tif").exists():

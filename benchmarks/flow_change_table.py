@@ -6,7 +6,7 @@ the simulated flow, for every recipe variant, per seed; plus CVA and a supervise
     python benchmarks/flow_change_table.py --table-only            # re-score existing runs
 
 Data (built once, by the commands printed): the 13 LEVIR/DSIFN training pairs (the 2 validation and 6 test
-pairs of recipes/fc_siam_diff.yaml left out) give (a) the labelled synthetic set, `cdtool patches -p synthetic`
+pairs of recipes/fc_siam_diff.yaml left out) give (a) the labelled synthetic set, `cdtool patches synthetic`
 of 400 64x64 pairs (train split 330), backgrounds and pasted objects from those 13 pairs only, and (b) the
 unlabelled target pairs (kind `misaligned`, 104 random 64x64 crops per epoch, AFTER warped by a homography of
 up to 4 px per corner plus a smooth local warp of up to 2 px, and photometrically changed). Test: 96 fixed
@@ -82,7 +82,7 @@ def make_synthetic_set() -> None:
     <= 5 %, shift <= 4 px, against the patches defaults 10 deg, 10 %, 16 px), 20 % no-change pairs
     (identical, or a global radiometric change; zero flow), and 16 px of real context around each crop so
     that AFTER has no empty border (whose width would give the shift away)."""
-    run(["cdtool", "patches", "-p", "synthetic", "patches/simsac_src/A", "--objects", "patches/simsac_src",
+    run(["cdtool", "patches", "synthetic", "patches/simsac_src/A", "--objects", "patches/simsac_src",
          "--samples", "400", "--size", "64", "--max-rotation", "3", "--max-scale", "0.05", "--max-shift", "4",
          "--still", "0.2", "--margin", "16", "-o", SYNTH], Path("/tmp/simsac_synth.log"))
 

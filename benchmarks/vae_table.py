@@ -10,7 +10,7 @@ the `finetune` runs for 50 and 500 labels start from it (`models.model.init`). E
 balanced test split (1,500 + 1,500 pairs), from the last checkpoint (no validation set is used: the paper's
 setting has no labels to spare), threshold 0.5; accuracy = `oa`.
 
-    cdtool patches -p mnist ../shared/data/mnist --variant R --pairs 20000 --positive-fraction 0.5 -o patches/mnist_r_bal
+    cdtool patches mnist ../shared/data/mnist --variant R --pairs 20000 --positive-fraction 0.5 -o patches/mnist_r_bal
     python benchmarks/vae_table.py --rows under over nosim full --labels 50 500 --seeds 0 1 2
     python benchmarks/vae_table.py --rows full --distances jeffreys l2 l1 cosine mmd --labels 500 --seeds 0 1 2
     python benchmarks/vae_table.py --pcd --seeds 0                   # Table 4 PCD rows, via `cdtool detect`
@@ -206,7 +206,7 @@ def main() -> None:
 
 
 def disentangle_check(ckpt: Path, mnist: Path, out_png: Path, n: int = 750, seed: int = 0) -> dict:
-    """Section 4.4 on held-out digits: each test-split digit (the split `cdtool patches -p mnist` uses) rotated
+    """Section 4.4 on held-out digits: each test-split digit (the split `cdtool patches mnist` uses) rotated
     at random, per-image standardised, encoded; leave-one-out 1-NN digit accuracy from the common and from the
     specific means, the R² of a linear fit of the rotation (cos, sin) from each, and a PNG of both
     embeddings (2-D PCA, coloured by digit)."""
@@ -262,7 +262,7 @@ PAPER_T4_PCD = {"under": "73.28 (3.10) / 56.27 (3.32) / 47.95 (2.20)", "full": "
 
 
 def pcd_test_pairs(sources: list[Path]) -> list[tuple[str, Path, Path, Path]]:
-    """(name, before, after, mask) of the pairs `cdtool patches -p pcd` put in the test split."""
+    """(name, before, after, mask) of the pairs `cdtool patches pcd` put in the test split."""
     from cdtool.data.splits import split_of
 
     out = []

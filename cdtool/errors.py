@@ -13,6 +13,15 @@ class InputError(CdtoolError):
     exit_code = 2
 
 
+class OptionError(InputError):
+    """A bad value of one option, named by the library's own field (`split_by`), so a Python caller reads the
+    argument it passed and the CLI can show the flag the user typed (`--split-by`)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
 class NothingToDo(CdtoolError):
     """Not a failure: what was asked is already done (`detect --resume` on a run that completed); the CLI
     prints the line and exits 0."""

@@ -142,8 +142,3 @@ def tuned_threshold(pos_hist: np.ndarray, neg_hist: np.ndarray) -> float:
     the validation pairs. The first bin edge at least."""
     return max(best_threshold(pos_hist, neg_hist)[0], 1 / len(pos_hist))
 
-
-def score_table(results: dict[str, dict[str, float]]) -> list[list[str]]:
-    """Rows of formatted numbers, one per named result, in NAMES order (for rich tables and markdown)."""
-    return [[name] + [("–" if np.isnan(r.get(k, float("nan"))) else f"{r[k]:.4f}") for k in NAMES]
-            for name, r in results.items()]

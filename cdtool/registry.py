@@ -37,7 +37,9 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Names to objects of one kind. `home` is the package whose import registers the built-in entries."""
+    """Names to objects of one kind. `home` is the package whose import registers the built-in entries, or
+    "package:function", a function of it that does (where importing them all with the package would cost
+    commands that need none of them)."""
 
     def __init__(self, kind: str, home: str, check: Callable[[dict], None] | None = None):
         self.kind, self._home, self._check = kind, home, check
@@ -58,7 +60,10 @@ class Registry(Generic[T]):
         return deco
 
     def _load(self) -> None:
-        importlib.import_module(self._home)
+        module, _, hook = self._home.partition(":")
+        home = importlib.import_module(module)
+        if hook:
+            getattr(home, hook)()
 
     def names(self) -> list[str]:
         self._load()

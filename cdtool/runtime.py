@@ -23,12 +23,10 @@ def tune_allocator() -> bool:
     """Two glibc malloc settings, made once per process before the worker threads start:
 
     - Keep large freed blocks for reuse instead of unmapping them. By default every block over 32 MB is mapped
-      fresh and returned to the system when freed, so each batch's activations were page-faulted and zeroed
-      anew: half a U-Net's CPU time went to the kernel (a 5 × 464² batch in detect: 1.84 s, of which 1.76 s
-      system time; 0.87 s with this; a training step of 8 × 256²: 2.54 -> 1.59 s).
+      fresh and returned to the system when freed, so each batch's activations are page-faulted and zeroed
+      anew, and most of a U-Net's CPU time goes to the kernel (the timings: README "Speed").
     - One arena for all threads. Each reader, writer and GDAL thread otherwise fragments an arena of its own,
-      and peak memory crept up with the raster's height (8192 -> 32768 rows × 2048 columns: +140 MiB with
-      per-thread arenas, +33 MiB with one; no slower).
+      and peak memory creeps up with the raster's height; one arena is no slower.
 
     Linux/glibc only; elsewhere, or with CDTOOL_TUNE_ALLOCATOR=0, a no-op. Returns whether the settings
     took."""

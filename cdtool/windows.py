@@ -6,7 +6,6 @@ Training tiling and sliding-window detection share these, so a tile means the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 # Rasters larger than this are refused unless the caller raises the limit (detect and evaluate --max-pixels):
 # a 120-byte TIFF may claim 10^6 x 10^6 pixels, and 10 gigapixels (100,000²) already take about 30 min with
@@ -92,12 +91,6 @@ def wrapped_runs(col: int, col_stop: int, width: int) -> list[tuple[int, int]]:
         runs.append((start, start + n))
         c += n
     return runs
-
-
-def iter_tiles(height: int, width: int, size: int, stride: int) -> Iterator[Tile]:
-    """All tiles of `grid`, row by row."""
-    for row in grid(height, width, size, stride):
-        yield from row
 
 
 def fitted_spans(length: int, size: int, overlap: int, begin: int = 0, align: int = 1) -> list[tuple[int, int]]:

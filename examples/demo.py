@@ -57,7 +57,7 @@ def main() -> int:
 
     from cdtool.inference.detect import DetectOptions, detect
     from cdtool.io.change_mask import read_change_mask
-    from cdtool.sample_pair import write_pair
+    from cdtool.generated_pairs import write_pair
 
     jobs = []
     if (SHARED / "oscd" / "rennes").is_dir():

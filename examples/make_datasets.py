@@ -36,22 +36,22 @@ def main(out: Path) -> None:
     s = make_tiles(collect_pairs(city / "imgs_1", city / "imgs_2", city / "cm" / "rennes-cm.tif"),
                    out / "oscd_rennes_tiles", TileOptions(size=64, stride=32))
     print(f"OSCD rennes tiles 64/32: {s['samples']} {s['splits']} (dropped on split borders: {s['dropped_guard']})")
-    # cdtool patches -p pcd ../shared/data/levir --stride 14 [--max-positives 50]
+    # cdtool patches pcd ../shared/data/levir --stride 14 [--max-positives 50]
     for n in (None, 50):
         s = make_pcd(collect_pairs(DATA / "levir", require_mask=True), out / f"pcd_levir_{n or 'all'}",
                      PcdOptions(stride=14, max_positives=n))
         print(f"PCD on LEVIR, max positives {n or 'all'}: positives {s['positives']}/{s['positives_found']}, "
               f"negatives {s['negatives']}, samples {s['samples']} {s['splits']}")
-    # cdtool patches -p footprints neudorf_2012.shp neudorf_2022.shp
+    # cdtool patches footprints neudorf_2012.shp neudorf_2022.shp
     fp = DATA / "footprints_neudorf"
     s = make_footprints(fp / "neudorf_2012.shp", fp / "neudorf_2022.shp", out / "neudorf", FootprintOptions())
     print(f"neudorf classes: {s['classes']}; patches {s['samples']} labels {s['labels']}")
-    # cdtool patches -p mnist ../shared/data/mnist --variant R-B --backgrounds ../shared/data/levir/A
+    # cdtool patches mnist ../shared/data/mnist --variant R-B --backgrounds ../shared/data/levir/A
     for v in ("R", "B", "R-B"):
         s = make_mnist(DATA / "mnist", out / f"mnist_{v}", MnistOptions(variant=v, pairs=10000),
                        backgrounds=[DATA / "levir" / "A", DATA / "dsifn" / "A"])
         print(f"MNIST-{v}: {s['samples']} pairs {s['splits']} labels {s['labels']}")
-    # cdtool patches -p synthetic levir/A dsifn/A --objects levir --objects dsifn --samples 500
+    # cdtool patches synthetic levir/A dsifn/A --objects levir --objects dsifn --samples 500
     objects = pairs_from_folder(DATA / "levir", True) + pairs_from_folder(DATA / "dsifn", True)
     s = make_synthetic([DATA / "levir" / "A", DATA / "dsifn" / "A"], objects, out / "synthetic",
                        SyntheticOptions(samples=500))

@@ -40,6 +40,6 @@ def make_tif(tmp_path):
 @pytest.fixture
 def small_pair(tmp_path):
     """A generated 300x300 3-band pair with known changes (before, after, truth)."""
-    from cdtool.sample_pair import write_pair
+    from cdtool.generated_pairs import write_pair
 
     return write_pair(tmp_path / "pair", size=300, bands=3, seed=1, rate=0.6)

@@ -18,11 +18,11 @@ needs = lambda name: pytest.mark.skipif(not (SHARED / name).is_dir(), reason=f".
 
 @needs("levir")
 def test_pcd_with_max_positives(tmp_path):
-    r = runner.invoke(app, ["patches", "-p", "pcd", str(SHARED / "levir"), "--stride", "14", "--max-positives", "3",
+    r = runner.invoke(app, ["patches", "pcd", str(SHARED / "levir"), "--stride", "14", "--max-positives", "3",
                             "--out", str(tmp_path / "p")])
     assert r.exit_code == 0, r.output
     assert "train: label 0:" in r.output and "label 1: 3" in r.output.split("train:")[1].splitlines()[0]
-    r = runner.invoke(app, ["patches", "-p", "pcd", str(SHARED / "levir"), "--stride", "28", "--max-positives", "500",
+    r = runner.invoke(app, ["patches", "pcd", str(SHARED / "levir"), "--stride", "28", "--max-positives", "500",
                             "--out", str(tmp_path / "q")])
     assert r.exit_code == 0 and "train split holds only" in r.output
 
@@ -30,7 +30,7 @@ def test_pcd_with_max_positives(tmp_path):
 @needs("footprints_neudorf")
 def test_footprints_neudorf(tmp_path):
     d = SHARED / "footprints_neudorf"
-    r = runner.invoke(app, ["patches", "-p", "footprints", str(d / "neudorf_2012.shp"), str(d / "neudorf_2022.shp"),
+    r = runner.invoke(app, ["patches", "footprints", str(d / "neudorf_2012.shp"), str(d / "neudorf_2022.shp"),
                             "--out", str(tmp_path / "f")])
     assert r.exit_code == 0, r.output
     assert "new 30" in r.output and "split 31" in r.output and "unchanged 16" in r.output
@@ -39,11 +39,11 @@ def test_footprints_neudorf(tmp_path):
 
 @needs("levir")
 def test_synthetic_and_bad_protocol(tmp_path):
-    r = runner.invoke(app, ["patches", "-p", "synthetic", str(SHARED / "levir" / "A"), "--objects",
+    r = runner.invoke(app, ["patches", "synthetic", str(SHARED / "levir" / "A"), "--objects",
                             str(SHARED / "levir"), "--samples", "3", "--size", "64", "--out", str(tmp_path / "s")])
     assert r.exit_code == 0 and "3 synthetic samples" in r.output, r.output
     # every pair a no-change pair with zero flow, cut with context: the options reach the generator
-    r = runner.invoke(app, ["patches", "-p", "synthetic", str(SHARED / "levir" / "A"), "--objects",
+    r = runner.invoke(app, ["patches", "synthetic", str(SHARED / "levir" / "A"), "--objects",
                             str(SHARED / "levir"), "--samples", "3", "--size", "32", "--still", "1", "--margin", "8",
                             "--max-shift", "2", "--out", str(tmp_path / "still")])
     assert r.exit_code == 0, r.output
@@ -51,8 +51,11 @@ def test_synthetic_and_bad_protocol(tmp_path):
     assert (meta["still"], meta["margin"], meta["max_shift"]) == (1, 8, 2), meta
     for flow in (tmp_path / "still" / "shards").glob("*.flow.npy"):
         assert not np.load(flow).any()
-    r = runner.invoke(app, ["patches", "-p", "nope", str(SHARED / "levir"), "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "--protocol must be one of" in r.output and not (tmp_path / "x").exists()
-    r = runner.invoke(app, ["patches", "-p", "footprints", str(tmp_path / "missing.gpkg"), str(tmp_path / "m2.gpkg"),
+    r = runner.invoke(app, ["patches", "nope", str(SHARED / "levir"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "No such command 'nope'" in r.output and not (tmp_path / "x").exists()
+    # each protocol takes only its own options: a footprints option is unknown to pcd
+    r = runner.invoke(app, ["patches", "pcd", str(SHARED / "levir"), "--min-iou", "0.3", "--out", str(tmp_path / "z")])
+    assert r.exit_code == 2 and "No such option: --min-iou" in r.output and not (tmp_path / "z").exists()
+    r = runner.invoke(app, ["patches", "footprints", str(tmp_path / "missing.gpkg"), str(tmp_path / "m2.gpkg"),
                             "--out", str(tmp_path / "y")])
     assert r.exit_code == 2 and "missing.gpkg: no such file" in r.output

@@ -28,7 +28,7 @@ def digits(**kw):
 
 def test_registered_as_centre_model():
     e = model_entry("disentangled_vae")
-    assert e.info["output"] == "centre" and e.info["paper"] == "000"
+    assert e.info["output"] == "centre" and e.info["paper"].startswith("Hamaguchi et al. 2019")
     m = digits()
     assert m.patch_only and m.patch_size == 28
 

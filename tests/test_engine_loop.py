@@ -149,7 +149,7 @@ def test_a_crash_between_the_two_saves_resumes_from_the_recorded_pair(pairs, tmp
     the pair the manifest records (kept as .prev- links) and ends equal to an uninterrupted run."""
     from safetensors.torch import load_file
 
-    from cdtool.engine import run_files as rf
+    from cdtool.engine import run_files
 
     recipe = lambda: load_recipe(tiny_recipe(pairs, **{"schedule.epochs": 3}))  # noqa: E731
     train(recipe(), tmp_path / "whole", quiet=True)
@@ -157,10 +157,10 @@ def test_a_crash_between_the_two_saves_resumes_from_the_recorded_pair(pairs, tmp
     train(recipe(), ahead, quiet=True, stop_after=2)
     run = tmp_path / "run"
     train(recipe(), run, quiet=True, stop_after=1)
-    rf.keep_previous(run)  # what the next save does first
+    run_files.keep_previous(run)  # what the next save does first
     (run / "new.tmp").write_bytes((ahead / "last.safetensors").read_bytes())
     (run / "new.tmp").replace(run / "last.safetensors")  # epoch 2's weights saved as saves do, then killed
     train(recipe(), run, resume=True, quiet=True)
     a, b = load_file(str(tmp_path / "whole" / "last.safetensors")), load_file(str(run / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not list(run.glob(rf.PREVIOUS + "*"))
+    assert not list(run.glob(run_files.PREVIOUS + "*"))

@@ -335,7 +335,7 @@ def test_workers_are_capped_at_the_cores_and_zero_is_refused(tmp_path, monkeypat
 
     from cdtool.inference import detect as detect_module
     from cdtool.inference.predictor import usable_cores
-    from cdtool.inference.scaleout import local_rows
+    from cdtool.inference.row_scoring import local_rows
 
     started = []
 

@@ -128,7 +128,7 @@ RASTER_FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[He
 @pytest.fixture(scope="module")
 def geotiff_bytes(tmp_path_factory):
     """A small tiled, deflated 3-band GeoTIFF, the kind of file a stranger sends, as bytes to mutate."""
-    from cdtool.sample_pair import write_pair
+    from cdtool.generated_pairs import write_pair
 
     before, _, _ = write_pair(tmp_path_factory.mktemp("fuzz_pair"), size=96, bands=3, seed=2, block=96)
     return before.read_bytes()

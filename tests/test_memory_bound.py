@@ -22,7 +22,7 @@ def _peak_mib(before, after, out) -> float:
 
 @pytest.mark.slow
 def test_peak_memory_does_not_follow_raster_area(tmp_path):
-    from cdtool.sample_pair import write_pair
+    from cdtool.generated_pairs import write_pair
 
     small = write_pair(tmp_path / "s", size=1024, seed=0)
     large = write_pair(tmp_path / "l", size=4096, seed=0)  # 16x the area
@@ -53,7 +53,7 @@ def test_peak_memory_does_not_follow_the_largest_changed_region(tmp_path):
     them all, 1.1 GB for a 2048² half)."""
     import json as _json
 
-    from cdtool.sample_pair import write_pair
+    from cdtool.generated_pairs import write_pair
 
     same = write_pair(tmp_path / "same", size=3072, width=1024, seed=0)
     half = write_pair(tmp_path / "half", size=3072, width=1024, seed=0)

@@ -661,12 +661,12 @@ def _(w):
 # patches
 def pcd_args(w: World, *extra, out=None) -> list:
     b, a = w.pair()
-    return ["patches", b, a, "--mask", w.mask(), "-o", out or w.p("patches"), "--patch", "16", "--centre", "4",
+    return ["patches", "pcd", b, a, "--mask", w.mask(), "-o", out or w.p("patches"), "--patch", "16", "--centre", "4",
             "--stride", "8", "-q", *extra]
 
 
 PATCH_OPTIONS = [
-    ("--protocol", "bogus", "--protocol"), ("--patch", "0", "patch"), ("--patch", "-16", "patch"),
+    ("--min-iou", "0.5", "--min-iou"), ("--variant", "R", "--variant"), ("--patch", "0", "patch"), ("--patch", "-16", "patch"),
     ("--centre", "64", "centre"), ("--centre", "0", "centre"), ("--stride", "0", "stride"),
     ("--max-positives", "-1", "--max-positives"), ("--max-positives", "many", "--max-positives"),
     ("--max-negatives", "-3", "--max-negatives"), ("--bands", "7", "band(s) [7]"), ("--split", "1,1", "--split"),
@@ -678,13 +678,19 @@ for _opt, _value, _word in PATCH_OPTIONS:
 @probe("patches pcd without a mask")
 def _(w):
     b, a = w.pair()
-    return Expect(["patches", b, a, "-o", w.p("patches")], ("mask",))
+    return Expect(["patches", "pcd", b, a, "-o", w.p("patches")], ("mask",))
 
 
 @probe("patches pcd three inputs")
 def _(w):
     b, a = w.pair()
-    return Expect(["patches", b, a, a, "--mask", w.mask(), "-o", w.p("patches")], ("after.tif",))
+    return Expect(["patches", "pcd", b, a, a, "--mask", w.mask(), "-o", w.p("patches")], ("after.tif",))
+
+
+@probe("patches with an unknown protocol")
+def _(w):
+    b, a = w.pair()
+    return Expect(["patches", "bogus", b, a, "-o", w.p("patches")], ("bogus",))
 
 
 @probe("patches pcd --out is a file")
@@ -714,27 +720,27 @@ FOOTPRINT_OPTIONS = [("--min-iou", "2", "--min-iou"), ("--min-overlap", "-1", "-
                      ("--resolution", "0", "--resolution"), ("--resolution", "-0.5", "--resolution")]
 for _opt, _value, _word in FOOTPRINT_OPTIONS:
     probe(f"patches footprints {_opt} {_value}")(lambda w, o=_opt, v=_value, word=_word: Expect(
-        ["patches", "-p", "footprints", *vectors(w), "-o", w.p("patches"), "--patch", "8", o, v], (word,)))
+        ["patches", "footprints", *vectors(w), "-o", w.p("patches"), "--patch", "8", o, v], (word,)))
 
 
 @probe("patches footprints every building on a split border")
 def _(w):
-    return Expect(["patches", "-p", "footprints", *vectors(w), "-o", w.p("patches"), "--patch", "8"], ("no samples",))
+    return Expect(["patches", "footprints", *vectors(w), "-o", w.p("patches"), "--patch", "8"], ("no samples",))
 
 
 @probe("patches footprints one layer")
 def _(w):
-    return Expect(["patches", "-p", "footprints", vectors(w)[0], "-o", w.p("patches")], ("footprints",))
+    return Expect(["patches", "footprints", vectors(w)[0], "-o", w.p("patches")], ("footprints",))
 
 
 @probe("patches footprints a raster as a layer")
 def _(w):
-    return Expect(["patches", "-p", "footprints", w.tif(), vectors(w)[1], "-o", w.p("patches")], ("before.tif",))
+    return Expect(["patches", "footprints", w.tif(), vectors(w)[1], "-o", w.p("patches")], ("before.tif",))
 
 
 @probe("patches footprints a layer missing")
 def _(w):
-    return Expect(["patches", "-p", "footprints", w.p("nope.gpkg"), vectors(w)[1], "-o", w.p("patches")],
+    return Expect(["patches", "footprints", w.p("nope.gpkg"), vectors(w)[1], "-o", w.p("patches")],
                   ("nope.gpkg",))
 
 
@@ -750,69 +756,69 @@ MNIST_OPTIONS = [("--variant", "bogus", "--variant"), ("--pairs", "0", "--pairs"
                  ("--positive-fraction", "nan", "--positive-fraction")]
 for _opt, _value, _word in MNIST_OPTIONS:
     probe(f"patches mnist {_opt} {_value}")(lambda w, o=_opt, v=_value, word=_word: Expect(
-        ["patches", "-p", "mnist", mnist_csv(w), "-o", w.p("patches"), "--variant", "plain", "--pairs", "20", o, v],
+        ["patches", "mnist", mnist_csv(w), "-o", w.p("patches"), "--variant", "plain", "--pairs", "20", o, v],
         (word,)))
 
 
 @probe("patches mnist CSV missing")
 def _(w):
-    return Expect(["patches", "-p", "mnist", w.p("mnist.csv"), "-o", w.p("patches")], ("mnist.csv",))
+    return Expect(["patches", "mnist", w.p("mnist.csv"), "-o", w.p("patches")], ("mnist.csv",))
 
 
 @probe("patches mnist CSV of other columns")
 def _(w):
-    return Expect(["patches", "-p", "mnist", w.file("mnist.csv", "1,2,3\n4,5,6\n"), "-o", w.p("patches")],
+    return Expect(["patches", "mnist", w.file("mnist.csv", "1,2,3\n4,5,6\n"), "-o", w.p("patches")],
                   ("mnist.csv", "785"))
 
 
 @probe("patches mnist CSV of words")
 def _(w):
-    return Expect(["patches", "-p", "mnist", w.file("mnist.csv", "a,b\nc,d\n"), "-o", w.p("patches")],
+    return Expect(["patches", "mnist", w.file("mnist.csv", "a,b\nc,d\n"), "-o", w.p("patches")],
                   ("mnist.csv",))
 
 
 @probe("patches mnist variant B without backgrounds")
 def _(w):
-    return Expect(["patches", "-p", "mnist", mnist_csv(w), "--variant", "B", "--pairs", "20", "-o", w.p("patches")],
+    return Expect(["patches", "mnist", mnist_csv(w), "--variant", "B", "--pairs", "20", "-o", w.p("patches")],
                   ("backgrounds",))
 
 
 @probe("patches synthetic without --objects")
 def _(w):
-    return Expect(["patches", "-p", "synthetic", w.folder(), "-o", w.p("patches")], ("--objects",))
+    return Expect(["patches", "synthetic", w.folder(), "-o", w.p("patches")], ("--objects",))
 
 
 @probe("patches synthetic --objects missing")
 def _(w):
-    return Expect(["patches", "-p", "synthetic", w.folder(), "--objects", w.p("noobj"), "-o", w.p("patches")],
+    return Expect(["patches", "synthetic", w.folder(), "--objects", w.p("noobj"), "-o", w.p("patches")],
                   ("noobj",))
 
 
 @probe("patches synthetic --samples 0")
 def _(w):
     f = w.folder()
-    return Expect(["patches", "-p", "synthetic", f / "A", "--objects", f, "--samples", "0", "--size", "16", "-o", w.p("patches")],
+    return Expect(["patches", "synthetic", f / "A", "--objects", f, "--samples", "0", "--size", "16", "-o", w.p("patches")],
                   ("--samples",))
 
 
 @probe("patches synthetic --size 0")
 def _(w):
     f = w.folder()
-    return Expect(["patches", "-p", "synthetic", f / "A", "--objects", f, "--size", "0", "-o", w.p("patches")],
+    return Expect(["patches", "synthetic", f / "A", "--objects", f, "--size", "0", "-o", w.p("patches")],
                   ("--size",))
 
 
 @probe("patches synthetic --still 1.5")
 def _(w):
     f = w.folder()
-    return Expect(["patches", "-p", "synthetic", f / "A", "--objects", f, "--still", "1.5", "-o", w.p("patches")],
+    return Expect(["patches", "synthetic", f / "A", "--objects", f, "--still", "1.5", "-o", w.p("patches")],
                   ("--still",))
 
 
 @probe("patches synthetic --max-shift -1")
 def _(w):
     f = w.folder()
-    return Expect(["patches", "-p", "synthetic", f / "A", "--objects", f, "--max-shift", "-1", "-o", w.p("patches")],
+    return Expect(["patches", "synthetic", f / "A", "--objects", f, "--max-shift", "-1", "-o", w.p("patches")],
                   ("--max-shift",))
 
 
@@ -820,7 +826,7 @@ def _(w):
 def _(w):
     f = w.folder()
     w.p("nobg").mkdir()
-    return Expect(["patches", "-p", "synthetic", w.p("nobg"), "--objects", f, "-o", w.p("patches")], ("nobg",))
+    return Expect(["patches", "synthetic", w.p("nobg"), "--objects", f, "-o", w.p("patches")], ("nobg",))
 
 
 # train

@@ -181,7 +181,7 @@ def test_street_default_says_why(panorama, tmp_path):
     for out in ("a", "s"):
         assert json.loads((tmp_path / out / "detect.json").read_text())["model"] == "irmad_local"
     bad = invoke("detect", before, after, "--scene", "orbit", "-o", tmp_path / "b")
-    assert bad.exit_code == 2 and "--scene must be one of" in bad.output
+    assert bad.exit_code == 2 and "'--scene': 'orbit' is not one of auto, street" in bad.output
 
 
 def test_lighting_and_viewpoint_alone_flag_little(panorama, tmp_path):

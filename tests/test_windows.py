@@ -1,6 +1,6 @@
 import pytest
 
-from cdtool.windows import Tile, aligned_spans, fitted_spans, grid, iter_tiles, starts
+from cdtool.windows import Tile, aligned_spans, fitted_spans, grid, starts
 
 
 def test_starts_cover_and_end_at_edge():
@@ -19,7 +19,7 @@ def test_grid_covers_every_pixel_inside_the_raster(h, w, size, stride):
     import numpy as np
 
     hits = np.zeros((h, w), int)
-    for t in iter_tiles(h, w, size, stride):
+    for t in (t for row in grid(h, w, size, stride) for t in row):
         assert 0 <= t.row and t.row_stop <= h and 0 <= t.col and t.col_stop <= w
         hits[t.slices()] += 1
     assert hits.min() >= 1

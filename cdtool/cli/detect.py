@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from cdtool.cli.options import (Device, OutDir, Overwrite, Quiet, err_console, friendly_errors, out_console,
-                                parse_int_list, parse_threshold, show_progress)
+                                OneOf, ThresholdParser, parse_int_list, show_progress)
 
 
 def area_text(summary: dict) -> str:
@@ -34,16 +34,17 @@ def detect(
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
     overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo). Default: 64 for learned models; for classical ones twice their halo, which already stitches exactly.")] = None,
-    threshold: Annotated[Optional[str], typer.Option(help="Mask threshold in [0, 1], or otsu, kmeans, gmm (per image). Default: the model's.")] = None,
+    threshold: Annotated[Optional[str], typer.Option(parser=ThresholdParser(), metavar="<number|method>", help="Mask threshold in [0, 1], or otsu, kmeans, gmm (per image). Default: the model's.")] = None,
     align: Annotated[bool, typer.Option("--align", help="Warp AFTER onto BEFORE's grid and process the common extent.")] = False,
     bands: Annotated[Optional[str], typer.Option(help="1-based bands to compare in both images, e.g. 1,2,3.")] = None,
     wrap: Annotated[bool, typer.Option("--wrap", help="360° panorama: pad circularly left/right so the seam is not an edge.")] = False,
-    scene: Annotated[Optional[str], typer.Option("--scene", help="street: a street-level pair (photos, panoramas), which gets the street default method. Default (auto): street when a panorama (--wrap) has no CRS.")] = None,
+    scene: Annotated[Optional[str], typer.Option("--scene", parser=OneOf("cdtool.inference.street:SCENES"), help="auto or street: street is a street-level pair (photos, panoramas), which gets the street default method; auto (the default): street when a panorama (--wrap) has no CRS.")] = None,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the inputs (needed for PNG/JPG; overrides the raster's).")] = None,
     native_scale: Annotated[bool, typer.Option("--native-scale", help="Run the model on the input's pixels, never resampled to its training GSD.")] = False,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Tiles per model call [default: 1 on the CPU, 8 on a GPU].")] = None,
-    blend: Annotated[str, typer.Option(help="Tile blending window: cosine or gaussian.")] = "cosine",
+    blend: Annotated[str, typer.Option(parser=OneOf("cdtool.inference.stitcher:BLENDS"),
+                                       help="Tile blending window: cosine or gaussian.")] = "cosine",
     min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4 pixels, or 1 with --min-area).")] = None,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     max_regions: Annotated[Optional[int], typer.Option("--max-regions", help="Write no polygons when there are more change regions than this (the rasters are still written; say so in one line) [default: 100000].")] = None,
@@ -53,7 +54,7 @@ def detect(
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Score tiles on an existing Dask cluster, e.g. tcp://10.0.0.5:8786.")] = None,
     skip_bad_windows: Annotated[bool, typer.Option("--skip-bad-windows", help="Write nodata where a window cannot be read (a corrupt tile) instead of failing; the count is reported.")] = False,
     clean: Annotated[int, typer.Option("--clean", help="Open the mask with a (2R+1)² square: removes specks and lines thinner than it (0: off).")] = 0,
-    vector_format: Annotated[str, typer.Option("--format", help="Polygons as gpkg (GeoPackage) or geojson (RFC 7946, WGS84).")] = "gpkg",
+    vector_format: Annotated[str, typer.Option("--format", parser=OneOf("cdtool.inference.detect:VECTOR_FORMATS"), help="Polygons as gpkg (GeoPackage) or geojson (RFC 7946, WGS84).")] = "gpkg",
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run into the same --out that was interrupted (killed, power cut): the row bands it finished are kept, the rest is scored; the result equals an uninterrupted run.")] = False,
     flow: Annotated[bool, typer.Option("--flow", help="Also write flow.tif: the misregistration between the dates a joint flow + change model (simsac) estimates, 2 bands (dx, dy in pixels) on BEFORE's grid, with a QGIS style.")] = False,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse inputs of more pixels than this [default: 10000000000].")] = None,
@@ -64,9 +65,9 @@ def detect(
     """Detect changes between BEFORE and AFTER; write change_prob, change_mask (GeoTIFF, or PNG for
     non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
     from cdtool.inference.detect import DetectOptions, detect as run_detect
-    from cdtool.inference.scaleout import workers_option
+    from cdtool.inference.row_scoring import workers_option
 
-    opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=parse_threshold(threshold), align=align,
+    opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=threshold, align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
                          preview=not no_preview, vector_format=vector_format, clean=clean, max_regions=max_regions,
@@ -103,9 +104,12 @@ def announce(line: str) -> None:
     err_console.print(escape(line))
 
 
+# the DetectOptions fields whose flag is not their name with dashes
+FLAGS = {"vector_format": "--format"}
+
 # after Ctrl-C or SIGTERM (the partial outputs are gone)
 ON_INTERRUPT = "the finished rows are kept: the same command with --resume continues"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("detect")(friendly_errors(detect, on_interrupt=ON_INTERRUPT))
+    app.command("detect")(friendly_errors(detect, on_interrupt=ON_INTERRUPT, flags=FLAGS))

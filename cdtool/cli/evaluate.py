@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cdtool.cli.options import Device, Overwrite, err_console, friendly_errors, out_console, parse_threshold
+from cdtool.cli.options import Device, Overwrite, err_console, OneOf, ThresholdParser, friendly_errors, out_console
 from cdtool.errors import InputError
 from cdtool.metrics import NAMES
 
@@ -25,12 +25,14 @@ def evaluate(
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="Labelled dataset folder (A/ B/ label/, OSCD "
                                                        "cities, or what `cdtool tile`/`patches` wrote); "
                                                        "repeatable.")] = None,
-    split: Annotated[str, typer.Option("--split", help="Split of `tile`/`patches` datasets to score (train, val, "
+    split: Annotated[str, typer.Option("--split", parser=OneOf("cdtool.data.store:SPLITS", extra=("all",)),
+                                       help="Split of `tile`/`patches` datasets to score (train, val, "
                                        "test or all).")] = "test",
     pairs: Annotated[Optional[str], typer.Option("--pairs", help="Comma-separated pair names or roots to score "
                                                  "(e.g. levir/test_2_0000_0000,dsifn).")] = None,
     exclude: Annotated[Optional[str], typer.Option("--exclude", help="Comma-separated pairs to leave out.")] = None,
-    threshold: Annotated[Optional[str], typer.Option("--threshold", help="Score threshold, or otsu, kmeans, gmm (default: the "
+    threshold: Annotated[Optional[str], typer.Option("--threshold", parser=ThresholdParser(), metavar="<number|method>",
+                                                     help="Score threshold, or otsu, kmeans, gmm (default: the "
                                                      "model's; 0.5 for score files).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON here.")] = None,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse PRED or TRUTH files of more "
@@ -39,11 +41,9 @@ def evaluate(
     overwrite: Overwrite = False,
 ) -> None:
     """Precision, recall, F1, IoU of change, mIoU, accuracy, Cohen's kappa and AUROC (for scores)."""
-    from cdtool.engine import evaluate as ev
+    from cdtool.engine import evaluate as evaluation
 
-    thr = parse_threshold(threshold)
-    if split not in ("train", "val", "test", "all"):
-        raise typer.BadParameter(f"expected train, val, test or all, got {split!r}", param_hint="--split")
+    thr = threshold
     if json_out is not None:
         if json_out.exists() and not json_out.is_dir() and not overwrite:
             raise InputError(f"{json_out}: already exists (use --overwrite to replace it)")
@@ -54,20 +54,20 @@ def evaluate(
             raise InputError("use either PRED TRUTH, or --model with --data")
         roots = [str(d) for d in data]
         if all((d / "dataset.json").is_file() for d in data):
-            total, rows = ev.evaluate_chips(model, roots, None if split == "all" else split, thr, device)
+            total, rows = evaluation.evaluate_chips(model, roots, None if split == "all" else split, thr, device)
         else:
-            seen = ev.seen_pairs(model, roots) if pairs is None and exclude is None else []
+            seen = evaluation.seen_pairs(model, roots) if pairs is None and exclude is None else []
             if seen:
                 err_console.print(f"scoring held-out pairs only: {len(seen)} pair(s) the model was trained or "
                                   "validated on are left out (name them with --pairs to score them too)")
-            total, rows = ev.evaluate_model(model, roots, _names(pairs), _names(exclude), thr, device)
+            total, rows = evaluation.evaluate_model(model, roots, _names(pairs), _names(exclude), thr, device)
     else:
         if pred is None or truth is None:
             raise InputError("give PRED and TRUTH, or --model CKPT --data DATASET")
         if max_pixels is not None and max_pixels < 1:
             raise InputError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
-        total, rows = ev.evaluate_files(pred, truth, 0.5 if thr is None else thr,
-                                        ev.MAX_PIXELS if max_pixels is None else max_pixels)
+        total, rows = evaluation.evaluate_files(pred, truth, 0.5 if thr is None else thr,
+                                                evaluation.MAX_PIXELS if max_pixels is None else max_pixels)
     rows_all = rows + [{"name": "all", **total}]
     table = Table(title="change detection scores")
     # in a narrow terminal long pair names wrap onto a second line; scores and names are never cut

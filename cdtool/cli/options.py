@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import traceback
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from cdtool.errors import CdtoolError, NothingToDo, Terminated
+from cdtool.errors import CdtoolError, NothingToDo, OptionError, Terminated
 from cdtool.runtime import sigterm_as_interrupt
 
 # click's UsageError, from whichever click this typer runs on (its own copy in recent versions)
@@ -39,20 +40,49 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
         raise typer.BadParameter(f"expected integers like 1,2,3, got {text!r}", param_hint=what) from None
 
 
-def parse_threshold(text: str | None) -> float | str | None:
-    """A number in [0, 1] or a per-image method name (otsu, kmeans, gmm); None keeps the model's own."""
-    from cdtool.inference.threshold import METHODS
+class OneOf:
+    """A parser for an option whose valid values are a library constant (`"module:NAME"`, a tuple or a dict's
+    keys), read when the option is parsed: a bad value is a usage error naming the flag and the choices, and
+    `cdtool -h` imports no library. `extra` adds values the CLI itself gives a meaning (evaluate's `all`)."""
 
-    if text is None or text in METHODS:
+    def __init__(self, source: str, extra: tuple[str, ...] = ()):
+        self.source, self.extra = source, extra
+
+    def values(self) -> tuple[str, ...]:
+        module, name = self.source.split(":")
+        return tuple(getattr(importlib.import_module(module), name)) + self.extra
+
+    def __call__(self, text: str) -> str:
+        valid = self.values()
+        if text not in valid:
+            raise typer.BadParameter(f"{text!r} is not one of {', '.join(valid)}")
         return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise typer.BadParameter(f"expected a number in [0, 1] or one of {', '.join(METHODS)}, got {text!r}",
-                                 param_hint="--threshold")
-    return value
+
+
+class ThresholdParser:
+    """A number in [0, 1] or a per-image method name (`cdtool.inference.threshold.METHODS`)."""
+
+    methods = OneOf("cdtool.inference.threshold:METHODS")
+
+    def values(self) -> tuple[str, ...]:
+        return self.methods.values()
+
+    def __call__(self, text: str) -> float | str:
+        if text in self.values():
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 <= value <= 1.0:
+            raise typer.BadParameter(f"expected a number in [0, 1] or one of {', '.join(self.values())}, "
+                                     f"got {text!r}")
+        return value
+
+
+def flag_of(field: str, flags: dict[str, str] | None = None) -> str:
+    """The CLI flag of a library field: `flags` where a command names it otherwise, else `--field-name`."""
+    return (flags or {}).get(field, "--" + field.replace("_", "-"))
 
 
 class Debug:
@@ -61,12 +91,13 @@ class Debug:
     enabled = False
 
 
-def friendly_errors(fn: Callable, on_interrupt: str = "") -> Callable:
+def friendly_errors(fn: Callable, on_interrupt: str = "", flags: dict[str, str] | None = None) -> Callable:
     """Turn errors into one line on stderr and an exit code (1 failed, 2 bad input): library errors with
     their own message, system errors with the file they concern, anything else as an unexpected error;
     `--debug` prints the traceback first. SIGTERM is handled as SIGINT: after the library has removed its
     partial outputs, one line (with `on_interrupt`: how to continue) and exit 130 (SIGINT) or 143 (SIGTERM),
-    the codes a shell gives a process those signals end. A `NothingToDo` is one line on stdout, exit 0."""
+    the codes a shell gives a process those signals end. A `NothingToDo` is one line on stdout, exit 0.
+    An `OptionError` names a library field; it is shown with the command's flag for it (`flags`, see flag_of)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -83,6 +114,8 @@ def friendly_errors(fn: Callable, on_interrupt: str = "") -> Callable:
         except NothingToDo as exc:
             out_console.print(escape(str(exc)))
             raise typer.Exit(0) from None
+        except OptionError as exc:
+            error, message, code = exc, f"{flag_of(exc.field, flags)} {exc.problem}", exc.exit_code
         except CdtoolError as exc:
             error, message, code = exc, str(exc), exc.exit_code
         except OSError as exc:

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from cdtool.cli.options import Overwrite, friendly_errors, out_console
+from cdtool.cli.options import OneOf, Overwrite, friendly_errors, out_console
 
 
 def stack(
     out: Annotated[Path, typer.Argument(help="VRT file to write, e.g. before.vrt")],
     sources: Annotated[list[Path], typer.Argument(help="Band files, or one folder of them (natural band order).")],
-    resampling: Annotated[str, typer.Option(help="Resampling onto the finest grid: nearest, bilinear, cubic.")] = "bilinear",
+    resampling: Annotated[str, typer.Option(parser=OneOf("cdtool.io.stack:RESAMPLINGS"), help=(
+        "Resampling onto the finest grid: nearest, bilinear, cubic, cubicspline, lanczos, average or mode."))] = "bilinear",
     overwrite: Overwrite = False,
 ) -> None:
     """Stack single-band rasters onto the finest grid as a VRT that QGIS and cdtool open directly."""

@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cdtool.cli.options import OutDir, Overwrite, Quiet, Seed, friendly_errors, out_console, parse_int_list, \
+from cdtool.cli.options import OneOf, OutDir, Overwrite, Quiet, Seed, friendly_errors, out_console, parse_int_list, \
     show_progress
-from cdtool.data.splits import parse_fractions
 
 
 def tile(
@@ -21,7 +20,7 @@ def tile(
     stride: Annotated[Optional[int], typer.Option("--stride", help="Step between tiles (default: --size).")] = None,
     max_nodata: Annotated[float, typer.Option("--max-nodata", help="Skip tiles with more nodata than this share.")] = 0.5,
     split: Annotated[str, typer.Option("--split", help="train,val,test fractions.")] = "0.7,0.15,0.15",
-    split_by: Annotated[str, typer.Option("--split-by", help="auto, pair, block or name (auto: name for train_/val_/test_ files, else pair when several, else block).")] = "auto",
+    split_by: Annotated[str, typer.Option("--split-by", parser=OneOf("cdtool.data.tiling:SPLIT_BY"), help="auto, pair, block or name (auto: name for train_/val_/test_ files, else pair when several, else block).")] = "auto",
     block: Annotated[int, typer.Option("--block", help="Split block side in pixels (0: 4 x size).")] = 0,
     bands: Annotated[Optional[str], typer.Option("--bands", help="1-based bands, e.g. 2,3,4,8.")] = None,
     align: Annotated[bool, typer.Option("--align", help="Warp AFTER onto BEFORE's grid.")] = False,
@@ -32,6 +31,7 @@ def tile(
 ) -> None:
     """Cut pairs into chips for training; re-running resumes or does nothing when complete."""
     from cdtool.data.sources import collect_pairs
+    from cdtool.data.splits import parse_fractions
     from cdtool.data.tiling import TileOptions, make_tiles
 
     pairs = collect_pairs(before, after, mask)

@@ -229,6 +229,57 @@ def _burn(shapes: list, transform: Affine, tile: Tile) -> np.ndarray:
                      dtype="uint8")
 
 
+def _mask_grid(pair, groups: list[dict], b_gdf, a_gdf, opts: FootprintOptions, before_image: Path | None,
+               before_vec: Path) -> tuple[Affine, int, int]:
+    """(transform, height, width) of the mask and patches: the imagery's grid, which must overlap the
+    footprints, or without imagery a grid of `opts.resolution` over both layers, padded by half a patch."""
+    if pair is not None:
+        transform, height, width = pair.info.transform, pair.info.height, pair.info.width
+        extent = box(*rasterio.transform.array_bounds(height, width, transform))
+        if not extent.intersects(unary_union([g["geometry"] for g in groups])):
+            raise InputError(f"{before_image}: imagery does not overlap the footprints of {before_vec}")
+        return transform, height, width
+    bounds = np.array([*b_gdf.total_bounds[:2].clip(max=a_gdf.total_bounds[:2]),
+                       *np.maximum(b_gdf.total_bounds[2:], a_gdf.total_bounds[2:])])
+    pad = opts.patch * opts.resolution / 2
+    transform, height, width = grid_from_bounds(bounds + [-pad, -pad, pad, pad], opts.resolution)
+    if height * width > 2**30:
+        raise InputError(f"{before_vec}: a {width}x{height} mask grid at --resolution {opts.resolution} is "
+                         "too large; raise --resolution or give the imagery")
+    return transform, height, width
+
+
+def _write_patches(writer, groups: list[dict], changed_shapes: list, pair, b_gdf, a_gdf,
+                   grid: tuple[Affine, int, int], opts: FootprintOptions) -> int:
+    """One patch centred on each group (clipped to the grid), in the split of its block; the image is the
+    imagery, or without it the two dates' rasterised footprints. Returns the channels of the last patch
+    written (1 when every group fell on a split border)."""
+    transform, height, width = grid
+    splitter = BlockSplitter("footprints", 4 * opts.patch, opts.seed, opts.fractions)
+    half, channels = opts.patch // 2, 1
+    for k, g in enumerate(groups):
+        cx, cy = ~transform * (g["geometry"].centroid.x, g["geometry"].centroid.y)
+        r = int(np.clip(round(cy) - half, 0, height - opts.patch))
+        c = int(np.clip(round(cx) - half, 0, width - opts.patch))
+        tile = Tile(r, c, opts.patch, opts.patch)
+        split = splitter(tile)
+        if split is None:
+            continue
+        mask = _burn([s for s in changed_shapes], transform, tile)
+        if pair is not None:
+            image, valid = pair.read(tile)
+        else:
+            image = np.stack([_burn(list(b_gdf.geometry.values), transform, tile),
+                              _burn(list(a_gdf.geometry.values), transform, tile)])[:, None]
+        channels = int(image.shape[1])
+        writer.add({"sample": f"group{k}", "group": k, "class": g["class"], "label": int(g["class"] != "unchanged"),
+                    "row": r, "col": c, "height": opts.patch, "width": opts.patch, "iou": g["iou"],
+                    "changed_share": float(mask.mean()), "split": split,
+                    "footprint": footprint(tile, transform).wkt}, image, mask=mask)
+    writer.close()
+    return channels
+
+
 def make_footprints(before_vec: Path, after_vec: Path, out: Path, opts: FootprintOptions, *,
                     before_image: Path | None = None, after_image: Path | None = None,
                     before_layer: str | None = None, after_layer: str | None = None,
@@ -252,19 +303,7 @@ def make_footprints(before_vec: Path, after_vec: Path, out: Path, opts: Footprin
             b_gdf, a_gdf = b_gdf.to_crs(crs), a_gdf.to_crs(crs)
         groups = classify(list(b_gdf.geometry.values), list(a_gdf.geometry.values), opts.min_overlap, opts.min_iou)
         counts = {c: sum(g["class"] == c for g in groups) for c in CLASSES}
-        if pair is not None:
-            transform, height, width = pair.info.transform, pair.info.height, pair.info.width
-            extent = box(*rasterio.transform.array_bounds(height, width, transform))
-            if not extent.intersects(unary_union([g["geometry"] for g in groups])):
-                raise InputError(f"{before_image}: imagery does not overlap the footprints of {before_vec}")
-        else:
-            bounds = np.array([*b_gdf.total_bounds[:2].clip(max=a_gdf.total_bounds[:2]),
-                               *np.maximum(b_gdf.total_bounds[2:], a_gdf.total_bounds[2:])])
-            pad = opts.patch * opts.resolution / 2
-            transform, height, width = grid_from_bounds(bounds + [-pad, -pad, pad, pad], opts.resolution)
-            if height * width > 2**30:
-                raise InputError(f"{before_vec}: a {width}x{height} mask grid at --resolution {opts.resolution} is "
-                                 "too large; raise --resolution or give the imagery")
+        transform, height, width = _mask_grid(pair, groups, b_gdf, a_gdf, opts, before_image, before_vec)
         params = {"before": str(before_vec), "after": str(after_vec), "before_image": str(before_image),
                   "after_image": str(after_image), "min_overlap": opts.min_overlap, "min_iou": opts.min_iou,
                   "patch": opts.patch, "resolution": opts.resolution, "fractions": list(opts.fractions),
@@ -280,31 +319,10 @@ def make_footprints(before_vec: Path, after_vec: Path, out: Path, opts: Footprin
         write_classification(out / "footprint_changes.gpkg", groups, b_gdf, a_gdf, crs)
         changed_shapes = [g["changed"] for g in groups if g["class"] != "unchanged"]
         extra["changed_pixels"] = write_mask(out / "change_mask.tif", changed_shapes, transform, height, width, crs)
-        splitter = BlockSplitter("footprints", 4 * opts.patch, opts.seed, opts.fractions)
-        writer = store.unit("buildings")
-        half, channels = opts.patch // 2, 1  # channels: of the last patch written (none: every group dropped)
         if height < opts.patch or width < opts.patch:
             raise InputError(f"{before_image or before_vec}: grid {width}x{height} is smaller than --patch {opts.patch}")
-        for k, g in enumerate(groups):
-            cx, cy = ~transform * (g["geometry"].centroid.x, g["geometry"].centroid.y)
-            r = int(np.clip(round(cy) - half, 0, height - opts.patch))
-            c = int(np.clip(round(cx) - half, 0, width - opts.patch))
-            tile = Tile(r, c, opts.patch, opts.patch)
-            split = splitter(tile)
-            if split is None:
-                continue
-            mask = _burn([s for s in changed_shapes], transform, tile)
-            if pair is not None:
-                image, valid = pair.read(tile)
-            else:
-                image = np.stack([_burn(list(b_gdf.geometry.values), transform, tile),
-                                  _burn(list(a_gdf.geometry.values), transform, tile)])[:, None]
-            channels = int(image.shape[1])
-            writer.add({"sample": f"group{k}", "group": k, "class": g["class"], "label": int(g["class"] != "unchanged"),
-                        "row": r, "col": c, "height": opts.patch, "width": opts.patch, "iou": g["iou"],
-                        "changed_share": float(mask.mean()), "split": split,
-                        "footprint": footprint(tile, transform).wkt}, image, mask=mask)
-        writer.close()
+        channels = _write_patches(store.unit("buildings"), groups, changed_shapes, pair, b_gdf, a_gdf,
+                                  (transform, height, width), opts)
         extra["dropped_guard"] = len(groups) - len(store.rows())
         summary = store.finish(crs=crs, channels=channels, extra=extra)
         return {**summary, "seconds": round(time.perf_counter() - t0, 2)}

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cdtool.data.sources import IMAGE_SUFFIXES
 from cdtool.data.store import SPLITS, DatasetWriter
-from cdtool.errors import InputError
+from cdtool.errors import InputError, OptionError
 
 VARIANTS = ("plain", "R", "B", "R-B")
 PAIRS_PER_UNIT = 2000
@@ -101,9 +101,11 @@ def make_mnist(source: Path, out: Path, opts: MnistOptions, *, backgrounds: list
     """Write the pair set; returns counts per split and label."""
     t0 = time.perf_counter()
     if opts.variant not in VARIANTS:
-        raise InputError(f"--variant must be one of {', '.join(VARIANTS)}, got {opts.variant!r}")
-    if not 0.0 <= opts.positive_fraction <= 1.0 or opts.pairs <= 0:
-        raise InputError("--pairs must be positive and --positive-fraction in [0, 1]")
+        raise OptionError("variant", f"must be one of {', '.join(VARIANTS)}, got {opts.variant!r}")
+    if opts.pairs <= 0:
+        raise OptionError("pairs", f"must be positive, got {opts.pairs}")
+    if not 0.0 <= opts.positive_fraction <= 1.0:
+        raise OptionError("positive_fraction", f"must lie in [0, 1], got {opts.positive_fraction}")
     digits, labels = load_mnist(source)
     bgs = load_backgrounds(backgrounds or []) if "B" in opts.variant else []
     if any(min(b.shape) < 28 for b in bgs):

@@ -1,6 +1,6 @@
 """Dataset kind ``pair_windows``: the windows of whole pairs, read without their change masks, each labelled
 by a label-free screen of the pair itself, so a one-class model can learn "unchanged" from the pair it will
-then be run on, with no labels at all (issue 17, change as anomaly per pair).
+then be run on, with no labels at all (change as an anomaly of the pair itself).
 
 For each selected pair (LEVIR/DSIFN/OSCD folders, found as `cdtool.data.pair_folder` finds them; only BEFORE
 and AFTER are read, never the mask), the screen, a registered label-free model (``cva`` by default; a

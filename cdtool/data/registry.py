@@ -19,7 +19,7 @@ from cdtool.data.subsets import select, split_selection
 from cdtool.registry import Registry
 
 
-DATASETS: Registry[Callable[..., Dataset]] = Registry("data.kind", "cdtool.data.registry")
+DATASETS: Registry[Callable[..., Dataset]] = Registry("data.kind", "cdtool.data:register_kinds")
 
 
 @DATASETS.register("folder")
@@ -68,7 +68,3 @@ def build_dataset(kind: str, *, role: str = "train", seed: int = 0, **kwargs: An
         raise InputError(f"data ({kind}): {exc}") from None
     return select(data, seed, **selection) if selection else data
 
-
-from cdtool.data import images  # noqa: E402,F401  registers "images" (it imports this module's registry)
-from cdtool.data import misaligned  # noqa: E402,F401  registers "misaligned" (paper 001)
-from cdtool.data import pair_windows  # noqa: E402,F401  registers "pair_windows" (issue 17, per-pair one-class)

@@ -13,10 +13,15 @@ from tqdm import tqdm
 from cdtool.data.sources import MaskReader, PairSource, check_pairs, name_split
 from cdtool.data.splits import BlockSplitter, split_of
 from cdtool.data.store import DatasetWriter
-from cdtool.errors import InputError
+from cdtool.errors import InputError, OptionError
 from cdtool.windows import Tile, starts
 
 ROWS_PER_UNIT = 16  # grid rows per resumable unit: an interruption loses at most this band
+
+
+# How tiles are assigned to splits: by pair, by spatial block, by the pair's train_/val_/test_ name, or auto
+# (name when every pair has one, else pair when there are several, else block).
+SPLIT_BY = ("auto", "pair", "block", "name")
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,14 @@ def make_tiles(pairs: list[PairSource], out: Path, opts: TileOptions, *, overwri
     """Tile every pair into `out` (see cdtool.data.store for the format); returns counts."""
     t0 = time.perf_counter()
     if opts.size <= 0 or opts.stride <= 0:
-        raise InputError(f"--size and --stride must be positive, got {opts.size} and {opts.stride}")
+        field, value = ("size", opts.size) if opts.size <= 0 else ("stride", opts.stride)
+        raise OptionError(field, f"must be positive, got {value}")
     if opts.block < 0:
-        raise InputError(f"--block must not be negative (0: 4 x --size), got {opts.block}")
+        raise OptionError("block", f"must not be negative (0: 4 x size), got {opts.block}")
     if not 0.0 <= opts.max_nodata <= 1.0:
-        raise InputError(f"--max-nodata must lie in [0, 1], got {opts.max_nodata}")
+        raise OptionError("max_nodata", f"must lie in [0, 1], got {opts.max_nodata}")
+    if opts.split_by not in SPLIT_BY:
+        raise OptionError("split_by", f"must be one of {', '.join(SPLIT_BY)}, got {opts.split_by!r}")
     bands = list(opts.bands) if opts.bands else None
     metas = check_pairs(pairs, bands, opts.align)
     names = [p.name for p in pairs]
@@ -71,8 +79,6 @@ def make_tiles(pairs: list[PairSource], out: Path, opts: TileOptions, *, overwri
     split_by = opts.split_by
     if split_by == "auto":
         split_by = "name" if all(name_split(p.name) for p in pairs) else ("pair" if len(pairs) > 1 else "block")
-    if split_by not in ("pair", "block", "name"):
-        raise InputError(f"--split-by must be auto, pair, block or name, got {opts.split_by!r}")
     if split_by == "name" and not all(name_split(p.name) for p in pairs):
         raise InputError(f"{pairs[0].before}: --split-by name needs file names starting with train_, val_ or test_")
     block = opts.block or 4 * opts.size

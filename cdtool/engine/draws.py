@@ -17,11 +17,12 @@ from cdtool.data.samplers import OverSampler, UnderSampler
 from cdtool.errors import InputError
 
 
-def epoch_sampler(dataset: Dataset, kind: str, ratio: float, seed: int, epoch: int, dd) -> Sampler[int]:
+def epoch_sampler(dataset: Dataset, kind: str, ratio: float, seed: int, epoch: int, process_group) -> Sampler[int]:
     """One epoch's order: shuffled, or class-balanced; under DDP each rank takes its share of one draw."""
     if kind == "random":
-        if dd.enabled:
-            sampler = DistributedSampler(dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=seed)
+        if process_group.enabled:
+            sampler = DistributedSampler(dataset, num_replicas=process_group.world, rank=process_group.rank,
+                                         shuffle=True, seed=seed)
             sampler.set_epoch(epoch)
             return sampler
         return RandomSampler(dataset, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
@@ -33,17 +34,18 @@ def epoch_sampler(dataset: Dataset, kind: str, ratio: float, seed: int, epoch: i
     except ValueError as exc:
         raise InputError(f"sampler {kind!r}: {exc}") from None
     sampler.set_epoch(epoch)
-    if dd.enabled:
-        sampler.set_shard(dd.rank, dd.world)
+    if process_group.enabled:
+        sampler.set_shard(process_group.rank, process_group.world)
     return sampler
 
 
 class SourceDraw:
     """One source's batches for one epoch, restarted with a new draw when a longer source needs more."""
 
-    def __init__(self, index: int, dataset: Dataset, cfg, sampler_kind: str, seed: int, epoch: int, workers: int, dd):
+    def __init__(self, index: int, dataset: Dataset, cfg, sampler_kind: str, seed: int, epoch: int, workers: int,
+                 process_group):
         self.index, self.dataset, self.cfg, self.kind = index, dataset, cfg, sampler_kind
-        self.seed, self.epoch, self.workers, self.dd = seed, epoch, workers, dd
+        self.seed, self.epoch, self.workers, self.process_group = seed, epoch, workers, process_group
         self.cycle = 0
         self.loader = self._loader()
         aug = cfg.augment
@@ -53,7 +55,8 @@ class SourceDraw:
     def _loader(self) -> DataLoader:
         # the first source, first cycle, is drawn as a single-source run always was
         shift = 0 if (self.index, self.cycle) == (0, 0) else 104_729 * (self.index * 1000 + self.cycle)
-        sampler = epoch_sampler(self.dataset, self.kind, self.cfg.sampler_ratio, self.seed + shift, self.epoch, self.dd)
+        sampler = epoch_sampler(self.dataset, self.kind, self.cfg.sampler_ratio, self.seed + shift, self.epoch,
+                                self.process_group)
         bs = self.cfg.batch_size
         return DataLoader(self.dataset, batch_size=bs, sampler=sampler, num_workers=self.workers,
                           drop_last=len(sampler) >= 2 * bs)
@@ -73,7 +76,7 @@ class SourceDraw:
 class EpochDraw:
     """The step-by-step dict of batches ({source: batch}) of one epoch, on the training device."""
 
-    def __init__(self, datasets: dict[str, Dataset], recipe, phase, epoch: int, device: torch.device, dd,
+    def __init__(self, datasets: dict[str, Dataset], recipe, phase, epoch: int, device: torch.device, process_group,
                  sources: list[str] | None = None):
         """`sources`: the ones this phase draws (default all); each keeps its index in data.train for its seeds,
         and the phase's `sampler` applies to the first of them."""
@@ -86,7 +89,7 @@ class EpochDraw:
                 continue
             cfg = recipe.data.train[name]
             kind = (phase.sampler if name == first and phase.sampler else None) or cfg.sampler
-            self.sources[name] = SourceDraw(i, data, cfg, kind, recipe.seed, epoch, recipe.data.workers, dd)
+            self.sources[name] = SourceDraw(i, data, cfg, kind, recipe.seed, epoch, recipe.data.workers, process_group)
         self.steps = max(len(s) for s in self.sources.values())
 
     def __len__(self) -> int:

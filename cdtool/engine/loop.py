@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from cdtool.data.registry import build_dataset
 from cdtool.engine import distributed
-from cdtool.engine import run_files as rf
+from cdtool.engine import run_files
 from cdtool.engine.draws import EpochDraw
 from cdtool.engine.recipe import Recipe, dump_recipe
 from cdtool.engine.task import TASKS, PhaseContext, Task, TrainOutputs
@@ -103,13 +103,13 @@ def _set_modes(modules: dict[str, nn.Module], frozen: list[str]) -> None:
         _submodule(modules, f).eval()
 
 
-def _wrap(modules: dict[str, nn.Module], dd, device: torch.device) -> dict[str, nn.Module]:
+def _wrap(modules: dict[str, nn.Module], process_group, device: torch.device) -> dict[str, nn.Module]:
     """The modules as training calls them: `TrainOutputs` for models, and DDP for those that train when
     distributed."""
     wrapped: dict[str, nn.Module] = {}
     for name, mod in modules.items():
         w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
-        if dd.enabled and any(p.requires_grad for p in mod.parameters()):
+        if process_group.enabled and any(p.requires_grad for p in mod.parameters()):
             # find_unused_parameters: a model may hold parameters a configuration or phase leaves unused
             # (CosimNet's cosine scale under l2); without it their gradient buckets would never be averaged
             w = nn.parallel.DistributedDataParallel(w, device_ids=[device.index] if device.type == "cuda" else None,
@@ -135,7 +135,7 @@ def train(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: 
     """Train `recipe` into `run_dir`, phase after phase. `resume` continues from ``last.*`` there, inside a
     phase or at the next; `stop_after` ends after that many epochs in this call (to test interruption)."""
     device = distributed.rank_device(device or torch.device("cpu"))
-    tune_allocator()  # each step reuses the last one's freed activations: 1.6x faster U-Net steps on the CPU
+    tune_allocator()  # each step reuses the last one's freed activations instead of faulting in fresh pages
     # one run trains into a folder at a time (under DDP the ranks share it: rank 0 holds the lock)
     with FolderLock(run_dir) if distributed.setup(device).main else nullcontext():
         return Training(recipe, Path(run_dir), resume, device, quiet).run(stop_after)
@@ -146,7 +146,7 @@ class Training:
     phases run from there."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool, device: torch.device, quiet: bool):
-        self.dd = distributed.setup(device)
+        self.process_group = distributed.setup(device)
         self.run_dir, self.device, self.quiet = run_dir, device, quiet
         self._check_run_dir(resume)
         seed_all(recipe.seed)
@@ -162,7 +162,7 @@ class Training:
             self.recipe.models[role].args = args
         self.modules = self.task.modules()
         _check_freeze(self.modules, self.plan)
-        if self.dd.enabled and device.type == "cuda":
+        if self.process_group.enabled and device.type == "cuda":
             # one set of BatchNorm statistics across ranks, as one large batch would give (gloo on CPU
             # cannot run SyncBatchNorm: there each rank keeps its own statistics)
             for mod in self.modules.values():
@@ -174,20 +174,20 @@ class Training:
         self.start, self.best, self.best_epoch, self.best_thr, self.state = 0, -math.inf, -1, 0.5, None
         if resume:
             self._restore()
-        if self.dd.main:
+        if self.process_group.main:
             write_text_atomic(run_dir / "recipe.yaml", dump_recipe(self.recipe))
 
     def _check_run_dir(self, resume: bool) -> None:
-        if self.dd.main:
+        if self.process_group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and (self.run_dir / "last.safetensors").exists():
             raise InputError(f"{self.run_dir}: holds a run already; pass --resume to continue it or choose another --out")
-        if resume and not all((self.run_dir / f).is_file() for f in rf.RESUME_FILES):
-            raise InputError(f"{self.run_dir}: nothing to resume (no {' / '.join(rf.RESUME_FILES)})")
+        if resume and not all((self.run_dir / f).is_file() for f in run_files.RESUME_FILES):
+            raise InputError(f"{self.run_dir}: nothing to resume (no {' / '.join(run_files.RESUME_FILES)})")
 
     def _restore(self) -> None:
         """Where the interrupted run stood: its modules, scaler, epoch, best score and history."""
-        rf.check_manifest(self.run_dir)
+        run_files.check_manifest(self.run_dir)
         states, _ = load_checkpoint(self.run_dir / "last.safetensors")
         for name, mod in self.modules.items():
             try:
@@ -197,7 +197,7 @@ class Training:
                 raise InputError(f"{self.run_dir}: its weights do not fit the recipe's model {name!r} "
                                  f"({' '.join(first).strip()}); resume with the settings the run was made "
                                  "with") from None
-        st = self.state = rf.load_state(self.run_dir / rf.STATE_FILE)
+        st = self.state = run_files.load_state(self.run_dir / run_files.STATE_FILE)
         if self.amp and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.start, self.best, self.best_epoch = int(st["epoch"]) + 1, float(st["best"]), int(st["best_epoch"])
@@ -227,7 +227,7 @@ class Training:
         """A zero-epoch phase: only the task's pass over the data. At the very end it changes the final
         model, which is then saved as both last and best."""
         self.task.before_phase(ph.name, PhaseContext(self.datasets, self.device, self.recipe.data.workers))
-        if final and self.dd.main:
+        if final and self.process_group.main:
             row = self.history[-1] if self.history else {}
             self.best_epoch, self.best_thr = self.total, float(row.get("threshold", self.best_thr))
             self._save(row, ph.name, self.total, self.best_thr, best=True)
@@ -236,7 +236,7 @@ class Training:
         """Epochs of a phase from where the run stands up to `stop`, with its frozen modules, learning rate and
         groups; the task's pass over the data first when the phase starts from its beginning."""
         _freeze(self.modules, self.trainable, ph.freeze)
-        wrapped = _wrap(self.modules, self.dd, self.device)
+        wrapped = _wrap(self.modules, self.process_group, self.device)
         if self.start <= ph_first:
             self.task.before_phase(ph.name, PhaseContext(self.datasets, self.device, self.recipe.data.workers))
         factors = self.recipe.optim.groups if ph.groups is None else ph.groups
@@ -270,10 +270,10 @@ class Training:
         if recipe.threshold == "tune":
             thr = tuned_threshold(acc.pos_hist, acc.neg_hist)
         row.update({f"val_{k}": v for k, v in acc.at_threshold(float(thr)).compute().items()})
-        for warning in rf.degenerate_validation(acc.pos_hist, acc.neg_hist, float(thr)):
-            if self.dd.main and warning not in warned:
+        for warning in run_files.degenerate_validation(acc.pos_hist, acc.neg_hist, float(thr)):
+            if self.process_group.main and warning not in warned:
                 warned.add(warning)
-                rf.warn(f"epoch {epoch + 1}: {warning}")
+                run_files.warn(f"epoch {epoch + 1}: {warning}")
         return float(thr)
 
     def _record(self, row: dict, ph, epoch: int, optims: dict, scheds: dict) -> None:
@@ -284,16 +284,16 @@ class Training:
         improved = score > self.best
         if improved:
             self.best, self.best_epoch, self.best_thr = score, epoch + 1, row["threshold"]
-        if self.dd.main:
-            rf.keep_previous(self.run_dir)  # a kill between the two saves falls back to this pair
+        if self.process_group.main:
+            run_files.keep_previous(self.run_dir)  # a kill between the two saves falls back to this pair
             self._save(row, ph.name, epoch + 1, row["threshold"], best=improved)
-            rf.save_state(self.run_dir / rf.STATE_FILE, optims, scheds, self.scaler if self.amp else None, epoch,
-                          ph.name, self.best, self.best_epoch, self.best_thr, self.history)
-            rf.write_manifest(self.run_dir, epoch, ph.name)  # last: a kill before this leaves a detectable tear
-            rf.write_history(self.run_dir, self.history)
+            run_files.save_state(self.run_dir / run_files.STATE_FILE, optims, scheds, self.scaler if self.amp else None,
+                                 epoch, ph.name, self.best, self.best_epoch, self.best_thr, self.history)
+            run_files.write_manifest(self.run_dir, epoch, ph.name)  # last: a kill before this leaves a detectable tear
+            run_files.write_history(self.run_dir, self.history)
             if not self.quiet:
-                rf.report(row)
-        distributed.barrier(self.dd)
+                run_files.report(row)
+        distributed.barrier(self.process_group)
 
     def _save(self, row: dict, phase: str, epoch: int, threshold: float, best: bool) -> None:
         """last.safetensors (and best.safetensors when `best`): every module's state for resume, and under
@@ -321,10 +321,10 @@ def _train_epoch(run: Training, wrapped: dict[str, nn.Module], optims: dict, ph,
     for data in run.datasets.values():
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)
-    draw = EpochDraw(run.datasets, run.recipe, ph, epoch, run.device, run.dd, run.recipe.phase_sources(ph))
+    draw = EpochDraw(run.datasets, run.recipe, ph, epoch, run.device, run.process_group, run.recipe.phase_sources(ph))
     _set_modes(run.modules, ph.freeze)
     total, count, parts_sum = 0.0, 0, {}
-    bar = rf.progress(draw, f"epoch {epoch + 1}/{run.total}", run.quiet or not run.dd.main)
+    bar = run_files.progress(draw, f"epoch {epoch + 1}/{run.total}", run.quiet or not run.process_group.main)
     for batches in bar:
         steps = run.task.training_step(wrapped, batches, ph.name)
         while True:
@@ -340,7 +340,8 @@ def _train_epoch(run: Training, wrapped: dict[str, nn.Module], optims: dict, ph,
         count += 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{total / count:.4f}")
-    row = {"epoch": epoch + 1, "phase": ph.name, "train_loss": distributed.mean_across(total / max(count, 1), run.dd)}
+    row = {"epoch": epoch + 1, "phase": ph.name,
+           "train_loss": distributed.mean_across(total / max(count, 1), run.process_group)}
     for name, opt in optims.items():  # the learning rate the epoch ran at, per optimiser when several
         row["lr" if len(optims) == 1 else f"lr_{name}"] = opt.param_groups[0]["lr"]
     row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})

@@ -28,12 +28,12 @@ from tqdm import tqdm
 from cdtool import __version__
 from cdtool.domain import InputDomain, model_bands
 from cdtool.errors import InputError, NothingToDo
-from cdtool.inference.cleanup import opened_bands
+from cdtool.inference.mask_opening import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
 from cdtool.inference.flow import flow_model, write_flow
 from cdtool.inference.predictor import Predictor, fit_to_pair, usable_cores
 from cdtool.inference.rescale import Rescaled
-from cdtool.inference.scaleout import capped_workers, check_scheduler, dask_rows, local_rows
+from cdtool.inference.row_scoring import capped_workers, check_scheduler, dask_rows, local_rows
 from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.street import alignment_record, check_scene, is_street, street_choice

@@ -13,7 +13,7 @@ import torch
 
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
 from cdtool.io.checkpoint import check_finite, load_checkpoint, read_meta
-from cdtool.errors import InputError
+from cdtool.errors import InputError, OptionError
 from cdtool.inference.centre_patch import as_dense
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
@@ -235,9 +235,9 @@ def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise InputError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        raise OptionError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but no CUDA GPU is available here")
+        raise OptionError("device", f"{device} asked for, but no CUDA GPU is available here")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        raise OptionError("device", f"{device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)

@@ -78,7 +78,8 @@ class CpuShare:
     cores, since the readers then sleep nearly always and a barrier seldom waits on them; otherwise the cores
     the readers leave free (OpenMP threads that share a core with a busy reader wait at every barrier). Totals,
     not the last batch, decide: a tile that starts a new row of compressed blocks reads slower and would flip
-    the choice. On 2 cores a U-Net runs 1.3x faster, while a cheap model (CVA) keeps its one core to itself."""
+    the choice. A heavy network so gains the readers' cores, while a cheap model (CVA) keeps its one core to
+    itself."""
 
     LIGHT_READS = 0.1  # reading / model time below which the readers' cores go to the model
 

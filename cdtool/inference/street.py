@@ -10,7 +10,7 @@ that did best on street pairs (README "Street-level pairs", benchmarks/street_ta
 from __future__ import annotations
 
 from cdtool.domain import InputDomain
-from cdtool.errors import InputError
+from cdtool.errors import InputError, OptionError
 from cdtool.inference.detector import Choice, load_detector
 
 SCENES = ("auto", "street")
@@ -22,7 +22,7 @@ STREET_EVIDENCE = ("the best F1 on street-level pairs: 0.80 on 12 synthetic stre
 
 def check_scene(scene: str | None) -> None:
     if scene is not None and scene not in SCENES:
-        raise InputError(f"--scene must be one of {', '.join(SCENES)}, got {scene!r}")
+        raise OptionError("scene", f"must be one of {', '.join(SCENES)}, got {scene!r}")
 
 
 def is_street(scene: str | None, georeferenced: bool, wrap: bool) -> bool:

@@ -14,7 +14,7 @@ from affine import Affine
 from rasterio.errors import RasterioIOError
 
 from cdtool.domain import sentinel2_band
-from cdtool.errors import InputError
+from cdtool.errors import InputError, OptionError
 from cdtool.io.outputs import write_text_atomic
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".img", ".vrt"}
@@ -97,7 +97,7 @@ def stack_vrt(files: list[Path], resampling: str = "bilinear") -> str:
         except RasterioIOError as exc:
             raise InputError(f"{f}: cannot read as a raster ({exc})") from None
     if resampling not in RESAMPLINGS:
-        raise InputError(f"--resampling must be one of {', '.join(RESAMPLINGS)}, got {resampling!r}")
+        raise OptionError("resampling", f"must be one of {', '.join(RESAMPLINGS)}, got {resampling!r}")
     crs0 = metas[0][1]
     for path, crs, *_ in metas[1:]:
         if crs != crs0:

@@ -274,7 +274,7 @@ def two_means_1d(d: torch.Tensor, iters: int = 100) -> torch.Tensor:
     return c.sort().values.float()
 
 
-@register_model("disentangled_vae", output="centre", paper="000")
+@register_model("disentangled_vae", output="centre", paper="Hamaguchi et al. 2019, rare-event detection with disentangled representations (paper 000)")
 def disentangled_vae(in_channels: int = 1, patch: int = 28, arch: str = "digits", zc: int = 16, zs: int = 16,
                      width: int = 32, levels: int = 3, hidden: int = 100, pinned: bool = True,
                      cluster_distance: str = "mahalanobis", cell: int = 14,

@@ -280,7 +280,8 @@ class SimSaC(ChangeModel):
         return self.predict(before, after)["flow"]
 
 
-@register_model("simsac", output="dense", paper="001")
+@register_model("simsac", output="dense",
+                paper="after Park et al. 2022, SimSaC: joint flow and change on misaligned pairs (paper 001)")
 def simsac(in_channels: int = 3, width: int = 16, radius: int = 3, hidden: int = 32,
            decoders: str = "shared", teacher_grad: bool = False) -> SimSaC:
     """SimSaC-style joint flow + change network (global/local correlation, coarse to fine); teacher/student decoders."""

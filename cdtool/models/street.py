@@ -27,8 +27,8 @@ MAX_GAIN = 2.0  # local contrast ratios beyond this are taken as change, not lig
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over the (2r+1)² box around each pixel, edges replicated. Running sums (float64, so a tile's values
-    match the whole image's to ~1e-12) cost the same for any radius; average pooling with a 257-wide kernel
-    made `irmad_local` 15x slower than `cva` (1.2 s a 512² tile on 2 cores)."""
+    match the whole image's to ~1e-12) cost the same for any radius, where average pooling costs grow with the
+    kernel's area (257² here)."""
     k = 2 * radius + 1
     padded = F.pad(x, (radius, radius, radius, radius), mode="replicate").double()
     rows = F.pad(padded.cumsum(-1), (1, 0))

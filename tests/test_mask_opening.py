@@ -4,7 +4,7 @@ removes specks without touching large changes."""
 import numpy as np
 import pytest
 
-from cdtool.inference.cleanup import open_mask, opened_bands
+from cdtool.inference.mask_opening import open_mask, opened_bands
 from cdtool.inference.detect import DetectOptions, detect
 
 
