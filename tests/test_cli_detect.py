@@ -280,3 +280,11 @@ def test_geojson_of_a_pair_without_georeference_is_refused(shared_data, tmp_path
                "--format", "geojson")
     _assert_one_line_error(r, "test_2_0000_0000.png", "no georeference", "--format gpkg")
     assert r.exit_code == 2 and _no_outputs(tmp_path / "o")
+
+
+def test_no_polygons_does_not_claim_zero_regions(shared_data, tmp_path):
+    name = "test_2_0000_0000.png"
+    r = invoke("detect", shared_data / "levir" / "A" / name, shared_data / "levir" / "B" / name, "-o", tmp_path / "o",
+               "--model", "cva", "--no-polygons")
+    assert r.exit_code == 0, r.output
+    assert "regions not counted (--no-polygons)" in r.output and " 0 regions" not in r.output

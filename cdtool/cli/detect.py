@@ -27,6 +27,13 @@ def area_text(summary: dict) -> str:
     return text + ")"
 
 
+def regions_text(result, no_polygons: bool) -> str:
+    """'12 regions', or why there is no count: regions are counted while polygons are built."""
+    if no_polygons:
+        return "regions not counted (--no-polygons)"
+    return f"{result.regions} regions"
+
+
 def detect(
     before: Annotated[str, typer.Argument(help="Earlier image: GeoTIFF or any GDAL raster or dataset name (/vsizip/..., NETCDF:\"f.nc\":var), PNG/JPG, or a folder of band files.")],
     after: Annotated[str, typer.Argument(help="Later image, same place.")],
@@ -93,7 +100,7 @@ def detect(
             out_console.print(escape(result.extra["alignment"]["line"]))
         out_console.print(
             f"{result.model}: {result.width}x{result.height} px, threshold {result.threshold:.3f}, "
-            f"{result.changed_share:.2%} changed{area_text(result.extra['summary'])}, {result.regions} regions, "
+            f"{result.changed_share:.2%} changed{area_text(result.extra['summary'])}, {regions_text(result, no_polygons)}, "
             f"{result.seconds:.1f} s")
         for path in result.outputs.values():
             out_console.print(f"  {path}")

@@ -6,6 +6,7 @@ and false-colour imagery alike). PNG outputs (grey + alpha, scores x 255) get th
 from __future__ import annotations
 
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from affine import Affine
 
@@ -26,7 +27,6 @@ def heatmap_qml(threshold: float | None = None, scale: float = 1.0, alpha_band: 
     """Scores in [0, 1] (times `scale`: 255 for the 8-bit PNG); `alpha_band` marks nodata in PNGs."""
     items = "\n".join(f'            <item alpha="{a}" value="{v * scale:g}" label="{v:.2f}" color="{c}"/>'
                       for v, c, a in _ramp(threshold))
-    title = f"change score (mask at {threshold:.3f})" if threshold is not None else "change score"
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22" styleCategories="Symbology">
   <pipe>
@@ -47,7 +47,6 @@ def heatmap_qml(threshold: float | None = None, scale: float = 1.0, alpha_band: 
     <huesaturation saturation="0" colorizeOn="0" grayscaleMode="0" invertColors="0"/>
     <rasterresampler maxOversampling="2"/>
   </pipe>
-  <layerTitle>{title}</layerTitle>
   <blendMode>0</blendMode>
 </qgis>
 """
@@ -103,6 +102,22 @@ def polygons_qml() -> str:
   <blendMode>0</blendMode>
   <featureBlendMode>0</featureBlendMode>
   <layerGeometryType>2</layerGeometryType>
+</qgis>
+"""
+
+
+def layer_metadata_qmd(title: str, abstract: str) -> str:
+    """A layer's metadata sidecar (`<layer>.qmd`): where QGIS reads a layer's title and abstract when it adds
+    the layer (a style .qml carries neither: QGIS 3.22 drops a title written there)."""
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22">
+  <identifier>{escape(title)}</identifier>
+  <parentidentifier></parentidentifier>
+  <language></language>
+  <type>dataset</type>
+  <title>{escape(title)}</title>
+  <abstract>{escape(abstract)}</abstract>
+  <links/>
 </qgis>
 """
 
