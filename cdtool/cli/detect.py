@@ -46,6 +46,8 @@ def detect(
     bands: Annotated[Optional[str], typer.Option(help="1-based bands to compare in both images, e.g. 1,2,3.")] = None,
     wrap: Annotated[bool, typer.Option("--wrap", help="360° panorama: pad circularly left/right so the seam is not an edge.")] = False,
     scene: Annotated[Optional[str], typer.Option("--scene", parser=OneOf("cdtool.inference.street:SCENES"), help="auto or street: street is a street-level pair (photos, panoramas), which gets the street default method; auto (the default): street when a panorama (--wrap) has no CRS.")] = None,
+    aoi: Annotated[Optional[str], typer.Option("--aoi", help="Polygon layer (GeoPackage, GeoJSON, shapefile; any CRS): analyse only inside it. The outputs cover its extent; outside is nodata, in every area too.")] = None,
+    exclude: Annotated[Optional[str], typer.Option("--exclude", help="Areas never to report, as nodata: a polygon layer, a 0/1 raster (1 = exclude), or 'water' (water on both dates by NDWI; Sentinel-2 bands).")] = None,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the inputs (needed for PNG/JPG; overrides the raster's).")] = None,
     native_scale: Annotated[bool, typer.Option("--native-scale", help="Run the model on the input's pixels, never resampled to its training GSD.")] = False,
     batch_size: Annotated[Optional[int], typer.Option(
@@ -80,7 +82,8 @@ def detect(
                          preview=not no_preview, vector_format=vector_format, clean=clean, max_regions=max_regions,
                          skip_bad_windows=skip_bad_windows, workers=workers_option(workers), scheduler=scheduler,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow,
-                         max_pixels=max_pixels, announce=None if quiet else announce, scene=scene)
+                         max_pixels=max_pixels, announce=None if quiet else announce, scene=scene, aoi=aoi,
+                         exclude=exclude)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]
     for warning in choice["warnings"]:  # shown even with --quiet

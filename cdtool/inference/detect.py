@@ -87,6 +87,8 @@ class DetectOptions:
     flow: bool = False  # also write flow.tif: the estimated misregistration (joint flow + change models)
     max_pixels: int | None = None  # refuse a larger raster (a hostile header, a forgotten zoom level); None: default
     announce: Callable[[str], None] | None = None  # gets the size and estimated time before scoring; None: not timed
+    aoi: str | None = None  # a polygon layer: only inside is analysed (the extent is cropped to it)
+    exclude: str | None = None  # a polygon layer, a 0/1 raster or "water": never reported (nodata)
     scene: str | None = None  # "street": a street-level pair (its own default method); None/"auto": street when a
     # panorama (--wrap) has no CRS
 
@@ -208,7 +210,8 @@ def _open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, In
     """Open the pair, choose its detector, and where a Sentinel-2 model reads its bands by name (another order,
     B10 or extra layers in the input), open it again with just those bands, in the model's order."""
     pair = open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
-                     skip_bad_windows=opts.skip_bad_windows, offset="auto")  # uint32 near 2^31: exact in float32
+                     skip_bad_windows=opts.skip_bad_windows, offset="auto",  # uint32 near 2^31: exact in float32
+                     aoi=opts.aoi, exclude=opts.exclude)
     try:
         domain = input_domain(pair, opts.gsd)
         street = opts.model is None and is_street(opts.scene, pair.info.georeferenced, opts.wrap)
@@ -224,7 +227,7 @@ def _open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, In
     pair.close()
     opts = replace(opts, bands=file_bands)
     pair = open_pair(before, after, bands=file_bands, align=opts.align, wrap=opts.wrap,
-                     skip_bad_windows=opts.skip_bad_windows, offset="auto")
+                     skip_bad_windows=opts.skip_bad_windows, offset="auto", aoi=opts.aoi, exclude=opts.exclude)
     return pair, input_domain(pair, opts.gsd), choice, opts
 
 

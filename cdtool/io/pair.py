@@ -210,7 +210,7 @@ class RasterPair:
 
     def __init__(self, before: str | Path, after: str | Path, bands: list[int] | None = None,
                  align: bool = False, wrap: bool = False, skip_bad_windows: bool = False,
-                 offset: list[float] | str | None = None):
+                 offset: list[float] | str | None = None, aoi: str | None = None, exclude: str | None = None):
         self.before_path, self.after_path = Path(before), Path(after)
         self.skip_bad_windows = skip_bad_windows
         self.requested_bands, self.align = bands, align  # as asked, so a worker process can open the same pair
@@ -221,6 +221,8 @@ class RasterPair:
         self.offset: np.ndarray | None = None  # per band, subtracted on reading (see `_choose_offset`)
         self.notes: list[str] = []  # what the reader changed, for the user to know
         self.before_smoothing: tuple[float, float] | None = None  # (rows, cols) taps: see `resampling_match`
+        self.aoi, self.exclude = aoi, exclude
+        self.area = None  # an AreaMask: the pixels --aoi and --exclude leave to count
         try:
             self._setup(bands, align)
             self._set_offset(offset)
@@ -257,6 +259,8 @@ class RasterPair:
                           resampling=Resampling.bilinear)
             self._open.append(a)
         self.before, self.after = b, a
+        if self.aoi is not None or self.exclude is not None:
+            height, width = self._set_area(b, georef, height, width)
         transform = b.window_transform(Window(self.origin[1], self.origin[0], width, height))
         names = [b.descriptions[i - 1] or f"band {i}" for i in self.bands_before]
         colors = [b.colorinterp[i - 1].name for i in self.bands_before]
@@ -266,6 +270,36 @@ class RasterPair:
         self.profile = b.profile
         self.native_dtype = compact_dtype([b.dtypes[i - 1] for i in self.bands_before]
                                           + [a.dtypes[i - 1] for i in self.bands_after])
+
+    def _set_area(self, b, georef: bool, height: int, width: int) -> tuple[int, int]:
+        """Read --aoi / --exclude and crop the extent to the AOI's bounds; returns the new (height, width)."""
+        from cdtool.io.area import area_mask
+
+        names = [b.descriptions[i - 1] or f"band {i}" for i in self.bands_before]
+        self.area = area_mask(self.aoi, self.exclude, b.crs if georef else None, names)
+        self.area.bind(b)
+        bounds = self.area.bounds()
+        if bounds is None:
+            return height, width
+        left, bottom, right, top = bounds
+        if georef:
+            w = from_bounds(left, bottom, right, top, b.transform)
+            r0, c0, r1, c1 = w.row_off, w.col_off, w.row_off + w.height, w.col_off + w.width
+        else:  # the pixel grid: x = column, y = -row
+            r0, c0, r1, c1 = -top, left, -bottom, right
+        r0, c0 = max(self.origin[0], math.floor(r0)), max(self.origin[1], math.floor(c0))
+        r1 = min(self.origin[0] + height, math.ceil(r1))
+        c1 = min(self.origin[1] + width, math.ceil(c1))
+        if r1 <= r0 or c1 <= c0:
+            raise InputError(f"{self.aoi}: the --aoi polygons do not overlap {self.before_path}")
+        self.origin = (r0, c0)
+        return r1 - r0, c1 - c0
+
+    def _window_transform(self, win: Window) -> Affine:
+        """Where a window of BEFORE's grid lies: map coordinates, or the pixel grid (x = column, y = -row)."""
+        if self.info.georeferenced:
+            return self.before.window_transform(win)
+        return Affine(1.0, 0.0, float(win.col_off), 0.0, -1.0, -float(win.row_off))
 
     def _set_offset(self, offset: list[float] | str | None) -> None:
         """Use `offset` (one value per band; zeros or None: none), or with "auto", choose one for bands of a type
@@ -353,6 +387,8 @@ class RasterPair:
                 valid &= np.isfinite(data).all(axis=0)
             stack.append(data)
         pair = np.stack(stack)
+        if self.area is not None:
+            valid &= self.area.counts(win, self._window_transform(win), pair)
         if self.offset is not None:
             pair = (pair - self.offset[:, None, None]).astype(final)
         pair[:, :, ~valid] = 0
@@ -414,6 +450,9 @@ class RasterPair:
         seen: set[Path] = set()
         for ds in self._open[:2]:  # the datasets as opened; a WarpedVRT on top reads the same files
             dataset_files(ds, seen)
+        for area_file in (self.aoi, self.exclude):
+            if area_file is not None and Path(area_file).is_file():
+                seen.add(Path(area_file).resolve())
         return sorted(seen)
 
     def folders(self) -> list[Path]:
@@ -424,13 +463,16 @@ class RasterPair:
         """The arguments of `open_pair` that open this pair again, picklable for a Dask worker."""
         return dict(before=self.sources[0], after=self.sources[1], bands=self.requested_bands, align=self.align,
                     wrap=self.wrap, skip_bad_windows=self.skip_bad_windows,
-                    offset=self.offset.tolist() if self.offset is not None else None)
+                    offset=self.offset.tolist() if self.offset is not None else None, aoi=self.aoi,
+                    exclude=self.exclude)
 
     def reopen(self) -> "RasterPair":
         """The same pair opened again: another reader thread needs its own GDAL handles."""
         return open_pair(**self.open_args())
 
     def close(self) -> None:
+        if self.area is not None:
+            self.area.close()
         for ds in reversed(self._open):
             ds.close()
         self._open.clear()
@@ -494,8 +536,10 @@ def compact_dtype(dtypes: list[str]) -> np.dtype:
 
 def open_pair(before: str | Path, after: str | Path, *, bands: list[int] | None = None, align: bool = False,
               wrap: bool = False, skip_bad_windows: bool = False,
-              offset: list[float] | str | None = None) -> RasterPair:
+              offset: list[float] | str | None = None, aoi: str | None = None,
+              exclude: str | None = None) -> RasterPair:
     """Open BEFORE and AFTER as one pair, checking they can be compared (see RasterPair); `offset`, one value per
-    band subtracted on reading, or "auto": chosen for types float32 cannot hold exactly."""
+    band subtracted on reading, or "auto": chosen for types float32 cannot hold exactly; `aoi` and `exclude`
+    (see cdtool.io.area) leave pixels out as nodata."""
     return RasterPair(before, after, bands=bands, align=align, wrap=wrap, skip_bad_windows=skip_bad_windows,
-                      offset=offset)
+                      offset=offset, aoi=aoi, exclude=exclude)
