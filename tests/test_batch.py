@@ -84,3 +84,15 @@ def test_bad_tables_are_refused_in_one_line(tmp_path, text, words):
     with pytest.raises(InputError, match="t.csv") as err:
         read_pairs(table)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pairs_on_the_command_line_exit_1_when_one_failed(pairs, tmp_path):
+    from typer.testing import CliRunner
+
+    from cdtool.cli import app
+
+    r = CliRunner().invoke(app, ["detect", "--pairs", str(pairs), "-o", str(tmp_path / "o"), "--model", "cva",
+                                 "--threshold", "0.5", "--no-preview"])
+    assert r.exit_code == 1, r.output
+    assert "2 of 3 pairs done" in r.output and "failed: broken" in r.output and "missing.tif" in r.output
+    assert (tmp_path / "o" / "site1" / "change_prob.tif").exists() and (tmp_path / "o" / "summary.csv").exists()

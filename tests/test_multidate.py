@@ -57,3 +57,16 @@ def test_dates_unknown_keep_the_order_given(tmp_path):
         order_dates([str(paths[0]), str(paths[1]), str(paths[0])])
     with pytest.raises(InputError, match="at least two"):
         order_dates([str(paths[0])])
+
+
+def test_three_dates_on_the_command_line(three_dates, tmp_path):
+    from typer.testing import CliRunner
+
+    from cdtool.cli import app
+
+    r = CliRunner().invoke(app, ["detect", *map(str, three_dates), "-o", str(tmp_path / "o"), "--model", "cva",
+                                 "--threshold", "0.5", "--no-preview"])
+    assert r.exit_code == 0, r.output
+    assert "2019-03-01 → 2020-03-01: 4." in r.output and "first_change.tif" in r.output
+    with rasterio.open(tmp_path / "o" / "first_change.tif") as ds:
+        assert set(np.unique(ds.read(1))) == {0, 1, 2}

@@ -418,7 +418,7 @@ def _(w):
 
 @probe("detect missing AFTER argument")
 def _(w):
-    return Expect(["detect", w.tif()], ("Missing argument 'after'",))
+    return Expect(["detect", w.tif()], ("give BEFORE and AFTER",))
 
 
 @probe("detect unknown option")

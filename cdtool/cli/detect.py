@@ -35,8 +35,8 @@ def regions_text(result, no_polygons: bool) -> str:
 
 
 def detect(
-    before: Annotated[str, typer.Argument(help="Earlier image: GeoTIFF or any GDAL raster or dataset name (/vsizip/..., NETCDF:\"f.nc\":var), PNG/JPG, or a folder of band files.")],
-    after: Annotated[str, typer.Argument(help="Later image, same place.")],
+    dates: Annotated[Optional[list[str]], typer.Argument(metavar="BEFORE AFTER", show_default=False, help="The images of one place, earlier first: GeoTIFF or any GDAL raster or dataset name (/vsizip/..., NETCDF:\"f.nc\":var), PNG/JPG, or a folder of band files. More than two: each consecutive pair (in the order of their dates where the files give them) and first_change.tif.")] = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Many pairs: a CSV (columns before, after, and optional name, aoi) or a folder of pair folders; one output folder per pair under --out, summary.csv and summary.gpkg; a failed pair is reported and skipped.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
@@ -72,7 +72,8 @@ def detect(
     quiet: Quiet = False,
 ) -> None:
     """Detect changes between BEFORE and AFTER; write change_prob, change_mask (GeoTIFF, or PNG for
-    non-georeferenced inputs), changes.gpkg and QGIS styles into --out."""
+    non-georeferenced inputs), changes.gpkg and QGIS styles into --out. More dates: each consecutive pair and
+    first_change.tif; --pairs: many pairs in one run."""
     from cdtool.inference.detect import DetectOptions, detect as run_detect
     from cdtool.inference.row_scoring import workers_option
 
@@ -84,7 +85,19 @@ def detect(
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow,
                          max_pixels=max_pixels, announce=None if quiet else announce, scene=scene, aoi=aoi,
                          exclude=exclude)
-    result = run_detect(before, after, out, opts)
+    if pairs is not None:
+        if dates:
+            raise typer.BadParameter("give either --pairs or the images, not both", param_hint="--pairs")
+        return _detect_pairs(pairs, out, opts)
+    if not dates or len(dates) < 2:
+        raise typer.BadParameter("give BEFORE and AFTER (or more dates), or --pairs FILE", param_hint="BEFORE AFTER")
+    if len(dates) > 2:
+        return _detect_series(dates, out, opts, quiet)
+    _report(run_detect(dates[0], dates[1], out, opts), quiet, no_polygons)
+
+
+def _report(result, quiet: bool, no_polygons: bool) -> None:
+    """Warnings (always), then the model, the numbers and the files written."""
     choice = result.extra["model_choice"]
     for warning in choice["warnings"]:  # shown even with --quiet
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
@@ -107,6 +120,30 @@ def detect(
             f"{result.seconds:.1f} s")
         for path in result.outputs.values():
             out_console.print(f"  {path}")
+
+
+def _detect_series(dates: list[str], out: Path, opts, quiet: bool) -> None:
+    from cdtool.multidate import detect_series
+
+    series = detect_series(dates, out, opts, announce=(lambda line: None) if quiet else announce)
+    if not quiet:
+        for k, share in enumerate(series.changed_share, start=1):
+            out_console.print(f"{escape(series.interval(k))}: {share:.2%} changed  ({series.folders[k - 1]})")
+        for path in series.outputs.values():
+            out_console.print(f"  {path}")
+
+
+def _detect_pairs(source: Path, out: Path, opts) -> None:
+    from cdtool.batch import detect_pairs, read_pairs
+
+    result = detect_pairs(read_pairs(source), out, opts, announce=lambda line: out_console.print(escape(line)))
+    for row in result.failed:
+        err_console.print(f"[yellow]failed:[/] {escape(row['name'])}: {escape(row['message'])}", markup=True)
+    written = [p for p in (result.summary_csv, result.summary_gpkg) if p is not None]
+    out_console.print(f"{len(result.rows) - len(result.failed)} of {len(result.rows)} pairs done; "
+                      + ", ".join(str(p) for p in written))
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def announce(line: str) -> None:
