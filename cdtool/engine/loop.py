@@ -36,6 +36,7 @@ from cdtool.errors import CdtoolError, InputError
 from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
 from cdtool.io.outputs import FolderLock, write_text_atomic
 from cdtool.metrics import tuned_threshold
+from cdtool.models.base import ChangeModel
 from cdtool.runtime import tune_allocator
 
 
@@ -108,7 +109,8 @@ def _wrap(modules: dict[str, nn.Module], dd, device: torch.device) -> dict[str, 
     distributed."""
     wrapped: dict[str, nn.Module] = {}
     for name, mod in modules.items():
-        w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
+        trains = isinstance(mod, ChangeModel) and mod.forward_train is not None
+        w: nn.Module = TrainOutputs(mod) if trains else mod
         if dd.enabled and any(p.requires_grad for p in mod.parameters()):
             # find_unused_parameters: a model may hold parameters a configuration or phase leaves unused
             # (CosimNet's cosine scale under l2); without it their gradient buckets would never be averaged

@@ -129,7 +129,7 @@ class Task:
 
     def check_data(self, datasets: dict[str, torch.utils.data.Dataset]) -> None:
         """Refuse training data the modules cannot take (e.g. a crop that is not a size multiple)."""
-        mult = int(getattr(self.nets[self.detector], "size_multiple", 1))
+        mult = int(self.nets[self.detector].size_multiple)
         for source, data in datasets.items():
             crop = getattr(data, "crop", None)
             if crop and crop % mult:

@@ -39,15 +39,15 @@ class Detector:
 
     @property
     def halo(self) -> int:
-        return int(getattr(self.model, "halo", 0))
+        return int(self.model.halo)
 
     @property
     def exact_halo(self) -> bool:
-        return bool(getattr(self.model, "exact_halo", False))
+        return bool(self.model.exact_halo)
 
     @property
     def size_multiple(self) -> int:
-        return int(getattr(self.model, "size_multiple", 1))
+        return int(self.model.size_multiple)
 
 
 @dataclass
@@ -154,8 +154,8 @@ def _from_registry(name: str) -> Detector:
         raise InputError(f"model {name!r} must be trained first: pass a checkpoint from `cdtool train` "
                          "(the classical detector 'cva' needs none)")
     return Detector(entry.name, as_dense(model.eval(), entry.info.get("output", "dense")),
-                    dict(getattr(model, "default_normalization", {"mode": "per-image"})),
-                    getattr(model, "default_threshold", "otsu"), card=ModelCard(data="none: label-free"))
+                    dict(model.default_normalization), model.default_threshold,
+                    card=ModelCard(data="none: label-free"))
 
 
 def _from_checkpoint(path: Path) -> Detector:
