@@ -137,7 +137,7 @@ def test_before_phase_pass_frozen_modules_and_group_rates(pairs, tmp_path):
     assert not torch.equal(last["teacher"]["head.weight"], warm["teacher"]["head.weight"])
     # per-group learning rates: optim.groups in 'warm', the phase's own groups in 'train'
     assert log["lrs"]["warm"] == pytest.approx([0.001, 0.01]) and log["lrs"]["train"] == pytest.approx([0.005])
-    assert meta["model"]["name"] == "probe_test" and set(last) == {"model", "teacher"}
+    assert meta.model.name == "probe_test" and set(last) == {"model", "teacher"}
 
 
 def test_resume_through_sources_hooks_and_freezing_is_exact(pairs, tmp_path):

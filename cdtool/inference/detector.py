@@ -13,11 +13,11 @@ import torch
 
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
 from cdtool.io.checkpoint import check_finite, load_checkpoint, read_meta
+from cdtool.io.checkpoint_meta import CheckpointMeta
 from cdtool.errors import InputError
 from cdtool.inference.centre_patch import as_dense
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
-from cdtool.normalization import check as check_normalization
 
 # Trained models ship as cdtool/weights/<name>.safetensors, each with a card stating its domain; `--model
 # <name>` loads one. One becomes the default only where its card names `usable_gsd_m`, the GSDs at which it
@@ -34,7 +34,7 @@ class Detector:
     normalization: dict
     threshold: float | str  # a probability, or "otsu" to pick one per image
     bands: list[str] | None = None  # band names the model was trained on, if recorded
-    meta: dict = field(default_factory=dict)
+    meta: CheckpointMeta | None = None  # a checkpoint's metadata; None for a registered model
     card: ModelCard = field(default_factory=ModelCard)
 
     @property
@@ -73,7 +73,7 @@ def shipped_cards() -> list[tuple[Path, str, ModelCard]]:
     out = []
     for path in shipped_weights():
         meta = read_meta(path)
-        out.append((path, str((meta.get("model") or {}).get("name", "?")), _card_of(path, meta)))
+        out.append((path, meta.model.name, meta.model_card))
     return out
 
 
@@ -159,18 +159,8 @@ def _from_registry(name: str) -> Detector:
 
 
 def _from_checkpoint(path: Path) -> Detector:
-    states, meta = load_checkpoint(path)
-    try:
-        name, args = meta["model"]["name"], meta["model"].get("args", {})
-        normalization = check_normalization(meta["normalization"])
-    except (KeyError, TypeError, AttributeError):
-        raise InputError(f"{path}: checkpoint metadata lacks model name or normalisation") from None
-    if not isinstance(args, dict):
-        raise InputError(f"{path}: checkpoint model arguments are not a mapping")
-    threshold = meta.get("threshold", 0.5)
-    if not (threshold in ("otsu", "kmeans", "gmm") or isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
-        raise InputError(f"{path}: checkpoint threshold must be a number in [0, 1] or a method name, got {threshold!r}")
-    card = _card_of(path, meta)
+    states, meta = load_checkpoint(path)  # the metadata checked: model, normalisation, threshold, card
+    name, args, card = meta.model.name, dict(meta.model.args), meta.model_card
     _check_shapes(path, name, args, states.get("model", {}))
     _check_card_bands(path, name, args, card)
     check_finite(path, states.get("model", {}))
@@ -180,15 +170,8 @@ def _from_checkpoint(path: Path) -> Detector:
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
     output = model_entry(name).info.get("output", "dense")  # stand-ins registered bare are dense
-    return Detector(name, as_dense(model.eval(), output), normalization, threshold, meta.get("bands"), meta, card)
-
-
-def _card_of(path: Path, meta: dict) -> ModelCard:
-    args = (meta.get("model") or {}).get("args", {})
-    try:
-        return ModelCard.from_meta(meta, band_count=args.get("in_channels", 3) if isinstance(args, dict) else None)
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+    return Detector(name, as_dense(model.eval(), output), dict(meta.normalization), meta.threshold, meta.bands,
+                    meta, card)
 
 
 def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:
