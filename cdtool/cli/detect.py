@@ -30,7 +30,7 @@ def area_text(summary: dict) -> str:
 def detect(
     before: Annotated[str, typer.Argument(help="Earlier image: GeoTIFF or any GDAL raster or dataset name (/vsizip/..., NETCDF:\"f.nc\":var), PNG/JPG, or a folder of band files.")],
     after: Annotated[str, typer.Argument(help="Later image, same place.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered or shipped model name (see `cdtool models`), or a checkpoint file: a path with a / or ending in .safetensors (./cva is a file, cva the model). Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
     overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo). Default: 64 for learned models; for classical ones twice their halo, which already stitches exactly.")] = None,

@@ -1,12 +1,12 @@
 """A ready-to-run detector: the model, the normalisation it expects and its threshold, resolved from a
-registry name or a checkpoint file, so the pipeline never cares where a model came from."""
+registry name, shipped weights or a checkpoint file (cdtool.inference.model_spec), so the pipeline never
+cares where a model came from."""
 
 from __future__ import annotations
 
 import inspect
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from cdtool.io.checkpoint import check_finite, load_checkpoint, read_meta
 from cdtool.io.checkpoint_meta import CheckpointMeta
 from cdtool.errors import InputError
 from cdtool.inference.centre_patch import as_dense
+from cdtool.inference.model_spec import ModelSpec, shipped_weights
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
 
@@ -23,7 +24,6 @@ from cdtool.models.registry import create_model, model_entry
 # <name>` loads one. One becomes the default only where its card names `usable_gsd_m`, the GSDs at which it
 # beat the label-free methods on sources left out of its training (benchmarks/domain_table.py); elsewhere
 # the default is the label-free method that scored best there, by band layout (README "Default model").
-SHIPPED_WEIGHTS = "*.safetensors"
 LABEL_FREE_DEFAULT = {"rgb": "cva", "multispectral": "cva"}
 
 
@@ -64,10 +64,6 @@ class Choice:
                 "scale": self.scale, "card": self.detector.card.to_meta()}
 
 
-def shipped_weights() -> list[Path]:
-    return sorted(Path(str(resources.files("cdtool") / "weights")).glob(SHIPPED_WEIGHTS))
-
-
 def shipped_cards() -> list[tuple[Path, str, ModelCard]]:
     """(file, model name, card) of each shipped model, read from the files' headers: no model is built."""
     out = []
@@ -77,7 +73,7 @@ def shipped_cards() -> list[tuple[Path, str, ModelCard]]:
     return out
 
 
-def choose_detector(spec: str | Detector | None, domain: InputDomain, native_scale: bool = False) -> Choice:
+def choose_detector(spec: str | ModelSpec | Detector | None, domain: InputDomain, native_scale: bool = False) -> Choice:
     """The detector for an input: the one named, else the shipped model whose card covers the input, else the
     best label-free method; with the scale factor that brings windows to the model's GSD."""
     gsd_text = ("GSD unknown (no georeference; pass --gsd)" if domain.gsd is None
@@ -123,28 +119,21 @@ def _unknown_scale(card: ModelCard, domain: InputDomain) -> list[str]:
     return []
 
 
-def load_detector(spec: str | None, band_count: int | None = None) -> Detector:
-    """`spec` is a registry name or a checkpoint path; None picks the default for `band_count` bands of
-    unknown GSD and band names (evaluation on arrays; `detect` knows more and calls choose_detector)."""
+def load_detector(spec: str | ModelSpec | None, band_count: int | None = None) -> Detector:
+    """`spec` is a registry name, shipped weights or a checkpoint path (ModelSpec); None picks the default for
+    `band_count` bands of unknown GSD and band names (evaluation on arrays; `detect` knows more and calls
+    choose_detector)."""
     if spec is None:
         domain = InputDomain(band_count or 3, [f"band {i + 1}" for i in range(band_count or 3)],
                              [], "float32", None, "unknown")
         return choose_detector(None, domain).detector
-    path = checkpoint_path(spec)
-    return _from_checkpoint(path) if path is not None else _from_registry(spec)
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    return _from_checkpoint(spec.path) if spec.path is not None else _from_registry(spec.text)
 
 
 def checkpoint_path(spec: str) -> Path | None:
     """The checkpoint file `spec` names (a path, or a shipped model's name), or None for a registry name."""
-    shipped = {p.stem: p for p in shipped_weights()}
-    if spec in shipped and not Path(spec).exists():
-        return shipped[spec]
-    path = Path(spec)
-    if path.suffix == ".safetensors" or path.exists():
-        if not path.is_file():
-            raise InputError(f"{path}: no such checkpoint file")
-        return path
-    return None
+    return ModelSpec.parse(spec).path
 
 
 def _from_registry(name: str) -> Detector:
