@@ -99,8 +99,7 @@ def _load(path: Path):
     from cdtool.models.registry import create_model
 
     states, meta = load_checkpoint(path)
-    spec = meta["model"]
-    model = create_model(spec["name"], **spec["args"])
+    model = create_model(meta.model.name, **meta.model.args)
     model.load_state_dict(states["model"])
     return model.eval(), meta
 
@@ -156,13 +155,13 @@ def score_simsac(path: Path, data) -> dict:
             one = (out["flow_one_way"] - f).norm(dim=1, keepdim=True)
             epes1.append(float((one * v).sum()))
     prob, truth, valid = np.concatenate(probs), np.concatenate(truths), np.concatenate(valids).astype(bool)
-    thr = float(meta.get("threshold", 0.5))
+    thr = float(meta.threshold)
     f1, prec, rec = _f1(prob, truth, valid, thr)
     flagged, mag = identical(model, data, thr, flow=True)
     return {"f1": f1, "precision": prec, "recall": rec, "auroc": _auroc(prob, truth, valid), "threshold": thr,
             "f1_oracle": _oracle_f1(prob, truth, valid),
             "epe": sum(epes) / max(sum(ws), 1), "epe_one_way": sum(epes1) / max(sum(ws), 1),
-            "epoch": meta.get("epoch"), "identical_flagged": flagged,
+            "epoch": meta.epoch, "identical_flagged": flagged,
             "identical_flow": mag}
 
 
@@ -228,7 +227,7 @@ def score_dense(path: Path, data) -> dict:
         for b, a, m, v, _ in _batches(data):
             probs.append(model(b, a).numpy()); truths.append(m.numpy()); valids.append(v.numpy())
     prob, truth, valid = np.concatenate(probs), np.concatenate(truths), np.concatenate(valids).astype(bool)
-    thr = float(meta.get("threshold", 0.5))
+    thr = float(meta.threshold)
     f1, prec, rec = _f1(prob, truth, valid, thr)
     return {"f1": f1, "precision": prec, "recall": rec, "auroc": _auroc(prob, truth, valid), "threshold": thr,
             "f1_oracle": _oracle_f1(prob, truth, valid),

@@ -53,7 +53,7 @@ def f1_table(root: Path, min_changes: list[float]) -> list[tuple[str, dict[str, 
             default = model.default_threshold
             counts = {k: np.zeros(3) for k in ("default", *METHODS)}  # tp, fp, fn
             for before, after, truth in data:
-                if getattr(model, "needs_fit", False):
+                if model.needs_fit:
                     model.fit([(before, after, torch.ones(truth.shape, dtype=torch.bool))])
                 with torch.no_grad():
                     s = model(before[None], after[None])[0, 0].numpy()

@@ -43,17 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     per_scene = {f"{c['source']}/{p['name']}": round(p["f1"], 4) for c in table["cells"] if c["model"] == a.row
                  for p in c["pairs"]}
     states, meta = load_checkpoint(a.checkpoint)
-    card = dict(meta["card"])
+    card = dict(meta.card or {})
     card["usable_gsd_m"] = list(a.usable_gsd) if verdict["default"] else None
     if a.change:
         card["change"] = a.change
     card["usable_without_gsd"] = bool(verdict["default"] and a.without_gsd)
     card["scores"] = {"cross_validated": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in verdict.items()},
                       "per_scene_f1": per_scene}
-    dst = save_checkpoint(WEIGHTS / f"{a.name}.safetensors", states, dict(meta, card=card))
+    dst = save_checkpoint(WEIGHTS / f"{a.name}.safetensors", states, dict(meta.to_json(), card=card))
     digest = hashlib.sha256(dst.read_bytes()).hexdigest()
     print(f"{dst}: default {'for ' + str(card['usable_gsd_m']) if verdict['default'] else 'never'}; "
-          f"threshold {meta['threshold']:.3f}; sha256: {digest}")
+          f"threshold {meta.threshold:.3f}; sha256: {digest}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def main() -> None:
             shift = r.data.source_args(r.primary_source()).get("shift")
             data = plain if shift is None else shifted if shift == SHIFT else test_set(shift, args.roots, args.test)
             scores, last = score(str(run / "best.safetensors"), data), score(str(run / "last.safetensors"), data)
-            best_epoch = load_checkpoint(run / "best.safetensors")[1]["epoch"]
+            best_epoch = load_checkpoint(run / "best.safetensors")[1].epoch
             entry = {**scores, "model": r.name, "seed": seed, "epochs": r.schedule.epochs, "best_epoch": best_epoch,
                      "f1_last": last["f1"], "auroc_last": last["auroc"]}
             if minutes is not None:

@@ -44,9 +44,9 @@ class ModelCard:
     scores: dict = field(default_factory=dict)  # held-out scores, for `cdtool info`
 
     @classmethod
-    def from_meta(cls, meta: dict, band_count: int | None = None) -> "ModelCard":
-        """Read the card of a checkpoint's metadata; checkpoints from before cards know their band count."""
-        raw = meta.get("card")
+    def from_card(cls, raw: dict | None, band_count: int | None = None) -> "ModelCard":
+        """Read a checkpoint's card (cdtool.io.checkpoint_meta); checkpoints from before cards (None) know
+        their band count."""
         if raw is None:
             return cls(band_count=band_count, value_range="not recorded", change="not recorded")
         if not isinstance(raw, dict):

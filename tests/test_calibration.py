@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cdtool.errors import InputError
-from cdtool.inference.calibration import TAIL, ScoreCalibration
+from cdtool.models.calibration import TAIL, ScoreCalibration
 from cdtool.metrics import exact_auroc
 
 

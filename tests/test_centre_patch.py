@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cdtool.errors import InputError
 from cdtool.inference.centre_patch import CentrePatch, as_dense
 from cdtool.io.checkpoint import save_checkpoint
+from cdtool.models.base import ChangeModel
 from cdtool.models.registry import MODELS, create_model
 from cdtool.windows import Tile
 from tests.conftest import write_tif
@@ -19,7 +20,7 @@ from tests.conftest import write_tif
 PATCH, CELL = 112, 14
 
 
-class FullyConnected(nn.Module):
+class FullyConnected(ChangeModel):
     """The windows' difference, flattened -> linear -> sigmoid: takes PATCH×PATCH inputs only. With equal
     dates the difference is zero, so the score is one constant."""
 

@@ -72,8 +72,8 @@ def test_mismatches_and_scale_factor():
 
 def test_card_is_checked_when_read():
     with pytest.raises(InputError, match="gsd_m"):
-        ModelCard.from_meta({"card": {"gsd_m": [2.0, 1.0]}})
-    assert ModelCard.from_meta({}, band_count=3).value_range == "not recorded"
+        ModelCard.from_card({"gsd_m": [2.0, 1.0]})
+    assert ModelCard.from_card(None, band_count=3).value_range == "not recorded"
 
 
 def test_rescaled_model_returns_the_input_grid():
@@ -91,7 +91,7 @@ def _card_checkpoint(path, gsd_m, usable=None):
     """The shipped default's weights under a card of our choosing."""
     rgb = [p for p in detector_module.shipped_weights() if p.stem == "siam_diff_unet_rgb"]
     states, meta = load_checkpoint(rgb[0])
-    meta = dict(meta, card=dict(meta.get("card", {}), gsd_m=list(gsd_m), usable_gsd_m=usable))
+    meta = dict(meta.to_json(), card=dict(meta.card or {}, gsd_m=list(gsd_m), usable_gsd_m=usable))
     return save_checkpoint(path, states, meta)
 
 
@@ -146,7 +146,7 @@ def test_default_follows_the_domain(tmp_path, make_tif, monkeypatch):
     monkeypatch.setattr(detector_module, "shipped_weights", lambda: [ckpt])
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (3, 96, 96)).astype(np.uint8)
-    trained = load_checkpoint(ckpt)[1]["model"]["name"]
+    trained = load_checkpoint(ckpt)[1].model.name
     for gsd, expect in ((1.0, trained), (30.0, detector_module.LABEL_FREE_DEFAULT["rgb"])):
         t = Affine(gsd, 0, 600000, 0, -gsd, 5000000)
         a, b = make_tif(f"a{gsd}.tif", img, transform=t), make_tif(f"b{gsd}.tif", img[::-1].copy(), transform=t)
@@ -170,7 +170,7 @@ def test_checkpoint_metadata_is_checked_before_the_model_is_built(tmp_path, args
     """A card or arguments asking for a huge model fail on the meta device, before any allocation."""
     rgb = [p for p in detector_module.shipped_weights() if p.stem == "siam_diff_unet_rgb"]
     states, meta = load_checkpoint(rgb[0])
-    path = save_checkpoint(tmp_path / "bad.safetensors", states, dict(meta, model={"name": "siam_diff_unet", "args": args}))
+    path = save_checkpoint(tmp_path / "bad.safetensors", states, dict(meta.to_json(), model={"name": "siam_diff_unet", "args": args}))
     with pytest.raises(InputError, match=message):
         detector_module.load_detector(str(path))
 

@@ -15,11 +15,12 @@ from cdtool.engine.recipe import load_recipe
 from cdtool.engine.task import TASKS, Task
 from cdtool.errors import InputError
 from cdtool.io.checkpoint import load_checkpoint
+from cdtool.models.base import ChangeModel
 from cdtool.models.registry import MODELS
 from engine_fixtures import make_pair_folder
 
 
-class Probe(nn.Module):
+class Probe(ChangeModel):
     """conv -> BatchNorm -> 1x1 head on the stacked dates; a `centre` buffer a before-phase pass fills."""
 
     def __init__(self, in_channels: int = 3):
@@ -136,7 +137,7 @@ def test_before_phase_pass_frozen_modules_and_group_rates(pairs, tmp_path):
     assert not torch.equal(last["teacher"]["head.weight"], warm["teacher"]["head.weight"])
     # per-group learning rates: optim.groups in 'warm', the phase's own groups in 'train'
     assert log["lrs"]["warm"] == pytest.approx([0.001, 0.01]) and log["lrs"]["train"] == pytest.approx([0.005])
-    assert meta["model"]["name"] == "probe_test" and set(last) == {"model", "teacher"}
+    assert meta.model.name == "probe_test" and set(last) == {"model", "teacher"}
 
 
 def test_resume_through_sources_hooks_and_freezing_is_exact(pairs, tmp_path):
@@ -164,12 +165,12 @@ def test_contract_refusals(pairs, tmp_path):
         train(r, tmp_path / "run", quiet=True)
 
 
-class TinyAE(nn.Module):
+class TinyAE(ChangeModel):
     """Single-image autoencoder; its detection score is the calibrated reconstruction error."""
 
     def __init__(self, in_channels: int = 1):
         super().__init__()
-        from cdtool.inference.calibration import ScoreCalibration
+        from cdtool.models.calibration import ScoreCalibration
 
         self.enc = nn.Sequential(nn.Conv2d(in_channels, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 4, 3, 2, 1))
         self.dec = nn.Sequential(nn.ConvTranspose2d(4, 8, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(8, in_channels, 4, 2, 1))

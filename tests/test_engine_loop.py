@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cdtool.io.checkpoint import load_checkpoint
+from cdtool.io.checkpoint_meta import FORMAT_VERSION
 from cdtool.engine.loop import train
 from cdtool.engine.recipe import load_recipe
 from cdtool.errors import InputError
@@ -28,19 +30,21 @@ def test_run_folder_contents_and_checkpoint(pairs, tmp_path):
     hist = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2] and "val_f1" in hist[0] and "train_contrastive2" in hist[0]
     states, meta = load_checkpoint(run / "best.safetensors")
-    assert meta["model"] == {"name": "cosimnet", "args": {"width": 4, "embed": 8, "side_outputs": 3, "in_channels": 3}}
-    assert meta["normalization"] == {"mode": "per-image"} and 0 <= meta["threshold"] <= 1
-    assert meta["val_pairs"] == ["pairs/p3"] and "pairs/p3" not in meta["train_pairs"]
-    assert meta["recipe"]["losses"]["change"]["name"] == "contrastive" and meta["epoch"] == res.best_epoch
+    assert meta.model.model_dump() == {"name": "cosimnet", "args": {"width": 4, "embed": 8, "side_outputs": 3, "in_channels": 3}}
+    assert meta.normalization == {"mode": "per-image"} and 0 <= meta.threshold <= 1
+    assert meta.val_pairs == ["pairs/p3"] and "pairs/p3" not in meta.train_pairs
+    assert meta.recipe["losses"]["change"]["name"] == "contrastive" and meta.epoch == res.best_epoch
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:  # the version is in the file itself
+        assert json.loads(f.metadata()["cdtool"])["format_version"] == FORMAT_VERSION == 1
     det = load_detector(str(run / "best.safetensors"))
-    assert det.threshold == meta["threshold"]
+    assert det.threshold == meta.threshold
     with pytest.raises(InputError, match="--resume"):
         train(load_recipe(tiny_recipe(pairs)), run, quiet=True)
     # evaluation without --pairs scores only what the model neither trained nor validated on
     from cdtool.engine.evaluate import evaluate_model, seen_pairs
 
     seen = seen_pairs(str(run / "best.safetensors"), [str(pairs)])
-    assert set(seen) == set(meta["train_pairs"]) | {"pairs/p3"}
+    assert set(seen) == set(meta.train_pairs) | {"pairs/p3"}
     with pytest.raises(InputError, match="every pair"):  # this tiny set was all used in training
         evaluate_model(str(run / "best.safetensors"), [str(pairs)])
     _, rows = evaluate_model(str(run / "best.safetensors"), [str(pairs)], pairs=["pairs/p3"])
@@ -55,7 +59,7 @@ def test_seeded_runs_repeat_and_resume_continues_exactly(pairs, tmp_path):
     train(recipe, tmp_path / "b", quiet=True, resume=True)
     wa, ma = load_checkpoint(tmp_path / "a" / "last.safetensors")
     wb, mb = load_checkpoint(tmp_path / "b" / "last.safetensors")
-    assert ma["epoch"] == mb["epoch"] == 3
+    assert ma.epoch == mb.epoch == 3
     for k, v in wa["model"].items():
         assert torch.equal(v, wb["model"][k]), k
     ha = json.loads((tmp_path / "a" / "metrics.json").read_text())
@@ -79,7 +83,7 @@ def test_dense_task_and_init_from_local_weights(pairs, tmp_path):
     states, meta = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert torch.allclose(states["model"]["enc.0.0.weight"], torch.full_like(states["model"]["enc.0.0.weight"], 0.125),
                           atol=1e-6)
-    assert meta["threshold"] == 0.5
+    assert meta.threshold == 0.5
 
 
 def test_crop_must_fit_the_model(pairs, tmp_path):

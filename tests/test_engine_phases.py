@@ -70,7 +70,7 @@ def test_phases_run_in_order_with_their_learning_rates(pairs, tmp_path):
     assert [h.get("lr", h.get("lr_model")) for h in hist] == pytest.approx([0.01, 0.005, 0.001, 0.0005])
     assert hist[2]["lr_critic"] == pytest.approx(0.1)
     states, meta = load_checkpoint(tmp_path / "run" / "last.safetensors")
-    assert set(states) == {"model", "critic"} and meta["phase"] == "duel" and meta["epoch"] == 4
+    assert set(states) == {"model", "critic"} and meta.phase == "duel" and meta.epoch == 4
     assert res.modules["critic"] is not None
 
 
@@ -120,9 +120,9 @@ def test_a_phase_may_train_on_other_data(pairs, tmp_path):
     recipe = load_recipe(phased(pairs, phases=[{"name": "warm", "epochs": 1, "train": {"pairs": {"pairs": ["pairs/p0"]}}},
                                                {"name": "duel", "epochs": 1}]))
     train(recipe, tmp_path / "run", quiet=True, stop_after=1)
-    assert load_checkpoint(tmp_path / "run" / "last.safetensors")[1]["train_pairs"] == ["pairs/p0"]
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors")[1].train_pairs == ["pairs/p0"]
     train(recipe, tmp_path / "run", quiet=True, resume=True)
-    assert load_checkpoint(tmp_path / "run" / "last.safetensors")[1]["train_pairs"] == ["pairs/p0", "pairs/p1",
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors")[1].train_pairs == ["pairs/p0", "pairs/p1",
                                                                                        "pairs/p2"]
 
 

@@ -29,7 +29,7 @@ def _pairs_for(path: str) -> list[str]:
     an aerial and a Sentinel-2 RGB pair."""
     from cdtool.io.checkpoint import read_meta
 
-    layout = (read_meta(path).get("card") or {}).get("layout")
+    layout = (read_meta(path).card or {}).get("layout")
     return ["oscd_13"] if layout == "sentinel2" else ["levir", "oscd_rgb"]
 
 

@@ -97,8 +97,9 @@ def test_patch_pair_evaluation_reports_the_exact_auroc_of_each_pairs_own_score()
 
     from cdtool.engine.evaluate import evaluate_labels
     from cdtool.metrics import exact_auroc
+    from cdtool.models.base import ChangeModel
 
-    class PatchOnly(torch.nn.Module):
+    class PatchOnly(ChangeModel):
         patch_only, patch_size = True, 28
 
         def forward(self, before, after):

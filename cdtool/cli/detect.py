@@ -37,7 +37,7 @@ def regions_text(result, no_polygons: bool) -> str:
 def detect(
     dates: Annotated[Optional[list[str]], typer.Argument(metavar="BEFORE AFTER", show_default=False, help="The images of one place, earlier first: GeoTIFF or any GDAL raster or dataset name (/vsizip/..., NETCDF:\"f.nc\":var), PNG/JPG, or a folder of band files. More than two: each consecutive pair (in the order of their dates where the files give them) and first_change.tif.")] = None,
     pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Many pairs: a CSV (columns before, after, and optional name, aoi) or a folder of pair folders; one output folder per pair under --out, summary.csv and summary.gpkg; a failed pair is reported and skipped.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model name (see `cdtool models`) or checkpoint file. Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered or shipped model name (see `cdtool models`), or a checkpoint file: a path with a / or ending in .safetensors (./cva is a file, cva the model). Default: the shipped model whose domain (bands, GSD) covers the input, else the best label-free method.")] = None,
     out: OutDir = Path("cdtool_out"),
     tile: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
     overlap: Annotated[Optional[int], typer.Option(help="Overlap between tiles in pixels (raised to twice the model's halo). Default: 64 for learned models; for classical ones twice their halo, which already stitches exactly.")] = None,

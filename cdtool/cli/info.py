@@ -23,8 +23,7 @@ def info(
     if as_json:
         out_console.print_json(json.dumps({"model": det.name, "threshold": det.threshold,
                                            "normalization": det.normalization, "card": det.card.to_meta(),
-                                           "provenance": {k: det.meta.get(k) for k in ("epoch", "phase")
-                                                          if k in det.meta}}, default=str))
+                                           "provenance": _provenance(det.meta)}, default=str))
         return
     params = sum(p.numel() for p in det.model.parameters())
     t = Table("field", "value", title=f"{Path(model).name}", show_header=False)
@@ -38,6 +37,13 @@ def info(
         t.add_row(f"scored on {source}", ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in scores.items()))
     out_console.print(t)
+
+
+def _provenance(meta) -> dict:
+    """Where training stood when a checkpoint was written (nothing for registered models and shipped weights)."""
+    if meta is None:
+        return {}
+    return {k: v for k, v in (("epoch", meta.epoch), ("phase", meta.phase)) if v is not None}
 
 
 def register(app: typer.Typer) -> None:

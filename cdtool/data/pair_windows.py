@@ -40,7 +40,7 @@ def screen_scores(data: np.ndarray, valid: np.ndarray, screen: str) -> np.ndarra
     x = torch.from_numpy(((data - mean[..., None, None]) / std[..., None, None]).astype(np.float32))
     model = create_model(screen).eval()
     with torch.no_grad():
-        if getattr(model, "needs_fit", False):
+        if model.needs_fit:
             model.fit([(x[0], x[1], torch.from_numpy(np.asarray(valid, bool)))])
         s = model(x[0][None], x[1][None])[0, 0].numpy()
     return np.where(valid, s, np.nan)

@@ -257,8 +257,8 @@ def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) ->
     from cdtool.inference.detector import checkpoint_path
 
     path = checkpoint_path(spec)
-    meta = read_meta(path) if path is not None else {}
-    recorded = set(meta.get("train_pairs", [])) | set(meta.get("val_pairs", []))
+    meta = read_meta(path) if path is not None else None
+    recorded = set(meta.train_pairs) | set(meta.val_pairs) if meta is not None else set()
     if not recorded:
         return []
     if present is None:

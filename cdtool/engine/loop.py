@@ -36,6 +36,7 @@ from cdtool.errors import CdtoolError, InputError
 from cdtool.io.checkpoint import load_checkpoint, save_checkpoint
 from cdtool.io.outputs import FolderLock, write_text_atomic
 from cdtool.metrics import tuned_threshold
+from cdtool.models.base import ChangeModel
 from cdtool.runtime import tune_allocator
 
 
@@ -108,7 +109,8 @@ def _wrap(modules: dict[str, nn.Module], process_group, device: torch.device) ->
     distributed."""
     wrapped: dict[str, nn.Module] = {}
     for name, mod in modules.items():
-        w: nn.Module = TrainOutputs(mod) if hasattr(mod, "forward_train") else mod
+        trains = isinstance(mod, ChangeModel) and mod.forward_train is not None
+        w: nn.Module = TrainOutputs(mod) if trains else mod
         if process_group.enabled and any(p.requires_grad for p in mod.parameters()):
             # find_unused_parameters: a model may hold parameters a configuration or phase leaves unused
             # (CosimNet's cosine scale under l2); without it their gradient buckets would never be averaged
@@ -298,18 +300,18 @@ class Training:
     def _save(self, row: dict, phase: str, epoch: int, threshold: float, best: bool) -> None:
         """last.safetensors (and best.safetensors when `best`): every module's state for resume, and under
         "model" the detector the task exports, with what detection and provenance need."""
-        spec, detector_state = self.task.export()
-        states = {n: m.state_dict() for n, m in self.modules.items()}
-        states["model"] = detector_state
         train_set = next(iter(self.datasets.values()))
         recipe = self.recipe
-        meta = {"model": spec, "normalization": recipe.normalization, "threshold": threshold, "bands": None,
-                "task": recipe.task, "phase": phase, "epoch": epoch,
-                "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not
-                            (isinstance(v, float) and math.isnan(v))},
-                "train_pairs": list(getattr(train_set, "names", None) or []),
-                "val_pairs": list(getattr(self.val_set, "names", None) or []),
-                "recipe": recipe.model_dump(mode="json"), "card": _card(recipe, train_set, row, spec)}
+        args = self.task.model_args[self.task.detector]
+        meta, detector_state = self.task.export(
+            threshold=threshold, phase=phase, epoch=epoch,
+            metrics={k: v for k, v in row.items() if isinstance(v, (int, float)) and not
+                     (isinstance(v, float) and math.isnan(v))},
+            train_pairs=list(getattr(train_set, "names", None) or []),
+            val_pairs=list(getattr(self.val_set, "names", None) or []),
+            recipe=recipe.model_dump(mode="json"), card=_card(recipe, train_set, row, args))
+        states = {n: m.state_dict() for n, m in self.modules.items()}
+        states["model"] = detector_state
         if best:
             save_checkpoint(self.run_dir / "best.safetensors", states, meta)
         save_checkpoint(self.run_dir / "last.safetensors", states, meta)
@@ -364,11 +366,11 @@ def _step(run: Training, opt: torch.optim.Optimizer, loss: torch.Tensor, epoch: 
     return float(loss.detach())
 
 
-def _card(recipe: Recipe, train_set, row: dict, spec: dict) -> dict:
+def _card(recipe: Recipe, train_set, row: dict, model_args: dict) -> dict:
     """The domain a trained model can vouch for: its band count and data. The GSD and the kind of change are
     not known to the engine (PNG crops carry no georeference), so they stay unrecorded and such a model is
     never picked as a default; `cdtool info` shows what is known."""
-    channels = getattr(train_set, "channels", None) or spec["args"].get("in_channels")
+    channels = getattr(train_set, "channels", None) or model_args.get("in_channels")
     args = recipe.data.source_args(recipe.primary_source())
     roots = args.get("roots") or args.get("root") or args.get("source") or []
     return {"band_count": channels, "value_range": "any (normalisation: " + recipe.normalization.get("mode", "?") + ")",

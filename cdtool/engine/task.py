@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from cdtool.errors import InputError
+from cdtool.io.checkpoint_meta import CheckpointMeta, ModelRecord
 from cdtool.losses.base import create_loss
 from cdtool.metrics import BinaryMetrics
 from cdtool.models.registry import create_model, model_entry
@@ -129,7 +130,7 @@ class Task:
 
     def check_data(self, datasets: dict[str, torch.utils.data.Dataset]) -> None:
         """Refuse training data the modules cannot take (e.g. a crop that is not a size multiple)."""
-        mult = int(getattr(self.nets[self.detector], "size_multiple", 1))
+        mult = int(self.nets[self.detector].size_multiple)
         for source, data in datasets.items():
             crop = getattr(data, "crop", None)
             if crop and crop % mult:
@@ -163,10 +164,13 @@ class Task:
         acc, _ = evaluate_loader(self.nets[self.detector], loader, self.recipe.normalization, device, 0.5, amp)
         return acc
 
-    def export(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(model spec {name, args}, state) of the module `cdtool detect` builds from a checkpoint."""
-        return ({"name": self.recipe.models[self.detector].name, "args": self.model_args[self.detector]},
-                self.nets[self.detector].state_dict())
+    def export(self, **provenance) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
+        """(metadata, state) of the module `cdtool detect` builds from a checkpoint: the model record (name,
+        arguments) and the recipe's normalisation, with the loop's `provenance` (threshold, phase, epoch, ...)."""
+        model = ModelRecord(name=self.recipe.models[self.detector].name, args=self.model_args[self.detector])
+        meta = CheckpointMeta(model=model, normalization=self.recipe.normalization, task=self.recipe.task,
+                              **provenance)
+        return meta, self.nets[self.detector].state_dict()
 
     def inputs(self, batch: dict) -> torch.Tensor:
         """`batch["image"]` (B, T, C, H, W) normalised as the recipe says (and as detection will)."""

@@ -13,14 +13,14 @@ whatever the tile size.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from cdtool.errors import InputError
+from cdtool.models.base import ChangeModel
 
 
-class CentrePatch(nn.Module):
-    def __init__(self, model: nn.Module, patch: int, cell: int = 14, chunk: int = 256):
+class CentrePatch(ChangeModel):
+    def __init__(self, model: ChangeModel, patch: int, cell: int = 14, chunk: int = 256):
         super().__init__()
         if patch < cell or (patch - cell) % 2:
             raise InputError(f"{type(model).__name__}: a {patch}-pixel window cannot centre a {cell}-pixel cell")
@@ -57,12 +57,12 @@ class CentrePatch(nn.Module):
         return dense[:, None, :h, :w]
 
 
-def as_dense(model: nn.Module, output: str) -> nn.Module:
+def as_dense(model: ChangeModel, output: str) -> ChangeModel:
     """The model as detection runs it: a "centre" model that scores only one window size (`patch_only`, or a
     `patch_size`) wrapped in `CentrePatch`; others (dense models, `siamese_patch`, which slides as a
     convolution) unchanged."""
-    if output != "centre" or not (getattr(model, "patch_only", False) or hasattr(model, "patch_size")):
+    if output != "centre" or not (model.patch_only or model.patch_size is not None):
         return model
-    if not hasattr(model, "patch_size"):
+    if model.patch_size is None:
         raise InputError(f"{type(model).__name__}: a patch-only model must state its window side (patch_size)")
-    return CentrePatch(model, int(model.patch_size), int(getattr(model, "cell", 14)))
+    return CentrePatch(model, int(model.patch_size), int(model.cell))

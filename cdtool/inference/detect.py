@@ -35,6 +35,7 @@ from cdtool.inference.predictor import Predictor, fit_to_pair, usable_cores
 from cdtool.inference.rescale import Rescaled
 from cdtool.inference.row_scoring import capped_workers, check_scheduler, dask_rows, local_rows
 from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint
+from cdtool.inference.model_spec import ModelSpec
 from cdtool.inference.stitcher import BLENDS, Stitcher
 from cdtool.inference.street import alignment_record, check_scene, is_street, street_choice
 from cdtool.inference.threshold import METHODS, ScoreHistogram
@@ -239,7 +240,7 @@ def _complete(out: Path) -> bool:
 
 def _checkpoint(opts: DetectOptions) -> list[Path]:
     """The checkpoint file --model names, if it names one: an input like the images."""
-    return [Path(opts.model)] if isinstance(opts.model, (str, Path)) and Path(opts.model).is_file() else []
+    return ModelSpec.parse(opts.model).files() if isinstance(opts.model, (str, Path)) else []
 
 
 def check_size(pair: RasterPair, max_pixels: int | None) -> None:

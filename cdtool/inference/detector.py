@@ -1,29 +1,29 @@
 """A ready-to-run detector: the model, the normalisation it expects and its threshold, resolved from a
-registry name or a checkpoint file, so the pipeline never cares where a model came from."""
+registry name, shipped weights or a checkpoint file (cdtool.inference.model_spec), so the pipeline never
+cares where a model came from."""
 
 from __future__ import annotations
 
 import inspect
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from cdtool.domain import InputDomain, ModelCard, mismatches, scale_factor
 from cdtool.io.checkpoint import check_finite, load_checkpoint, read_meta
+from cdtool.io.checkpoint_meta import CheckpointMeta
 from cdtool.errors import InputError, OptionError
 from cdtool.inference.centre_patch import as_dense
+from cdtool.inference.model_spec import ModelSpec, shipped_weights
 from cdtool.models.base import ChangeModel
 from cdtool.models.registry import create_model, model_entry
-from cdtool.normalization import check as check_normalization
 
 # Trained models ship as cdtool/weights/<name>.safetensors, each with a card stating its domain; `--model
 # <name>` loads one. One becomes the default only where its card names `usable_gsd_m`, the GSDs at which it
 # beat the label-free methods on sources left out of its training (benchmarks/domain_table.py); elsewhere
 # the default is the label-free method that scored best there, by band layout (README "Default model").
-SHIPPED_WEIGHTS = "*.safetensors"
 LABEL_FREE_DEFAULT = {"rgb": "cva", "multispectral": "cva"}
 
 
@@ -34,20 +34,20 @@ class Detector:
     normalization: dict
     threshold: float | str  # a probability, or "otsu" to pick one per image
     bands: list[str] | None = None  # band names the model was trained on, if recorded
-    meta: dict = field(default_factory=dict)
+    meta: CheckpointMeta | None = None  # a checkpoint's metadata; None for a registered model
     card: ModelCard = field(default_factory=ModelCard)
 
     @property
     def halo(self) -> int:
-        return int(getattr(self.model, "halo", 0))
+        return int(self.model.halo)
 
     @property
     def exact_halo(self) -> bool:
-        return bool(getattr(self.model, "exact_halo", False))
+        return bool(self.model.exact_halo)
 
     @property
     def size_multiple(self) -> int:
-        return int(getattr(self.model, "size_multiple", 1))
+        return int(self.model.size_multiple)
 
 
 @dataclass
@@ -64,20 +64,16 @@ class Choice:
                 "scale": self.scale, "card": self.detector.card.to_meta()}
 
 
-def shipped_weights() -> list[Path]:
-    return sorted(Path(str(resources.files("cdtool") / "weights")).glob(SHIPPED_WEIGHTS))
-
-
 def shipped_cards() -> list[tuple[Path, str, ModelCard]]:
     """(file, model name, card) of each shipped model, read from the files' headers: no model is built."""
     out = []
     for path in shipped_weights():
         meta = read_meta(path)
-        out.append((path, str((meta.get("model") or {}).get("name", "?")), _card_of(path, meta)))
+        out.append((path, meta.model.name, meta.model_card))
     return out
 
 
-def choose_detector(spec: str | Detector | None, domain: InputDomain, native_scale: bool = False) -> Choice:
+def choose_detector(spec: str | ModelSpec | Detector | None, domain: InputDomain, native_scale: bool = False) -> Choice:
     """The detector for an input: the one named, else the shipped model whose card covers the input, else the
     best label-free method; with the scale factor that brings windows to the model's GSD."""
     gsd_text = ("GSD unknown (no georeference; pass --gsd)" if domain.gsd is None
@@ -123,28 +119,21 @@ def _unknown_scale(card: ModelCard, domain: InputDomain) -> list[str]:
     return []
 
 
-def load_detector(spec: str | None, band_count: int | None = None) -> Detector:
-    """`spec` is a registry name or a checkpoint path; None picks the default for `band_count` bands of
-    unknown GSD and band names (evaluation on arrays; `detect` knows more and calls choose_detector)."""
+def load_detector(spec: str | ModelSpec | None, band_count: int | None = None) -> Detector:
+    """`spec` is a registry name, shipped weights or a checkpoint path (ModelSpec); None picks the default for
+    `band_count` bands of unknown GSD and band names (evaluation on arrays; `detect` knows more and calls
+    choose_detector)."""
     if spec is None:
         domain = InputDomain(band_count or 3, [f"band {i + 1}" for i in range(band_count or 3)],
                              [], "float32", None, "unknown")
         return choose_detector(None, domain).detector
-    path = checkpoint_path(spec)
-    return _from_checkpoint(path) if path is not None else _from_registry(spec)
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    return _from_checkpoint(spec.path) if spec.path is not None else _from_registry(spec.text)
 
 
 def checkpoint_path(spec: str) -> Path | None:
     """The checkpoint file `spec` names (a path, or a shipped model's name), or None for a registry name."""
-    shipped = {p.stem: p for p in shipped_weights()}
-    if spec in shipped and not Path(spec).exists():
-        return shipped[spec]
-    path = Path(spec)
-    if path.suffix == ".safetensors" or path.exists():
-        if not path.is_file():
-            raise InputError(f"{path}: no such checkpoint file")
-        return path
-    return None
+    return ModelSpec.parse(spec).path
 
 
 def _from_registry(name: str) -> Detector:
@@ -154,23 +143,13 @@ def _from_registry(name: str) -> Detector:
         raise InputError(f"model {name!r} must be trained first: pass a checkpoint from `cdtool train` "
                          "(the classical detector 'cva' needs none)")
     return Detector(entry.name, as_dense(model.eval(), entry.info.get("output", "dense")),
-                    dict(getattr(model, "default_normalization", {"mode": "per-image"})),
-                    getattr(model, "default_threshold", "otsu"), card=ModelCard(data="none: label-free"))
+                    dict(model.default_normalization), model.default_threshold,
+                    card=ModelCard(data="none: label-free"))
 
 
 def _from_checkpoint(path: Path) -> Detector:
-    states, meta = load_checkpoint(path)
-    try:
-        name, args = meta["model"]["name"], meta["model"].get("args", {})
-        normalization = check_normalization(meta["normalization"])
-    except (KeyError, TypeError, AttributeError):
-        raise InputError(f"{path}: checkpoint metadata lacks model name or normalisation") from None
-    if not isinstance(args, dict):
-        raise InputError(f"{path}: checkpoint model arguments are not a mapping")
-    threshold = meta.get("threshold", 0.5)
-    if not (threshold in ("otsu", "kmeans", "gmm") or isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
-        raise InputError(f"{path}: checkpoint threshold must be a number in [0, 1] or a method name, got {threshold!r}")
-    card = _card_of(path, meta)
+    states, meta = load_checkpoint(path)  # the metadata checked: model, normalisation, threshold, card
+    name, args, card = meta.model.name, dict(meta.model.args), meta.model_card
     _check_shapes(path, name, args, states.get("model", {}))
     _check_card_bands(path, name, args, card)
     check_finite(path, states.get("model", {}))
@@ -180,15 +159,8 @@ def _from_checkpoint(path: Path) -> Detector:
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
     output = model_entry(name).info.get("output", "dense")  # stand-ins registered bare are dense
-    return Detector(name, as_dense(model.eval(), output), normalization, threshold, meta.get("bands"), meta, card)
-
-
-def _card_of(path: Path, meta: dict) -> ModelCard:
-    args = (meta.get("model") or {}).get("args", {})
-    try:
-        return ModelCard.from_meta(meta, band_count=args.get("in_channels", 3) if isinstance(args, dict) else None)
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+    return Detector(name, as_dense(model.eval(), output), dict(meta.normalization), meta.threshold, meta.bands,
+                    meta, card)
 
 
 def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:

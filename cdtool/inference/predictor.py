@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from cdtool.inference.detector import Detector
+from cdtool.models.base import ChangeModel
 from cdtool.normalization import MIN_SAMPLE, Normalizer, sample_tiles, tiles_with_data
 from cdtool.runtime import tune_allocator
 
 
-def fit_to_pair(model, pair, normalizer: Normalizer) -> None:
+def fit_to_pair(model: ChangeModel, pair, normalizer: Normalizer) -> None:
     """Give a label-free model its per-pair statistics from normalised windows spread over the pair (the
     windows the normaliser samples, or where they hold too few valid pixels, windows of a full scan that hold
     some), so every tile is then scored with the same statistics."""
@@ -35,12 +36,12 @@ def _normalised(pair, normalizer: Normalizer, tiles) -> list[tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def predict_padded(model: torch.nn.Module, before: torch.Tensor, after: torch.Tensor, amp: bool = False) -> torch.Tensor:
+def predict_padded(model: ChangeModel, before: torch.Tensor, after: torch.Tensor, amp: bool = False) -> torch.Tensor:
     """Scores (B, 1, H, W) in [0, 1] for normalised inputs of any size: pad to the model's size multiple
     (replicating the edge), run (autocast on CUDA: bf16 where the GPU has it, its range never overflows
     where fp16 could), crop back. The one way every caller runs a model."""
     h, w = before.shape[-2:]
-    before, after = pad_to_multiple(before, after, int(getattr(model, "size_multiple", 1)))
+    before, after = pad_to_multiple(before, after, int(model.size_multiple))
     half = torch.bfloat16 if before.is_cuda and torch.cuda.is_bf16_supported() else torch.float16
     with torch.autocast("cuda", dtype=half, enabled=amp and before.is_cuda):
         y = model(before, after)

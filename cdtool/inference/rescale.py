@@ -23,9 +23,9 @@ class Rescaled(ChangeModel):
             raise ValueError(f"factor must be positive, got {factor}")
         self.model, self.factor = model, float(factor)
         # the model's halo in input pixels, plus a pixel for the resampling kernels at the window edge
-        self.halo = math.ceil(int(getattr(model, "halo", 0)) / self.factor) + 1
+        self.halo = math.ceil(int(model.halo) / self.factor) + 1
         self.size_multiple = 1
-        if getattr(model, "needs_fit", False):
+        if model.needs_fit:
             raise ValueError("models fitted per pair are scale-free and are never rescaled")
 
     def _resize(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -40,7 +40,7 @@ class Rescaled(ChangeModel):
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         h, w = before.shape[-2:]
         b, a = self._resize(before), self._resize(after)
-        m = int(getattr(self.model, "size_multiple", 1))
+        m = int(self.model.size_multiple)
         H, W = b.shape[-2:]
         ph, pw = (-H) % m, (-W) % m
         if ph or pw:

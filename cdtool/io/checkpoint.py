@@ -2,8 +2,9 @@
 
 One file holds several named state dicts (``model``, and e.g. ``teacher``, ``discriminator``) as tensors
 named ``<state>.<param>``, and a ``cdtool`` metadata entry with the model name and arguments, the input
-normalisation, the detection threshold, the resolved recipe and where training stood (phase, epoch).
-`cdtool detect --model run/best.safetensors` needs nothing else.
+normalisation, the detection threshold, the resolved recipe and where training stood (phase, epoch), read
+back as a checked `CheckpointMeta` (cdtool.io.checkpoint_meta). `cdtool detect --model run/best.safetensors`
+needs nothing else.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cdtool.errors import InputError, write_failure
+from cdtool.io.checkpoint_meta import CheckpointMeta, parse_meta
 from cdtool.io.outputs import replaced_when_done
 
 META_KEY = "cdtool"
 
 
-def save_checkpoint(path: str | os.PathLike, states: dict[str, dict[str, torch.Tensor]], meta: dict) -> Path:
-    """Write atomically (temporary name, then rename). `meta` must be JSON-serialisable and should
-    hold at least {"model": {"name": ..., "args": {...}}, "normalization": {...}}."""
+def save_checkpoint(path: str | os.PathLike, states: dict[str, dict[str, torch.Tensor]],
+                    meta: CheckpointMeta | dict) -> Path:
+    """Write atomically (temporary name, then rename). A dict is written as given, unchecked (tests craft
+    hostile files with it); readers check it when they load the file."""
+    if isinstance(meta, CheckpointMeta):
+        meta = meta.to_json()
     flat = {}
     for state_name, sd in states.items():
         for k, v in sd.items():
@@ -61,8 +66,8 @@ def nesting_exceeds(text: str, limit: int) -> bool:
     return False
 
 
-def read_meta(path: str | os.PathLike) -> dict:
-    """Only the metadata (from the file's header; no tensor is read), e.g. to check a model's card."""
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """Only the metadata (from the file's header; no tensor is read), checked, e.g. to read a model's card."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -79,9 +84,7 @@ def read_meta(path: str | os.PathLike) -> dict:
         meta = json.loads(raw)
     except (ValueError, RecursionError):
         raise InputError(f"{path}: checkpoint metadata is not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"{path}: checkpoint metadata is not a mapping")
-    return meta
+    return parse_meta(meta, path)
 
 
 def check_finite(path: Path, state: dict[str, torch.Tensor], name: str = "model") -> None:
@@ -94,8 +97,8 @@ def check_finite(path: Path, state: dict[str, torch.Tensor], name: str = "model"
                              "are NaN or Inf)")
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Read back (states, meta); never unpickles."""
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], CheckpointMeta]:
+    """Read back (states, checked metadata); never unpickles, and reads no tensor when the metadata is refused."""
     path = Path(path)
     meta = read_meta(path)
     try:

@@ -1,12 +1,15 @@
 """The one interface detection relies on, whatever the model family.
 
 A change model takes the two dates as normalised float tensors `(B, C, H, W)` each and returns change
-scores in [0, 1] as `(B, 1, H, W)` ("dense" models). `halo` is how many pixels at a tile's inner edges
-are unreliable (roughly the receptive radius): the stitcher gives them no weight, so a stitched map
-equals the whole-image map. `exact_halo` says the halo is the model's whole reach (classical
-methods), so tiles overlapping by twice it already stitch exactly and detect overlaps them by no more.
-`size_multiple` is the factor the input sides must divide by (encoders
-that downsample); the predictor pads with reflection and crops back.
+scores in [0, 1] as `(B, 1, H, W)` ("dense" models). Every hook detection, evaluation and training read from
+a model is declared on `ChangeModel` with its default, so a model states only where it differs and callers
+read plain attributes; `cdtool.models.registry.create_model` refuses a builder that returns anything else.
+
+`halo` is how many pixels at a tile's inner edges are unreliable (roughly the receptive radius): the stitcher
+gives them no weight, so a stitched map equals the whole-image map. `exact_halo` says the halo is the model's
+whole reach (classical methods), so tiles overlapping by twice it already stitch exactly and detect overlaps
+them by no more. `size_multiple` is the factor the input sides must divide by (encoders that downsample); the
+predictor pads with reflection and crops back.
 
 Label-free models that estimate statistics of the whole pair (PCA-kmeans, IR-MAD) set `needs_fit` and
 implement `fit`: detection calls it once per pair, before any tile is scored, with normalised tiles
@@ -15,17 +18,32 @@ spread over the pair, so a streamed map equals one computed from the same statis
 
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import Callable, Mapping
+
 import torch
 import torch.nn as nn
 
 
 class ChangeModel(nn.Module):
-    """Subclasses define forward(before, after) -> (B, 1, H, W) scores; nn.Module refuses a missing one."""
+    """Subclasses define forward(before, after) -> (B, 1, H, W) scores; nn.Module refuses a missing one. The
+    class attributes below are the hooks callers read, with the value a model that does not set them has."""
 
-    halo: int = 0
-    exact_halo: bool = False
-    size_multiple: int = 1
-    needs_fit: bool = False
+    halo: int = 0  # pixels along a tile's inner edges the stitcher ignores
+    exact_halo: bool = False  # the halo is the whole reach: overlapping tiles by twice it stitches exactly
+    size_multiple: int = 1  # input sides are padded to a multiple of this
+    needs_fit: bool = False  # `fit` must see the pair before any tile is scored
+    # "centre" models that score one fixed-size window only (fully connected heads): detection slides a
+    # `patch_size` window every `cell` pixels and paints its score on the `cell`-sized centre
+    # (cdtool.inference.centre_patch); patch_size None means the model takes any size
+    patch_only: bool = False
+    patch_size: int | None = None
+    cell: int = 14
+    # what detection uses when a model is named by its registry name (label-free): checkpoints record their own
+    default_threshold: float | str = "otsu"  # a probability, or a per-image method ("otsu", "kmeans", "gmm")
+    default_normalization: Mapping[str, object] = MappingProxyType({"mode": "per-image"})  # copied by readers
+    # training outputs (a dict of logits, distances, ...) for losses; None: the model has nothing to train
+    forward_train: Callable[..., dict] | None = None
 
     def fit(self, tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """Estimate per-pair statistics from normalised (before (C,h,w), after (C,h,w), valid (h,w) bool)
@@ -48,7 +66,6 @@ class PairFittedModel(ChangeModel):
 
     needs_fit = True
     size_multiple = 1
-    default_normalization = {"mode": "per-image"}
 
     def __init__(self):
         super().__init__()

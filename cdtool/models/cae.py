@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdtool.inference.calibration import ScoreCalibration
+from cdtool.models.base import ChangeModel
+from cdtool.models.calibration import ScoreCalibration
 from cdtool.models.registry import register_model
 
 
-class OneClassModel(nn.Module):
+class OneClassModel(ChangeModel):
     """Base of the one-class window scorers: input convention, resizing, calibration, dense output."""
 
     patch_only = True

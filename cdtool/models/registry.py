@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch.nn as nn
-
+from cdtool.errors import InputError
+from cdtool.models.base import ChangeModel
 from cdtool.registry import Entry, Registry
 
 
@@ -18,11 +18,11 @@ def _check(info: dict) -> None:
         raise ValueError(f"output must be 'dense' or 'centre', got {info['output']!r}")
 
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "cdtool.models", _check)
+MODELS: Registry[Callable[..., ChangeModel]] = Registry("model", "cdtool.models", _check)
 
 
 def register_model(name: str, *, output: str = "dense", paper: str = "") -> Callable:
-    """Register a builder `fn(**kwargs) -> nn.Module` under `name`; its docstring's first line is the summary."""
+    """Register a builder `fn(**kwargs) -> ChangeModel` under `name`; its docstring's first line is the summary."""
     return MODELS.register(name, output=output, paper=paper)
 
 
@@ -34,6 +34,11 @@ def model_entry(name: str) -> Entry:
     return MODELS.entry(name)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; kwargs left as None are dropped so the builder's defaults win."""
-    return MODELS.create(name, **kwargs)
+def create_model(name: str, **kwargs) -> ChangeModel:
+    """Build a registered model; kwargs left as None are dropped so the builder's defaults win. Anything but a
+    `ChangeModel` is refused here, so every caller may read the hooks it declares as plain attributes."""
+    model = MODELS.create(name, **kwargs)
+    if not isinstance(model, ChangeModel):
+        raise InputError(f"model {name!r} is not a ChangeModel (its builder returned {type(model).__name__}); "
+                         "subclass cdtool.models.base.ChangeModel")
+    return model

@@ -55,10 +55,9 @@ class LocallyMatched(ChangeModel):
         if radius < 1:
             raise ValueError(f"radius must be at least 1 pixel, got {radius}")
         self.inner, self.local_radius = inner, int(radius)
-        self.halo = int(getattr(inner, "halo", 0)) + self.local_radius
-        self.exact_halo, self.needs_fit = inner.exact_halo, getattr(inner, "needs_fit", False)
-        self.default_threshold = getattr(inner, "default_threshold", "otsu")
-        self.default_normalization = getattr(inner, "default_normalization", {"mode": "per-image"})
+        self.halo = int(inner.halo) + self.local_radius
+        self.exact_halo, self.needs_fit = inner.exact_halo, inner.needs_fit
+        self.default_threshold, self.default_normalization = inner.default_threshold, inner.default_normalization
 
     def fit(self, tiles: Tiles) -> None:
         self.inner.fit([(b, match_locally(b[None], a[None], self.local_radius)[0], v) for b, a, v in tiles])

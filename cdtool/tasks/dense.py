@@ -28,7 +28,7 @@ class DenseTask(Task):
                              f"task 'patch', not {recipe.task!r}")
 
     def build(self) -> None:
-        if not hasattr(self.nets["model"], "forward_train"):
+        if self.nets["model"].forward_train is None:
             raise InputError(f"model {self.recipe.models['model'].name!r} has nothing to train (no forward_train)")
         self.loss = self.loss_fns["change"]
         self._needs = loss_entry(self.recipe.losses["change"].name).needs
