@@ -162,7 +162,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     from rasterio import Env
 
     with Env(**GDAL_ENV):
-        pair, domain, choice, opts = _open_and_choose(before, after, opts)
+        pair, domain, choice, opts = open_and_choose(before, after, opts)
     with Env(**GDAL_ENV), pair:
         check_size(pair, opts.max_pixels)
         notes += pair.notes
@@ -193,7 +193,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     return result
 
 
-def _open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, InputDomain, Choice, DetectOptions]:
+def open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, InputDomain, Choice, DetectOptions]:
     """Open the pair, choose its detector, and where a Sentinel-2 model reads its bands by name (another order,
     B10 or extra layers in the input), open it again with just those bands, in the model's order."""
     pair = open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
