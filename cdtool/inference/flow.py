@@ -1,5 +1,5 @@
 """`cdtool detect --flow`: the flow a joint flow + change model (`simsac`, paper 001) estimates, as a 2-band
-float32 GeoTIFF with a QGIS style, so misregistration between the dates can be inspected.
+float32 Cloud-optimised GeoTIFF with a QGIS style, so misregistration between the dates can be inspected.
 
 Band 1 is dx, band 2 dy, in pixels of the input grid: the point AFTER shows at pixel p lies at p + (dx, dy) in
 BEFORE (the convention of `cdtool.data.synthetic`). The raster lies on the detection grid (BEFORE's grid;
@@ -14,7 +14,6 @@ returns the mean and 95th percentile of the flow magnitude.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from cdtool.errors import InputError
 from cdtool.inference.runner import Sink
 from cdtool.io.outputs import replaced_when_done
+from cdtool.io.writers import BLOCK, copy_cog
 
 FLOW_NODATA = float("nan")
 
@@ -97,21 +97,22 @@ class FlowPredictor:
 
 
 class FlowWriter(Sink):
-    """The runner's sink for flow bands: a 2-band float32 GeoTIFF (deflate, BEFORE's CRS and transform), NaN
-    where either date is invalid, and a sample of the flow magnitudes for its summary."""
+    """The runner's sink for flow bands: staged as a 2-band float32 GeoTIFF beside `path` (NaN where either date
+    is invalid), copied into a Cloud-optimised GeoTIFF (BEFORE's CRS and transform, overviews) at `path` once
+    complete; with a sample of the flow magnitudes for its summary."""
 
     def __init__(self, path: Path, pair):
         import rasterio
 
         height, self.width = pair.shape
         profile = {"driver": "GTiff", "height": height, "width": self.width, "count": 2, "dtype": "float32",
-                   "nodata": FLOW_NODATA, "compress": "deflate", "tiled": True, "blockxsize": 256,
-                   "blockysize": 256}
+                   "nodata": FLOW_NODATA, "compress": "zstd", "zstd_level": 1, "tiled": True,
+                   "blockxsize": BLOCK, "blockysize": BLOCK}
         if pair.info.georeferenced:
             profile.update(crs=pair.info.crs, transform=pair.info.transform)
-        self.path, self.mags, self._files = Path(path), [], ExitStack()
-        tmp = self._files.enter_context(replaced_when_done(self.path))  # in place only once complete
-        self.dst = self._files.enter_context(rasterio.open(tmp, "w", **profile))
+        self.path, self.mags = Path(path), []
+        self.staged = self.path.with_name(f".{self.path.stem}.staged.tif")
+        self.dst = rasterio.open(self.staged, "w", **profile)
         self.dst.set_band_description(1, "flow dx (pixels): AFTER(p) shows BEFORE(p + flow)")
         self.dst.set_band_description(2, "flow dy (pixels)")
 
@@ -125,12 +126,19 @@ class FlowWriter(Sink):
         self.mags.append(mag[:: max(1, mag.size // 4096)])
 
     def close(self) -> None:
-        self._files.close()
+        from rasterio.enums import Resampling
+
+        try:
+            self.dst.close()
+            with replaced_when_done(self.path) as tmp:
+                copy_cog(self.staged, tmp, Resampling.average)
+        finally:
+            self.staged.unlink(missing_ok=True)
         flow_style(self.path.with_suffix(".qml"))
 
     def abort(self) -> None:
-        unfinished = RuntimeError("the flow pass failed")
-        self._files.__exit__(RuntimeError, unfinished, None)  # the partial file is removed
+        self.dst.close()
+        self.staged.unlink(missing_ok=True)
 
     def statistics(self) -> dict:
         """Mean and 95th percentile of the flow magnitude, in pixels."""
