@@ -128,27 +128,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     """Compare BEFORE and AFTER and write the change outputs into folder `out`."""
     opts = options or DetectOptions()
     start = time.perf_counter()
-    if opts.blend not in BLENDS:
-        raise InputError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
-    if opts.tile < 16:
-        raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    if opts.readers is not None and opts.readers < 1:
-        raise InputError(f"--readers must be at least 1, got {opts.readers}")
-    if opts.workers < 0:
-        raise InputError(f"--workers must be 0 (in this process) or more, got {opts.workers}")
-    if not 0 <= opts.clean <= 10:
-        raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
-    if opts.vector_format not in VECTOR_FORMATS:
-        raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
-    if opts.gsd is not None and not (math.isfinite(opts.gsd) and opts.gsd > 0):
-        raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
-    if opts.overlap is not None and opts.overlap < 0:
-        raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
-    if opts.max_pixels is not None and opts.max_pixels < 1:
-        raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
-    check_scene(opts.scene)
+    check_options(opts)
     if opts.resume and _complete(Path(out)):
         raise NothingToDo(f"{out}: the run there is complete, nothing to resume (run without --resume, with "
                           "--overwrite, to run it again)")
@@ -191,6 +171,31 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
             result.outputs = outs.commit()
             discard_journal(outs.folder)  # complete: nothing to resume
     return result
+
+
+def check_options(opts: DetectOptions) -> None:
+    """Refuse an option out of its range in one line naming it, before anything is opened."""
+    if opts.blend not in BLENDS:
+        raise InputError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
+    if opts.tile < 16:
+        raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.readers is not None and opts.readers < 1:
+        raise InputError(f"--readers must be at least 1, got {opts.readers}")
+    if opts.workers < 0:
+        raise InputError(f"--workers must be 0 (in this process) or more, got {opts.workers}")
+    if not 0 <= opts.clean <= 10:
+        raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
+    if opts.vector_format not in VECTOR_FORMATS:
+        raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
+    if opts.gsd is not None and not (math.isfinite(opts.gsd) and opts.gsd > 0):
+        raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
+    if opts.overlap is not None and opts.overlap < 0:
+        raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
+    if opts.max_pixels is not None and opts.max_pixels < 1:
+        raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
+    check_scene(opts.scene)
 
 
 def open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, InputDomain, Choice, DetectOptions]:
@@ -369,31 +374,54 @@ def too_many_regions(regions: int, limit: int, min_area: float) -> str:
 
 def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
          scratch: Path, inputs: list[Path]) -> DetectResult:
+    """Plan, run, threshold, write."""
     info, (height, width) = pair.info, pair.shape
     plan = plan_scoring(pair, choice, device, opts)
-    detector = plan.detector
     journal = Journal(outs.folder, fingerprint([*inputs, *pair.sources], plan.settings), opts.resume)
     canvas = PreviewCanvas(PreviewGrid.for_raster(height, width, info.band_names)) if opts.preview else None
-    # staged (the journal's bands, the mask in the scratch folder), then copied as Cloud-optimised GeoTIFFs (or
-    # PNGs) into the outputs
-    mask_path = scratch / "change_mask.tif"
     if opts.announce is not None:
         opts.announce(size_line(pair, plan, opts, journal.rows_done))
     scores = _score_pass(pair, plan, opts, journal, scratch, canvas)
     flow_stats = (write_flow(pair, plan, outs.path("flow.tif"),
                              RunOptions(opts.readers, opts.workers, opts.scheduler, opts.progress, "flow"))
                   if opts.flow else None)
+    threshold = _pick_threshold(pair, scores, opts, plan.detector)
+    changes = _write_changes(pair, scores, threshold, gsd, opts, outs, scratch, canvas, plan.detector.name)
+    pixel_m2 = gsd * gsd if gsd else None
+    summary = {"changed_area_m2": changes.changed_pixels * pixel_m2 if pixel_m2 else None,
+               "valid_area_m2": scores.valid_pixels * pixel_m2 if pixel_m2 else None,
+               "min_area_m2": changes.min_area or None, "min_pixels": changes.min_pixels,
+               "largest_regions": changes.largest_regions}
+    return DetectResult({}, plan.detector.name, threshold, height, width, scores.valid_pixels,
+                        changes.changed_pixels, changes.regions, 0.0,
+                        {"tile": plan.tile, "overlap": plan.overlap, "halo": plan.halo, "device": str(device),
+                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
+                         "gsd": gsd, "summary": summary, "model_choice": choice.record(),
+                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats,
+                         "polygons_skipped": changes.polygons_skipped,
+                         "alignment": alignment_record(pair)})
+
+
+def _pick_threshold(pair: RasterPair, scores: _Scores, opts: DetectOptions, detector: Detector) -> float:
+    """The threshold asked for, the model's own, or the one a method picks from the histogram."""
     if scores.valid_pixels == 0:
         raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
                          "(all nodata, masked or NaN)")
-
     threshold = opts.threshold if opts.threshold is not None else detector.threshold
     threshold = scores.histogram.pick(threshold) if threshold in METHODS else float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
+    return threshold
+
+
+def _write_changes(pair: RasterPair, scores: _Scores, threshold: float, gsd: float | None, opts: DetectOptions,
+                   outs: OutputSet, scratch: Path, canvas: PreviewCanvas | None, model: str) -> _Changes:
+    """The score map, mask, polygons and preview into the outputs: staged (the journal's bands, the mask in
+    the scratch folder), then copied as Cloud-optimised GeoTIFFs (or PNGs)."""
+    mask_path = scratch / "change_mask.tif"
     gpkg_path = (outs.path("changes.gpkg") if opts.polygons and opts.vector_format == "gpkg"
                  else scratch / "changes.gpkg")
-    tags = {"model": detector.name, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
+    tags = {"model": model, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
             "after": str(pair.after_path), "software": f"cdtool {__version__}"}
     copy_scores = _score_output(outs, pair, scores, threshold, tags)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdtool-scores-out") as pool:
@@ -401,12 +429,11 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
         copying = pool.submit(copy_scores)
         changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
         copying.result()
-    georef = info.georeferenced
     polygons = opts.polygons and not changes.polygons_skipped
     if polygons and opts.vector_format == "geojson":
         from cdtool.io.vectors import to_geojson
 
-        to_geojson(gpkg_path, outs.path("changes.geojson"), georef)
+        to_geojson(gpkg_path, outs.path("changes.geojson"), pair.info.georeferenced)
     _write_mask(outs, pair, scores, changes, mask_path, tags)
     if polygons:
         write_text(outs.path("changes.qml"), polygons_qml())
@@ -415,19 +442,7 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     if canvas is not None:
         canvas.fill_missing_inputs(pair)  # rows a resumed run did not read again
         canvas.write(outs.path("preview.png"), threshold)
-    pixel_m2 = gsd * gsd if gsd else None
-    summary = {"changed_area_m2": changes.changed_pixels * pixel_m2 if pixel_m2 else None,
-               "valid_area_m2": scores.valid_pixels * pixel_m2 if pixel_m2 else None,
-               "min_area_m2": changes.min_area or None, "min_pixels": changes.min_pixels,
-               "largest_regions": changes.largest_regions}
-    return DetectResult({}, detector.name, threshold, height, width, scores.valid_pixels, changes.changed_pixels,
-                        changes.regions, 0.0,
-                        {"tile": plan.tile, "overlap": plan.overlap, "halo": plan.halo, "device": str(device),
-                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
-                         "gsd": gsd, "summary": summary, "model_choice": choice.record(),
-                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats,
-                         "polygons_skipped": changes.polygons_skipped,
-                         "alignment": alignment_record(pair)})
+    return changes
 
 
 def _score_output(outs: OutputSet, pair: RasterPair, scores: _Scores, threshold: float,
