@@ -297,7 +297,7 @@ def _evaluate_pair(rec, detector, threshold: float | str | None, device: torch.d
     read back band by band and counted against the truth, into the pair's metrics and `pooled`."""
     import tempfile
 
-    from cdtool.inference.detect import DetectOptions, open_and_choose
+    from cdtool.inference.detect import DetectOptions, check_bands, open_and_choose
     from cdtool.inference.journal import Journal
     from cdtool.inference.runner import RunOptions, plan_scoring, run
 
@@ -305,6 +305,7 @@ def _evaluate_pair(rec, detector, threshold: float | str | None, device: torch.d
     with rasterio.Env(**GDAL_ENV), tempfile.TemporaryDirectory(prefix="cdtool-evaluate-") as scratch:
         pair, _, choice, opts = open_and_choose(rec.before, rec.after, opts)
         with pair, ChangeMask(rec.label) as truth:
+            check_bands(pair, choice.detector)
             origin = _check_truth(truth, rec.label, pair)
             plan = plan_scoring(pair, choice, device, opts)
             journal = Journal(Path(scratch), {}, resume=False)

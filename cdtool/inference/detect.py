@@ -147,10 +147,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         check_size(pair, opts.max_pixels)
         notes += pair.notes
         mapping_unit(opts, domain.gsd, pair.info.georeferenced)  # refuse a bad --min-area before any work
-        trained_on = choice.detector.card.band_count
-        if trained_on is not None and trained_on != pair.info.count:
-            raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
-                             f"trained on {trained_on}; pick bands with --bands or use a label-free model")
+        check_bands(pair, choice.detector)
         if opts.flow:
             flow_model(choice.detector.model)  # refuse a model without flow before any work
         names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format, opts.flow)
@@ -196,6 +193,14 @@ def check_options(opts: DetectOptions) -> None:
     if opts.max_pixels is not None and opts.max_pixels < 1:
         raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
     check_scene(opts.scene)
+
+
+def check_bands(pair: RasterPair, detector: Detector) -> None:
+    """Refuse a pair whose band count is not the one the model was trained on, before any work."""
+    trained_on = detector.card.band_count
+    if trained_on is not None and trained_on != pair.info.count:
+        raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {detector.name} was "
+                         f"trained on {trained_on}; pick bands with --bands or use a label-free model")
 
 
 def open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, InputDomain, Choice, DetectOptions]:
