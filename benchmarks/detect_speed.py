@@ -60,7 +60,8 @@ done = threading.Event()
 if spec["device"].startswith("cuda"):
     threading.Thread(target=watch_gpu, daemon=True).start()
 import numpy as np, torch
-from cdtool.inference.detect import DetectOptions, detect, plan_scoring, input_domain
+from cdtool.inference.detect import DetectOptions, detect, input_domain
+from cdtool.inference.runner import plan_scoring
 from cdtool.inference.detector import choose_detector, pick_device
 from cdtool.io.pair import open_pair
 opts = DetectOptions(model=spec["model"], tile=spec["tile"], overlap=spec["overlap"], batch_size=spec["batch"],

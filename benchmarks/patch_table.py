@@ -31,10 +31,10 @@ def main() -> None:
         roots = load_recipe(path).data.args["root"]
         roots = roots if isinstance(roots, list) else [roots]
         data_name = "+".join(Path(r).name for r in roots)
-        results[f"cva on {data_name}"] = {**evaluate_chips("cva", roots, "test")[0], "model": f"cva (Otsu), {data_name}"}
+        results[f"cva on {data_name}"] = {**evaluate_chips("cva", roots, "test"), "model": f"cva (Otsu), {data_name}"}
         for seed in args.seeds:
             r, run, minutes = trained_run(path, seed, out, results)
-            scores, _ = evaluate_chips(str(run / "best.safetensors"), roots, "test")
+            scores = evaluate_chips(str(run / "best.safetensors"), roots, "test")
             results[run.name] = {**scores, "model": r.name, "seed": seed, "train_minutes": minutes}
             res_path.write_text(json.dumps(results, indent=1))
             print(run.name, {k: round(scores[k], 4) for k in SHOWN}, flush=True)

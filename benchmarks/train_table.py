@@ -40,8 +40,8 @@ def test_set(shift: dict | None, roots: list[str], test: list[str]) -> PairFolde
 
 def score(spec: str, data: PairFolderDataset) -> dict:
     det = load_detector(spec, data.channels)
-    acc, _ = evaluate_loader(det.model, DataLoader(data, batch_size=1), det.normalization, torch.device("cpu"),
-                             det.threshold)
+    acc = evaluate_loader(det.model, DataLoader(data, batch_size=1), det.normalization, torch.device("cpu"),
+                            det.threshold)
     return {**acc.compute(), "threshold": det.threshold}
 
 

@@ -79,7 +79,7 @@ def _train(tree: dict, run: Path) -> float:
 def _score(run: Path, root: Path) -> dict:
     from cdtool.engine.evaluate import evaluate_chips
 
-    scores, _ = evaluate_chips(str(run / "last.safetensors"), [str(root)], "test", threshold=0.5, device="cpu")
+    scores = evaluate_chips(str(run / "last.safetensors"), [str(root)], "test", threshold=0.5, device="cpu")
     return scores
 
 

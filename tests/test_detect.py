@@ -233,7 +233,8 @@ def test_uint16_pair_scores_as_its_float_copy(make_tif, tmp_path):
 def test_classical_models_overlap_tiles_by_their_halo_only_and_stitch_exactly(small_pair, tmp_path, model):
     """A model whose halo is its whole reach gets tiles overlapping by twice the halo (CVA: 2 px, not 64), which
     computes 1.3x fewer pixels at tile 512 and still gives the whole-image map."""
-    from cdtool.inference.detect import plan_scoring, input_domain
+    from cdtool.inference.detect import input_domain
+    from cdtool.inference.runner import plan_scoring
     from cdtool.inference.detector import choose_detector
     from cdtool.io.pair import open_pair
 

@@ -333,7 +333,7 @@ def test_workers_are_capped_at_the_cores_and_zero_is_refused(tmp_path, monkeypat
     refused naming the option."""
     import json
 
-    from cdtool.inference import detect as detect_module
+    from cdtool.inference import runner as detect_module
     from cdtool.inference.predictor import usable_cores
     from cdtool.inference.row_scoring import local_rows
 

@@ -138,13 +138,15 @@ def test_two_phase_training_and_detection(tmp_path):
     # --flow: the estimated flow as a 2-band GeoTIFF with its style, tiled and stitched
     import rasterio
 
+    from cdtool.inference.detect import DetectOptions
+    from cdtool.inference.detector import Choice
     from cdtool.inference.flow import write_flow
+    from cdtool.inference.runner import plan_scoring
     from cdtool.io.pair import open_pair
-    from cdtool.normalization import Normalizer
 
     with open_pair(root / "A" / "p0.png", root / "B" / "p0.png") as pair:
-        stats = write_flow(pair, det.model, Normalizer(det.normalization, pair), torch.device("cpu"),
-                           tmp_path / "flow.tif", tile=128)
+        plan = plan_scoring(pair, Choice(det, "named", []), torch.device("cpu"), DetectOptions(tile=128))
+        stats = write_flow(pair, plan, tmp_path / "flow.tif")
     with rasterio.open(tmp_path / "flow.tif") as ds:
         assert ds.count == 2 and ds.shape == (48, 48) and ds.dtypes == ("float32", "float32")
         assert np.isfinite(ds.read()).all()

@@ -127,7 +127,7 @@ def test_patch_task_refusals(pcd_chips, tmp_path):
 
 
 def test_evaluate_labelled_chips_by_centre_score(pcd_chips, tmp_path):
-    scores, _ = evaluate_chips("cva", [str(pcd_chips)], None, 0.5)
+    scores = evaluate_chips("cva", [str(pcd_chips)], None, 0.5)
     data = build_dataset("chips", root=[str(pcd_chips)], split=None)
     positives = sum(data.labels)
     # counted per pair, not per pixel: the confusion matrix sums to the number of samples
@@ -137,7 +137,7 @@ def test_evaluate_labelled_chips_by_centre_score(pcd_chips, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", "--model", "cva", "--data", str(pcd_chips), "--split", "all",
                                    "--json", str(out)])
     assert res.exit_code == 0, res.output
-    expected = evaluate_chips("cva", [str(pcd_chips)], None)[0]["f1"]
+    expected = evaluate_chips("cva", [str(pcd_chips)], None)["f1"]
     assert json.loads(out.read_text())["total"]["f1"] == pytest.approx(expected)
 
 

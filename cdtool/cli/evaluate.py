@@ -54,7 +54,7 @@ def evaluate(
             raise InputError("use either PRED TRUTH, or --model with --data")
         roots = [str(d) for d in data]
         if all((d / "dataset.json").is_file() for d in data):
-            total, rows = evaluation.evaluate_chips(model, roots, None if split == "all" else split, thr, device)
+            total, rows = evaluation.evaluate_chips(model, roots, None if split == "all" else split, thr, device), []
         else:
             seen = evaluation.seen_pairs(model, roots) if pairs is None and exclude is None else []
             if seen:

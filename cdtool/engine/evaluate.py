@@ -1,8 +1,9 @@
 """Scoring models and prediction files against ground truth (cdtool evaluate, and validation in training).
 
-Models are run on whole pairs the way detection runs them: the normalisation recorded with the model,
-reflection-free replicate padding to the model's size multiple, scores in [0, 1], and the threshold of
-the checkpoint (a number, or a per-image method such as "otsu" for the label-free detectors).
+Models are run on whole labelled pairs exactly as detection runs them, through its plan and tiled runner
+(the normalisation recorded with the model, its tile grid, GSD rescaling and blending), with the threshold
+of the checkpoint (a number, or a per-image method such as "otsu" for the label-free detectors); chips and
+training's validation crops, already window-sized, are scored in memory.
 
 Prediction files are compared with their truth window by window, so memory stays bounded whatever their size
 and the counts equal whole files'; a file that cannot be read so (blocks too large to decode, more pixels than
@@ -22,8 +23,9 @@ import torch.nn as nn
 from cdtool.errors import InputError
 from cdtool.inference.centre_patch import CentrePatch, as_dense
 from cdtool.inference.predictor import predict_padded
+from cdtool.inference.runner import Sink
 from cdtool.inference.threshold import METHODS, ScoreHistogram
-from cdtool.io.change_mask import (MAX_PIXELS, ChangeMask, NotAMask, check_readable, open_raster, read_change_mask,
+from cdtool.io.change_mask import (MAX_PIXELS, ChangeMask, NotAMask, check_readable, open_raster,
                                    windows)
 from cdtool.io.writers import GDAL_ENV
 from cdtool.metrics import BinaryMetrics
@@ -44,28 +46,25 @@ def threshold_scores(scores: np.ndarray, threshold: float | str, valid: np.ndarr
 
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader, normalization: dict, device: torch.device,
-                    threshold: float | str, amp: bool = False) -> tuple[BinaryMetrics, list[dict]]:
-    """Run `model` on every sample of `loader` (whole pairs, batch size 1, or equal-sized crops) and
-    accumulate one confusion matrix and the score histograms. Returns the metrics and per-sample scores."""
+                    threshold: float | str, amp: bool = False) -> BinaryMetrics:
+    """Run `model` on every sample of `loader` (window-sized crops or chips held in memory: training's
+    validation, `cdtool tile`'s output) and accumulate one confusion matrix and the score histograms; a
+    method threshold is picked per sample. Whole pairs go through detection's runner (`evaluate_model`)."""
     model.eval()
     acc = BinaryMetrics(bins=HIST_BINS)
-    per_sample: list[dict] = []
     for batch in loader:
         before, after = normalize_batch(batch["image"].to(device), normalization,
                                         batch.get("mean"), batch.get("std"))
         truth = batch["mask"].numpy()[:, 0] > 0.5
         valid = batch["valid"].numpy()[:, 0] if "valid" in batch else np.ones_like(truth)
-        if getattr(model, "needs_fit", False):  # label-free models fitted per pair, as detect does
+        if model.needs_fit:  # label-free models fitted per pair, as detect does
             scores = np.concatenate([_fit_predict(model, before[i:i + 1], after[i:i + 1], valid[i], amp)
                                      for i in range(len(before))])
         else:
             scores = predict_padded(model, before, after, amp).cpu().numpy()[:, 0]
         for s, t, v in zip(scores, truth, valid):
-            pred = threshold_scores(s, threshold, v)
-            one = BinaryMetrics(bins=HIST_BINS).update(pred, t, v, s)
-            acc.update(pred, t, v, s)
-            per_sample.append(one.compute())
-    return acc, per_sample
+            acc.update(threshold_scores(s, threshold, v), t, v, s)
+    return acc
 
 
 def _fit_predict(model: nn.Module, before: torch.Tensor, after: torch.Tensor, valid: np.ndarray,
@@ -96,7 +95,7 @@ def evaluate_labels(model: nn.Module, loader, normalization: dict, device: torch
 
 
 def evaluate_chips(spec: str, roots: list[str], split: str | None = "test", threshold: float | str | None = None,
-                   device: str | None = None) -> tuple[dict, list[dict]]:
+                   device: str | None = None) -> dict:
     """Score a model on what `cdtool tile` / `cdtool patches` wrote: labelled samples (PCD-style, MNIST) by
     their labels and the model's score at each pair's centre, whatever the model; others by change masks.
     Otsu's threshold, for labels, is taken over all centre scores together."""
@@ -119,10 +118,10 @@ def evaluate_chips(spec: str, roots: list[str], split: str | None = "test", thre
         if thr in METHODS:
             acc = acc.at_threshold(ScoreHistogram.from_counts(acc.pos_hist + acc.neg_hist).pick(thr))
     elif "mask" in first:
-        acc, _ = evaluate_loader(model, DataLoader(data, batch_size=1), det.normalization, dev, thr)
+        acc = evaluate_loader(model, DataLoader(data, batch_size=1), det.normalization, dev, thr)
     else:
         raise InputError(f"{', '.join(roots)}: samples have neither labels nor change masks to score against")
-    return acc.compute(), []
+    return acc.compute()
 
 
 EVAL_PIXELS = 1 << 18  # pixels per window of evaluate: its float64 scores and their temporaries take about 30 MB
@@ -266,14 +265,13 @@ def seen_pairs(spec: str, roots: list[str], present: list[str] | None = None) ->
     return sorted(recorded & set(present))
 
 
-def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, exclude: list[str] | None = None,
-                   threshold: float | str | None = None, device: str | None = None,
-                   shift: dict | None = None) -> tuple[dict, list[dict]]:
-    """Run a checkpoint or registered model on whole labelled pairs, as detection would; pooled scores and
-    one row per pair."""
-    from torch.utils.data import DataLoader
-
-    from cdtool.data.pair_folder import PairFolderDataset, pair_names
+def evaluate_model(spec: str | None, roots: list[str], pairs: list[str] | None = None,
+                   exclude: list[str] | None = None, threshold: float | str | None = None,
+                   device: str | None = None) -> tuple[dict, list[dict]]:
+    """Run a checkpoint or registered model on labelled pairs as `cdtool detect` runs it (its pair opening and
+    band choice, tile grid, GSD rescaling and blending, through the one runner), so memory is bounded by the
+    window; pooled scores and one row per pair."""
+    from cdtool.data.pair_folder import discover, pair_names, select
     from cdtool.inference.detector import load_detector, pick_device
 
     if pairs is None and exclude is None and spec is not None:  # score held-out pairs unless told otherwise
@@ -282,9 +280,85 @@ def evaluate_model(spec: str, roots: list[str], pairs: list[str] | None = None, 
         if exclude and len(exclude) == len(present):
             raise InputError(f"{', '.join(roots)}: the model was trained or validated on every pair here; "
                              "name pairs with --pairs to score them anyway")
-    data = PairFolderDataset(roots, pairs=pairs, exclude=exclude, crop=None, shift=shift)
-    det = load_detector(spec, data.channels)
-    thr = det.threshold if threshold is None else threshold
-    acc, rows = evaluate_loader(det.model.to(pick_device(device)), DataLoader(data, batch_size=1),
-                                det.normalization, pick_device(device), thr)
-    return acc.compute(), [{"name": n, **r} for n, r in zip(data.names, rows)]
+    records = select([r for root in roots for r in discover(root)], pairs, exclude)
+    detector = load_detector(spec) if spec is not None else None  # None: detection's default, chosen per pair
+    dev = pick_device(device)
+    acc = BinaryMetrics(bins=HIST_BINS)
+    rows = []
+    for rec in records:
+        rows.append({"name": rec.name, **_evaluate_pair(rec, detector, threshold, dev, acc).compute()})
+    return acc.compute(), rows
+
+
+def _evaluate_pair(rec, detector, threshold: float | str | None, device: torch.device,
+                   pooled: BinaryMetrics) -> BinaryMetrics:
+    """One labelled pair through detection's plan and runner: its scores staged in a scratch journal while
+    the histogram of those where the truth is valid gathers (a method threshold is picked from it), then
+    read back band by band and counted against the truth, into the pair's metrics and `pooled`."""
+    import tempfile
+
+    from cdtool.inference.detect import DetectOptions, check_bands, open_and_choose
+    from cdtool.inference.journal import Journal
+    from cdtool.inference.runner import RunOptions, plan_scoring, run
+
+    opts = DetectOptions(model=detector, align=rec.align)
+    with rasterio.Env(**GDAL_ENV), tempfile.TemporaryDirectory(prefix="cdtool-evaluate-") as scratch:
+        pair, _, choice, opts = open_and_choose(rec.before, rec.after, opts)
+        with pair, ChangeMask(rec.label) as truth:
+            check_bands(pair, choice.detector)
+            origin = _check_truth(truth, rec.label, pair)
+            plan = plan_scoring(pair, choice, device, opts)
+            journal = Journal(Path(scratch), {}, resume=False)
+            scores = _TruthHistogram(truth, origin)
+            run(pair, plan, [_Staged(journal), scores], RunOptions(desc="evaluate"))
+            method = choice.detector.threshold if threshold is None else threshold
+            cut = scores.histogram.pick(method) if isinstance(method, str) else float(method)
+            one = BinaryMetrics(bins=HIST_BINS)
+            for band in journal.replay():
+                changed, valid = _truth_rows(truth, origin, band)
+                for metrics in (one, pooled):
+                    metrics.update(band.score >= cut, changed, band.valid & valid, band.score)
+    return one
+
+
+def _check_truth(truth: ChangeMask, path: Path, pair) -> tuple[int, int]:
+    """The pair's origin on the truth's grid (the mask lies on BEFORE's grid; an aligned pair may be a window
+    of it), once the mask is known to cover the pair."""
+    (h, w), (r0, c0) = pair.shape, pair.origin
+    th, tw = truth.shape
+    if (min(th, r0 + h) - r0, min(tw, c0 + w) - c0) != (h, w):
+        raise InputError(f"{path}: mask is {tw}x{th} but the pair is {w}x{h}")
+    return r0, c0
+
+
+def _truth_rows(truth: ChangeMask, origin: tuple[int, int], band) -> tuple[np.ndarray, np.ndarray]:
+    """(changed, valid) of the truth under a row band."""
+    h, w = band.valid.shape
+    return truth.read(Window(origin[1], origin[0] + band.row, w, h))
+
+
+class _Staged(Sink):
+    """Scores into a scratch journal, to be read back once the threshold is known."""
+
+    def __init__(self, journal):
+        self.journal = journal
+
+    def add(self, band) -> None:
+        self.journal.save(band)
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def abort(self) -> None:
+        self.journal.close()
+
+
+class _TruthHistogram(Sink):
+    """The histogram of the scores where both the pair and the truth are valid."""
+
+    def __init__(self, truth: ChangeMask, origin: tuple[int, int]):
+        self.truth, self.origin, self.histogram = truth, origin, ScoreHistogram(HIST_BINS)
+
+    def add(self, band) -> None:
+        valid = band.valid & _truth_rows(self.truth, self.origin, band)[1]
+        self.histogram.add(band.score[valid])

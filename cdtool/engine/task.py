@@ -161,8 +161,7 @@ class Task:
         against the change masks of whole validation pairs."""
         from cdtool.engine.evaluate import evaluate_loader
 
-        acc, _ = evaluate_loader(self.nets[self.detector], loader, self.recipe.normalization, device, 0.5, amp)
-        return acc
+        return evaluate_loader(self.nets[self.detector], loader, self.recipe.normalization, device, 0.5, amp)
 
     def export(self, **provenance) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
         """(metadata, state) of the module `cdtool detect` builds from a checkpoint: the model record (name,

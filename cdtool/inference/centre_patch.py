@@ -40,6 +40,10 @@ class CentrePatch(ChangeModel):
                              f"got shape {tuple(y.shape)} for {len(before)} windows")
         return y.reshape(len(before))
 
+    @property
+    def wrapped(self) -> ChangeModel:
+        return self.model
+
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         b, c, h, w = before.shape
         nh, nw = -(-h // self.cell), -(-w // self.cell)

@@ -1,11 +1,12 @@
 """`cdtool detect` as a library call: two images in, change score map, mask and polygons out.
 
-open_pair → tile grid (plan_scoring) → batches (read ahead by reader threads) → model → stitcher → journal
-bands (the staged score map), its overviews, histogram and preview samples (_score_pass), every stage
-streaming, so peak memory depends on tile size, batch and raster width, not on raster size. A second
-streaming pass over the staged score map applies the threshold (fixed, or Otsu's from the histogram gathered
-in the first pass) to write the mask and the polygons (_threshold_pass), while a thread copies the staged
-score map into its output (_score_output); the mask follows (_write_mask).
+Plan, run, threshold, write: open the pair and lay its tile grid (`runner.plan_scoring`); run the model over
+it (`runner.run`), whose row bands go to the sinks of `cdtool.inference.sinks` (the journal's bands, which
+are the staged score map, its overviews, the histogram and the preview), every stage streaming, so peak
+memory depends on tile size, batch and raster width, not on raster size. A second streaming pass over the
+staged score map applies the threshold (fixed, or Otsu's from the histogram gathered in the first pass) to
+write the mask and the polygons (_threshold_pass), while a thread copies the staged score map into its
+output (_score_output); the mask follows (_write_mask).
 """
 
 from __future__ import annotations
@@ -31,42 +32,33 @@ from cdtool.errors import InputError, NothingToDo
 from cdtool.inference.mask_opening import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
 from cdtool.inference.flow import flow_model, write_flow
-from cdtool.inference.predictor import Predictor, fit_to_pair, usable_cores
-from cdtool.inference.rescale import Rescaled
-from cdtool.inference.row_scoring import capped_workers, check_scheduler, dask_rows, local_rows
 from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint
 from cdtool.inference.model_spec import ModelSpec
-from cdtool.inference.stitcher import BLENDS, Stitcher
+from cdtool.inference.row_scoring import capped_workers, check_scheduler
+from cdtool.inference.runner import RunOptions, ScoringPlan, plan_scoring, run
+from cdtool.inference.sinks import PreviewScores, ScoreStats, StagedScores
+from cdtool.inference.stitcher import BLENDS
 from cdtool.inference.street import alignment_record, check_scene, is_street, street_choice
 from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import PreviewCanvas, PreviewGrid
 from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
-from cdtool.io.staging import OverviewPyramid, write_mosaic
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, copy_cog,
                                read_bands, tag_raster, tif_to_png, write_cog)
-from cdtool.normalization import Normalizer
-from cdtool.windows import MAX_PIXELS, fitted_grid
-
-
-DEFAULT_OVERLAP = 64  # pixels of blending between tiles of a learned model, whose reach exceeds its halo
-# Tiles per model call by default. A GPU needs batches to be kept busy; on the CPU one tile already fills every
-# core, and a batch only multiplies the activations held (8192² CVA, batch 8 -> 1: 11.6 -> 9.3 s, 726 -> 460
-# MiB; 2048² U-Net: 8.3 -> 6.1 s, 1936 -> 610 MiB).
-CPU_BATCH, GPU_BATCH = 1, 8
+from cdtool.windows import MAX_PIXELS
 
 
 @dataclass
 class DetectOptions:
     model: str | Detector | None = None  # registry name, checkpoint, a ready Detector; None: the default
     tile: int = 512
-    overlap: int | None = None  # None: twice the model's halo where that is its whole reach, else DEFAULT_OVERLAP
+    overlap: int | None = None  # None: twice the halo where that is the reach, else runner.DEFAULT_OVERLAP
     threshold: float | str | None = None  # None: the model's own; "otsu", "kmeans" or "gmm": per image
     align: bool = False
     bands: list[int] | None = None
     device: str | None = None
-    batch_size: int | None = None  # tiles per model call; None: CPU_BATCH on the CPU, GPU_BATCH on a GPU
+    batch_size: int | None = None  # tiles per model call; None: runner.CPU_BATCH on the CPU, GPU_BATCH on a GPU
     blend: str = "cosine"
     wrap: bool = False
     overwrite: bool = False
@@ -139,27 +131,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     """Compare BEFORE and AFTER and write the change outputs into folder `out`."""
     opts = options or DetectOptions()
     start = time.perf_counter()
-    if opts.blend not in BLENDS:
-        raise InputError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
-    if opts.tile < 16:
-        raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    if opts.readers is not None and opts.readers < 1:
-        raise InputError(f"--readers must be at least 1, got {opts.readers}")
-    if opts.workers < 0:
-        raise InputError(f"--workers must be 0 (in this process) or more, got {opts.workers}")
-    if not 0 <= opts.clean <= 10:
-        raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
-    if opts.vector_format not in VECTOR_FORMATS:
-        raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
-    if opts.gsd is not None and not (math.isfinite(opts.gsd) and opts.gsd > 0):
-        raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
-    if opts.overlap is not None and opts.overlap < 0:
-        raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
-    if opts.max_pixels is not None and opts.max_pixels < 1:
-        raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
-    check_scene(opts.scene)
+    check_options(opts)
     if opts.resume and _complete(Path(out)):
         raise NothingToDo(f"{out}: the run there is complete, nothing to resume (run without --resume, with "
                           "--overwrite, to run it again)")
@@ -173,7 +145,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     from rasterio import Env
 
     with Env(**GDAL_ENV):
-        pair, domain, choice, opts = _open_and_choose(before, after, opts)
+        pair, domain, choice, opts = open_and_choose(before, after, opts)
     with Env(**GDAL_ENV), pair:
         check_size(pair, opts.max_pixels)
         notes += pair.notes
@@ -181,10 +153,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         if opts.polygons and opts.vector_format == "geojson" and not pair.info.georeferenced:
             raise InputError(f"{pair.before_path}: has no georeference, and GeoJSON coordinates are read as WGS84 "
                              "longitude/latitude everywhere; use --format gpkg (pixel grid: x = column, y = -row)")
-        trained_on = choice.detector.card.band_count
-        if trained_on is not None and trained_on != pair.info.count:
-            raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {choice.detector.name} was "
-                             f"trained on {trained_on}; pick bands with --bands or use a label-free model")
+        check_bands(pair, choice.detector)
         if opts.flow:
             flow_model(choice.detector.model)  # refuse a model without flow before any work
         names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format, opts.flow)
@@ -207,7 +176,40 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
     return result
 
 
-def _open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, InputDomain, Choice, DetectOptions]:
+def check_options(opts: DetectOptions) -> None:
+    """Refuse an option out of its range in one line naming it, before anything is opened."""
+    if opts.blend not in BLENDS:
+        raise InputError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
+    if opts.tile < 16:
+        raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.readers is not None and opts.readers < 1:
+        raise InputError(f"--readers must be at least 1, got {opts.readers}")
+    if opts.workers < 0:
+        raise InputError(f"--workers must be 0 (in this process) or more, got {opts.workers}")
+    if not 0 <= opts.clean <= 10:
+        raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
+    if opts.vector_format not in VECTOR_FORMATS:
+        raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
+    if opts.gsd is not None and not (math.isfinite(opts.gsd) and opts.gsd > 0):
+        raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
+    if opts.overlap is not None and opts.overlap < 0:
+        raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
+    if opts.max_pixels is not None and opts.max_pixels < 1:
+        raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
+    check_scene(opts.scene)
+
+
+def check_bands(pair: RasterPair, detector: Detector) -> None:
+    """Refuse a pair whose band count is not the one the model was trained on, before any work."""
+    trained_on = detector.card.band_count
+    if trained_on is not None and trained_on != pair.info.count:
+        raise InputError(f"{pair.before_path}: has {pair.info.count} bands but model {detector.name} was "
+                         f"trained on {trained_on}; pick bands with --bands or use a label-free model")
+
+
+def open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, InputDomain, Choice, DetectOptions]:
     """Open the pair, choose its detector, and where a Sentinel-2 model reads its bands by name (another order,
     B10 or extra layers in the input), open it again with just those bands, in the model's order."""
     pair = open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
@@ -304,55 +306,6 @@ def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
 
 
 @dataclass
-class ScoringPlan:
-    """How a pair is scored: the detector as run (rescaled to its GSD where needed) and its tile grid."""
-    detector: Detector
-    predictor: Predictor
-    tile: int
-    overlap: int
-    halo: int
-    pad: int  # columns of circular padding each side (--wrap)
-    rows: list  # the grid: rows of Tiles
-    batch: int  # tiles per model call
-    settings: dict  # what a resumed run must match
-
-
-def plan_scoring(pair: RasterPair, choice: Choice, device, opts: DetectOptions) -> ScoringPlan:
-    height, width = pair.shape
-    detector = choice.detector
-    normalizer = Normalizer(detector.normalization, pair)
-    if getattr(detector.model, "needs_fit", False):
-        fit_to_pair(detector.model, pair, normalizer)
-    # windows keep the model's size: a model run at 3x the input's resolution gets windows a third as large
-    tile, overlap = opts.tile, opts.overlap
-    if overlap is None:  # a model that sees no further than its halo needs no blending zone beyond it
-        overlap = 0 if detector.exact_halo else DEFAULT_OVERLAP
-    if choice.scale != 1.0:
-        detector = Detector(detector.name, Rescaled(detector.model, choice.scale), detector.normalization,
-                            detector.threshold, detector.bands, detector.meta, detector.card)
-        tile = max(32, round(opts.tile / choice.scale))
-        overlap = round(overlap / choice.scale)
-    halo = detector.halo
-    overlap = max(overlap, 2 * halo)
-    if overlap >= tile:
-        raise InputError(f"--overlap ({overlap}, at least twice the model's halo of {halo}) must be smaller "
-                         f"than --tile ({tile})")
-    # tiles start on the model's pooling grid (in its own pixels), so every tile sees the features the whole
-    # image would give it: U-Nets and centre-patch scorers are equivariant only to shifts by that multiple
-    align = max(1, round(choice.detector.size_multiple / choice.scale))
-    pad = min(-(-overlap // align) * align, width) if opts.wrap else 0
-    rows = fitted_grid(height, width + 2 * pad, tile, overlap, col_begin=-pad, align=align)
-    if halo and rows[0][0].height < height and rows[0][0].height <= 2 * halo:
-        raise InputError(f"--tile {tile} is too small for model {detector.name} (halo {halo})")
-    batch = opts.batch_size or (CPU_BATCH if device.type == "cpu" else GPU_BATCH)
-    settings = {"model": detector.name, "tile": tile, "overlap": overlap, "blend": opts.blend,
-                "batch": batch, "bands": opts.bands, "align": opts.align, "wrap": opts.wrap,
-                "scale": choice.scale, "device": device.type}
-    return ScoringPlan(detector, Predictor(detector, normalizer, device), tile, overlap, halo, pad, rows, batch,
-                       settings)
-
-
-@dataclass
 class _Scores:
     """What the scoring pass leaves for the threshold pass."""
     path: Path  # the staged score map: a VRT of the journal's bands, with overviews
@@ -363,60 +316,14 @@ class _Scores:
 
 def _score_pass(pair: RasterPair, plan: ScoringPlan, opts: DetectOptions, journal: Journal, scratch: Path,
                 canvas: PreviewCanvas | None) -> _Scores:
-    """Tiles read ahead -> model -> stitched row bands -> the journal (whose bands are the staged score map),
-    its overviews, the histogram and the preview; a resumed run replays its journal first and scores only the
-    rows after it."""
-    info, (height, width) = pair.info, pair.shape
-    rows, done = plan.rows, journal.rows_done  # rows an interrupted run finished (0 unless --resume)
-    first = next((i for i, row in enumerate(rows) if max(t.row_stop for t in row) > done), len(rows))
-    stitcher = Stitcher(height, width, rows[0][0].height, halo=plan.halo, blend=opts.blend, wrap_pad=plan.pad,
-                        start_row=done)
-    # overviews only for a Cloud-optimised GeoTIFF; a PNG output has none
-    pyramid = OverviewPyramid(scratch, height, width, PROB_NODATA, info.crs, info.transform) \
-        if info.georeferenced else None
-    scores = _Scores(scratch / "change_prob.vrt", 0, ScoreHistogram(), done)
-
-    def emit(bands, save: bool = True) -> None:
-        for band in bands:
-            if save:
-                journal.save(band)
-            scores.valid_pixels += int(band.valid.sum())
-            scores.histogram.add(band.score[band.valid])
-            if pyramid is not None:
-                pyramid.add(band.score, band.valid)
-            if canvas is not None:
-                canvas.add_band(band.row, band.score, band.valid, "score")
-
-    try:
-        emit(journal.replay(), save=False)
-        todo = rows[first:]
-        sampling = canvas.grid if canvas is not None else None
-        readers = opts.readers or (1 if plan.predictor.device.type == "cpu" else min(4, usable_cores()))
-        bar = tqdm(total=sum(len(r) for r in todo), unit="tile", desc="detect", disable=not opts.progress, leave=False)
-        scored = (dask_rows(pair, plan.predictor, todo, opts.workers, opts.scheduler, sampling)
-                  if opts.workers or opts.scheduler
-                  else local_rows(pair, plan.predictor, todo, plan.batch, readers, sampling)) if todo else iter(())
-        try:
-            for row_index, results, row_complete in scored:
-                for t, score, valid, samples in results:
-                    stitcher.add(t, score, valid)
-                    if canvas is not None:
-                        canvas.add_inputs(t, samples)
-                bar.update(len(results))
-                if row_complete and first + row_index + 1 < len(rows):
-                    emit(stitcher.flush(rows[first + row_index + 1][0].row))
-            emit(stitcher.finish())
-        finally:
-            journal.close()  # on failure too: what was finished stays resumable
-        bar.close()
-        overviews = pyramid.close() if pyramid is not None else []
-    except BaseException:
-        if pyramid is not None:
-            pyramid.abort()
-        raise
-    write_mosaic(scores.path, journal.pieces(height), height, width, PROB_NODATA, info.crs, info.transform,
-                 overviews, "change score")
-    return scores
+    """The runner's row bands -> the journal (whose bands are the staged score map), its overviews, the
+    histogram and the preview; a resumed run replays its journal first and scores only the rows after it."""
+    done = journal.rows_done  # rows an interrupted run finished (0 unless --resume)
+    staged, stats = StagedScores(journal, scratch / "change_prob.vrt", pair), ScoreStats()
+    sinks = [staged, stats] + ([PreviewScores(canvas)] if canvas is not None else [])
+    how = RunOptions(opts.readers, opts.workers, opts.scheduler, opts.progress, "detect")
+    run(pair, plan, sinks, how, done, journal.replay(), preview=canvas.grid if canvas is not None else None)
+    return _Scores(staged.path, stats.valid_pixels, stats.histogram, done)
 
 
 @dataclass
@@ -479,30 +386,54 @@ def too_many_regions(regions: int, limit: int, min_area: float) -> str:
 
 def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: DetectOptions, outs: OutputSet,
          scratch: Path, inputs: list[Path]) -> DetectResult:
+    """Plan, run, threshold, write."""
     info, (height, width) = pair.info, pair.shape
     plan = plan_scoring(pair, choice, device, opts)
-    detector = plan.detector
     journal = Journal(outs.folder, fingerprint([*inputs, *pair.sources], plan.settings), opts.resume)
     canvas = PreviewCanvas(PreviewGrid.for_raster(height, width, info.band_names)) if opts.preview else None
-    # staged (the journal's bands, the mask in the scratch folder), then copied as Cloud-optimised GeoTIFFs (or
-    # PNGs) into the outputs
-    mask_path = scratch / "change_mask.tif"
     if opts.announce is not None:
         opts.announce(size_line(pair, plan, opts, journal.rows_done))
     scores = _score_pass(pair, plan, opts, journal, scratch, canvas)
-    flow_stats = (write_flow(pair, detector.model, plan.predictor.normalizer, device, outs.path("flow.tif"),
-                             plan.tile, plan.overlap, opts.blend) if opts.flow else None)
+    flow_stats = (write_flow(pair, plan, outs.path("flow.tif"),
+                             RunOptions(opts.readers, opts.workers, opts.scheduler, opts.progress, "flow"))
+                  if opts.flow else None)
+    threshold = _pick_threshold(pair, scores, opts, plan.detector)
+    changes = _write_changes(pair, scores, threshold, gsd, opts, outs, scratch, canvas, plan.detector.name)
+    pixel_m2 = gsd * gsd if gsd else None
+    summary = {"changed_area_m2": changes.changed_pixels * pixel_m2 if pixel_m2 else None,
+               "valid_area_m2": scores.valid_pixels * pixel_m2 if pixel_m2 else None,
+               "min_area_m2": changes.min_area or None, "min_pixels": changes.min_pixels,
+               "largest_regions": changes.largest_regions}
+    return DetectResult({}, plan.detector.name, threshold, height, width, scores.valid_pixels,
+                        changes.changed_pixels, changes.regions, 0.0,
+                        {"tile": plan.tile, "overlap": plan.overlap, "halo": plan.halo, "device": str(device),
+                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
+                         "gsd": gsd, "summary": summary, "model_choice": choice.record(),
+                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats,
+                         "polygons_skipped": changes.polygons_skipped,
+                         "alignment": alignment_record(pair)})
+
+
+def _pick_threshold(pair: RasterPair, scores: _Scores, opts: DetectOptions, detector: Detector) -> float:
+    """The threshold asked for, the model's own, or the one a method picks from the histogram."""
     if scores.valid_pixels == 0:
         raise InputError(f"{pair.before_path}, {pair.after_path}: no pixel is valid in both dates "
                          "(all nodata, masked or NaN)")
-
     threshold = opts.threshold if opts.threshold is not None else detector.threshold
     threshold = scores.histogram.pick(threshold) if threshold in METHODS else float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
+    return threshold
+
+
+def _write_changes(pair: RasterPair, scores: _Scores, threshold: float, gsd: float | None, opts: DetectOptions,
+                   outs: OutputSet, scratch: Path, canvas: PreviewCanvas | None, model: str) -> _Changes:
+    """The score map, mask, polygons and preview into the outputs: staged (the journal's bands, the mask in
+    the scratch folder), then copied as Cloud-optimised GeoTIFFs (or PNGs)."""
+    mask_path = scratch / "change_mask.tif"
     gpkg_path = (outs.path("changes.gpkg") if opts.polygons and opts.vector_format == "gpkg"
                  else scratch / "changes.gpkg")
-    tags = {"model": detector.name, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
+    tags = {"model": model, "threshold": f"{threshold:.6g}", "before": str(pair.before_path),
             "after": str(pair.after_path), "software": f"cdtool {__version__}"}
     copy_scores = _score_output(outs, pair, scores, threshold, tags)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdtool-scores-out") as pool:
@@ -523,19 +454,7 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     if canvas is not None:
         canvas.fill_missing_inputs(pair)  # rows a resumed run did not read again
         canvas.write(outs.path("preview.png"), threshold)
-    pixel_m2 = gsd * gsd if gsd else None
-    summary = {"changed_area_m2": changes.changed_pixels * pixel_m2 if pixel_m2 else None,
-               "valid_area_m2": scores.valid_pixels * pixel_m2 if pixel_m2 else None,
-               "min_area_m2": changes.min_area or None, "min_pixels": changes.min_pixels,
-               "largest_regions": changes.largest_regions}
-    return DetectResult({}, detector.name, threshold, height, width, scores.valid_pixels, changes.changed_pixels,
-                        changes.regions, 0.0,
-                        {"tile": plan.tile, "overlap": plan.overlap, "halo": plan.halo, "device": str(device),
-                         "crs": info.crs.to_string() if info.crs else None, "bands": info.band_names,
-                         "gsd": gsd, "summary": summary, "model_choice": choice.record(),
-                         "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats,
-                         "polygons_skipped": changes.polygons_skipped,
-                         "alignment": alignment_record(pair)})
+    return changes
 
 
 def _score_output(outs: OutputSet, pair: RasterPair, scores: _Scores, threshold: float,

@@ -1,14 +1,15 @@
 """`cdtool detect --flow`: the flow a joint flow + change model (`simsac`, paper 001) estimates, as a 2-band
-float32 GeoTIFF with a QGIS style, so misregistration between the dates can be inspected.
+float32 Cloud-optimised GeoTIFF with a QGIS style, so misregistration between the dates can be inspected.
 
 Band 1 is dx, band 2 dy, in pixels of the input grid: the point AFTER shows at pixel p lies at p + (dx, dy) in
 BEFORE (the convention of `cdtool.data.synthetic`). The raster lies on the detection grid (BEFORE's grid;
 AFTER is on the same grid, nominally, or warped onto it with --align), nodata NaN where either date is
-invalid. Tiles are scored as for the change map (padded to the model's size multiple, blended with the same
-tapered windows, streamed row band by row band), so memory does not grow with the raster's height.
+invalid. The flow head runs through the change map's runner, on its grid (tiles padded to the model's size
+multiple, read ahead and batched, blended with the same tapered windows, streamed row band by row band), so
+memory does not grow with the raster's height.
 
-Call `write_flow(pair, model, normalizer, device, path, tile, overlap, blend)` after the change map; it
-writes `path` and `<path stem>.qml` and returns the mean and 95th percentile of the flow magnitude.
+Call `write_flow(pair, plan, path)` with the change map's plan; it writes `path` and `<path stem>.qml` and
+returns the mean and 95th percentile of the flow magnitude.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 import torch
 
 from cdtool.errors import InputError
+from cdtool.inference.runner import Sink
 from cdtool.io.outputs import replaced_when_done
+from cdtool.io.writers import BLOCK, copy_cog
 
 FLOW_NODATA = float("nan")
 
@@ -27,12 +30,11 @@ FLOW_NODATA = float("nan")
 def flow_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module that estimates flow inside detection's wrappers (e.g. `Rescaled`), or InputError."""
     seen = model
-    while not hasattr(seen, "forward_flow"):
-        inner = getattr(seen, "model", None)
-        if not isinstance(inner, torch.nn.Module):
+    while not seen.estimates_flow:
+        seen = seen.wrapped
+        if seen is None:
             raise InputError(f"--flow: model {type(model).__name__} estimates no flow; use a checkpoint of a joint "
                              "flow + change model (task flow_change, model simsac)")
-        seen = inner
     return seen
 
 
@@ -42,7 +44,7 @@ def predict_flow(model: torch.nn.Module, before: torch.Tensor, after: torch.Tens
     from cdtool.inference.predictor import pad_to_multiple
 
     h, w = before.shape[-2:]
-    before, after = pad_to_multiple(before, after, int(getattr(model, "size_multiple", 1)))
+    before, after = pad_to_multiple(before, after, int(model.size_multiple))
     return model.forward_flow(before, after)[..., :h, :w].float()
 
 
@@ -66,57 +68,93 @@ def flow_style(path: Path, scale: float = 4.0) -> None:
 """)
 
 
-def write_flow(pair, model: torch.nn.Module, normalizer, device: torch.device, path: str | Path, tile: int = 512,
-               overlap: int = 64, blend: str = "cosine") -> dict:
-    """Estimate the flow over the whole `pair` (a `cdtool.io.pair.RasterPair`) tile by tile and write it to
-    `path` (2-band float32 GeoTIFF, deflate, BEFORE's CRS and transform) and its style beside it."""
-    import rasterio
+class FlowPredictor:
+    """A joint model's flow head as the runner's predictor: raw (2, C, h, w) stacks of one batch -> (2, h, w)
+    float32 flows (dx, dy), normalised as the change scores are."""
 
-    from cdtool.inference.stitcher import Stitcher
-    from cdtool.windows import grid
+    def __init__(self, net: torch.nn.Module, normalizer, device: torch.device):
+        self.net, self.normalizer, self.device = net.to(device).eval(), normalizer, device
 
-    net = flow_model(model).to(device).eval()
-    height, width = pair.shape
-    halo = int(getattr(net, "halo", 0))
-    align = max(1, int(getattr(net, "size_multiple", 1)))
-    overlap = max(overlap, 2 * halo)
-    if overlap >= tile and tile < max(height, width):
-        raise InputError(f"--flow: --overlap ({overlap}, at least twice the model's halo of {halo}) must be smaller "
-                         f"than --tile ({tile})")
-    step = max(align, (tile - overlap) // align * align)
-    rows = grid(height, width, tile, step, align=align)
-    tile_h = rows[0][0].height
-    stitch = [Stitcher(height, width, tile_h, halo=halo, blend=blend) for _ in range(2)]
-    info = pair.info
-    path = Path(path)
-    profile = {"driver": "GTiff", "height": height, "width": width, "count": 2, "dtype": "float32",
-               "nodata": FLOW_NODATA, "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256}
-    if info.georeferenced:
-        profile.update(crs=info.crs, transform=info.transform)
-    mags: list[np.ndarray] = []
-    with replaced_when_done(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.set_band_description(1, "flow dx (pixels): AFTER(p) shows BEFORE(p + flow)")
-        dst.set_band_description(2, "flow dy (pixels)")
+    def portable(self) -> "FlowPredictor":
+        """A copy that runs on the CPU, to send to worker processes (on the CPU, the same object)."""
+        return self if self.device.type == "cpu" else FlowPredictor(self.net, self.normalizer, torch.device("cpu"))
 
-        def emit(bands_x, bands_y):
-            for bx, by in zip(bands_x, bands_y):
-                ok = bx.valid & by.valid
-                out = np.stack([np.where(ok, bx.score, np.nan), np.where(ok, by.score, np.nan)]).astype(np.float32)
-                dst.write(out, window=rasterio.windows.Window(0, bx.row, width, out.shape[1]))
-                mag = np.hypot(out[0], out[1])[ok]
-                mags.append(mag[:: max(1, mag.size // 4096)])
+    @torch.inference_mode()
+    def __call__(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
+        from cdtool.inference.predictor import float_on_device
 
-        for i, row in enumerate(rows):
-            for t in row:
-                data, valid = pair.read(t)
-                x = torch.from_numpy(normalizer(data)).to(device)
-                fl = predict_flow(net, x[None, 0], x[None, 1])[0].cpu().numpy()
-                for k in range(2):
-                    stitch[k].add(t, fl[k], valid)
-            if i + 1 < len(rows):
-                nxt = rows[i + 1][0].row
-                emit(list(stitch[0].flush(nxt)), list(stitch[1].flush(nxt)))
-        emit(list(stitch[0].finish()), list(stitch[1].finish()))
-    flow_style(path.with_suffix(".qml"))
-    m = np.concatenate(mags) if mags else np.zeros(0)
-    return {"mean_px": float(m.mean()) if m.size else None, "p95_px": float(np.percentile(m, 95)) if m.size else None}
+        out: list[np.ndarray | None] = [None] * len(stacks)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, s in enumerate(stacks):
+            by_shape.setdefault(s.shape[-2:], []).append(i)
+        for idx in by_shape.values():
+            x = self.normalizer.torch(float_on_device(np.stack([stacks[i] for i in idx]), self.device))
+            y = predict_flow(self.net, x[:, 0], x[:, 1]).cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = y[j]
+        return out  # type: ignore[return-value]
+
+
+class FlowWriter(Sink):
+    """The runner's sink for flow bands: staged as a 2-band float32 GeoTIFF beside `path` (NaN where either date
+    is invalid), copied into a Cloud-optimised GeoTIFF (BEFORE's CRS and transform, overviews) at `path` once
+    complete; with a sample of the flow magnitudes for its summary."""
+
+    def __init__(self, path: Path, pair):
+        import rasterio
+
+        height, self.width = pair.shape
+        profile = {"driver": "GTiff", "height": height, "width": self.width, "count": 2, "dtype": "float32",
+                   "nodata": FLOW_NODATA, "compress": "zstd", "zstd_level": 1, "tiled": True,
+                   "blockxsize": BLOCK, "blockysize": BLOCK}
+        if pair.info.georeferenced:
+            profile.update(crs=pair.info.crs, transform=pair.info.transform)
+        self.path, self.mags = Path(path), []
+        self.staged = self.path.with_name(f".{self.path.stem}.staged.tif")
+        self.dst = rasterio.open(self.staged, "w", **profile)
+        self.dst.set_band_description(1, "flow dx (pixels): AFTER(p) shows BEFORE(p + flow)")
+        self.dst.set_band_description(2, "flow dy (pixels)")
+
+    def add(self, band) -> None:
+        from rasterio.windows import Window
+
+        ok = band.valid
+        out = np.where(ok, band.score, np.float32(np.nan)).astype(np.float32)
+        self.dst.write(out, window=Window(0, band.row, self.width, out.shape[1]))
+        mag = np.hypot(out[0], out[1])[ok]
+        self.mags.append(mag[:: max(1, mag.size // 4096)])
+
+    def close(self) -> None:
+        from rasterio.enums import Resampling
+
+        try:
+            self.dst.close()
+            with replaced_when_done(self.path) as tmp:
+                copy_cog(self.staged, tmp, Resampling.average)
+        finally:
+            self.staged.unlink(missing_ok=True)
+        flow_style(self.path.with_suffix(".qml"))
+
+    def abort(self) -> None:
+        self.dst.close()
+        self.staged.unlink(missing_ok=True)
+
+    def statistics(self) -> dict:
+        """Mean and 95th percentile of the flow magnitude, in pixels."""
+        m = np.concatenate(self.mags) if self.mags else np.zeros(0)
+        return {"mean_px": float(m.mean()) if m.size else None,
+                "p95_px": float(np.percentile(m, 95)) if m.size else None}
+
+
+def write_flow(pair, plan, path: str | Path, how=None) -> dict:
+    """Estimate the flow over the whole `pair` (a `cdtool.io.pair.RasterPair`) on the grid of `plan` (the
+    change map's, `cdtool.inference.runner.plan_scoring`) and write it to `path`, with its style beside it;
+    the flow head runs on the input's pixels (a `Rescaled` wrapper is looked through)."""
+    from cdtool.inference.runner import run, with_predictor
+
+    net = flow_model(plan.detector.model)
+    flow_plan = with_predictor(plan, FlowPredictor(net, plan.predictor.normalizer, plan.predictor.device),
+                               int(net.halo))
+    writer = FlowWriter(Path(path), pair)
+    run(pair, flow_plan, [writer], how, channels=2)
+    return writer.statistics()

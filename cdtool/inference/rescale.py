@@ -37,6 +37,10 @@ class Rescaled(ChangeModel):
         return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False,
                              antialias=shrinking)
 
+    @property
+    def wrapped(self) -> ChangeModel:
+        return self.model
+
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         h, w = before.shape[-2:]
         b, a = self._resize(before), self._resize(after)

@@ -2,8 +2,8 @@
 on an embedded local cluster (`--workers N`) or an existing one (`--scheduler ADDRESS`).
 
 Either way the result is a stream, in grid order, of (row, [(tile, score, valid, preview samples)], whether
-the row is complete): batches in this process, whole rows from Dask. The caller stitches and writes them
-exactly as before, so the outputs are the same and the polygons of regions that cross task borders come out
+the row is complete): batches in this process, whole rows from Dask. The runner (`cdtool.inference.runner`)
+stitches them the same way from either, so the outputs are the same and the polygons of regions that cross task borders come out
 whole (they are built afterwards, from the stitched map). A Dask task is one grid row: the worker opens the
 pair itself (once per worker process) and runs the detector it was sent once; only a bounded number of rows
 is in flight, so the driver's memory stays bounded by the window.

@@ -5,7 +5,8 @@ tile height), so memory grows with the raster's width and the tile size, never w
 taper towards tile edges (cosine or Gaussian) so seams vanish, and are zero in a `halo` band along edges
 that lie inside the raster, where a convolutional model sees padding instead of context: a stitched map
 then equals the whole-image map. With `wrap` (360° panoramas) the canvas is padded left and right and
-the padding is folded back onto the opposite edge, so blending runs across the seam.
+the padding is folded back onto the opposite edge, so blending runs across the seam. A model with several
+output channels (a flow's dx and dy) is stitched with the same weights for each.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class Band:
     """A finished band of rows [row, row + height) of the output, full width."""
 
     row: int
-    score: np.ndarray  # float32 (h, W); undefined where ~valid
+    score: np.ndarray  # float32 (h, W), or (C, h, W) for several channels; undefined where ~valid
     valid: np.ndarray  # bool (h, W): both dates valid and covered by a tile
 
 
 class Stitcher:
     def __init__(self, height: int, width: int, tile_height: int, halo: int = 0, blend: str = "cosine",
-                 wrap_pad: int = 0, start_row: int = 0, band_rows: int = 256):
+                 wrap_pad: int = 0, start_row: int = 0, band_rows: int = 256, channels: int = 1):
         if wrap_pad > width:
             raise ValueError("wrap padding cannot exceed the image width")
         self.height, self.width, self.halo, self.blend, self.pad = height, width, halo, blend, wrap_pad
@@ -57,7 +58,8 @@ class Stitcher:
         self.start = start_row  # rows above were finished by an earlier run (resume): tiles' parts there are dropped
         cw = width + 2 * wrap_pad
         # float32 halves the band buffer (its size is what bounds memory); sums of a few weights lose nothing.
-        self.acc = np.zeros((tile_height, cw), np.float32)
+        self.channels = channels
+        self.acc = np.zeros((channels, tile_height, cw), np.float32)
         self.wsum = np.zeros((tile_height, cw), np.float32)
         self.valid = np.zeros((tile_height, cw), bool)
 
@@ -74,25 +76,27 @@ class Stitcher:
                         taper(tile.width, self.blend, left, right)).astype(np.float32)
 
     def add(self, tile: Tile, score: np.ndarray, valid: np.ndarray) -> None:
-        """Add a tile's (h, w) scores; rows above `tile.row` must not be added after they were flushed."""
+        """Add a tile's (h, w) scores ((C, h, w) for several channels); rows above `tile.row` must not be added
+        after they were flushed."""
         w = self.weights(tile)
+        score = score.reshape(self.channels, tile.height, tile.width)
         if tile.row < self.start:  # a resumed run re-scores this tile only for its rows below `start`
             cut = min(self.start - tile.row, tile.height)
-            score, valid, w = score[cut:], valid[cut:], w[cut:]
+            score, valid, w = score[:, cut:], valid[cut:], w[cut:]
             tile = Tile(tile.row + cut, tile.col, tile.height - cut, tile.width)
         elif tile.row < self.top:
             raise ValueError(f"{tile} starts above rows already flushed ({self.top})")
         self._ensure_rows(tile.row_stop - self.top)
         r = slice(tile.row - self.top, tile.row_stop - self.top)
         c = slice(tile.col + self.pad, tile.col_stop + self.pad)
-        self.acc[r, c] += score * w
+        self.acc[:, r, c] += score * w
         self.wsum[r, c] += w
         self.valid[r, c] |= valid
 
     def _ensure_rows(self, rows: int) -> None:
-        if rows > self.acc.shape[0]:
-            extra = rows - self.acc.shape[0]
-            self.acc = np.pad(self.acc, ((0, extra), (0, 0)))
+        if rows > self.wsum.shape[0]:
+            extra = rows - self.wsum.shape[0]
+            self.acc = np.pad(self.acc, ((0, 0), (0, extra), (0, 0)))
             self.wsum = np.pad(self.wsum, ((0, extra), (0, 0)))
             self.valid = np.pad(self.valid, ((0, extra), (0, 0)))
 
@@ -101,25 +105,26 @@ class Stitcher:
         n = min(until_row, self.height) - self.top
         if n <= 0:
             return
-        acc, wsum, valid = self.acc[:n], self.wsum[:n], self.valid[:n]
+        acc, wsum, valid = self.acc[:, :n], self.wsum[:n], self.valid[:n]
         if self.pad:
             acc, wsum = acc.copy(), wsum.copy()
             p, w = self.pad, self.width
-            acc[:, w:w + p] += acc[:, :p]
+            acc[..., w:w + p] += acc[..., :p]
             wsum[:, w:w + p] += wsum[:, :p]
-            acc[:, p:2 * p] += acc[:, w + p:]
+            acc[..., p:2 * p] += acc[..., w + p:]
             wsum[:, p:2 * p] += wsum[:, w + p:]
-            acc, wsum, valid = acc[:, p:w + p], wsum[:, p:w + p], valid[:, p:w + p]
+            acc, wsum, valid = acc[..., p:w + p], wsum[:, p:w + p], valid[:, p:w + p]
         for r0 in range(0, n, self.band_rows):
             rows = slice(r0, min(n, r0 + self.band_rows))
             covered = wsum[rows] > 0
-            score = np.zeros(covered.shape, np.float32)
-            np.divide(acc[rows], wsum[rows], out=score, where=covered)
-            yield Band(self.top + r0, score, valid[rows] & covered)
+            score = np.zeros(acc[:, rows].shape, np.float32)
+            np.divide(acc[:, rows], wsum[rows], out=score, where=covered)
+            yield Band(self.top + r0, score[0] if self.channels == 1 else score, valid[rows] & covered)
         for buf in (self.acc, self.wsum, self.valid):
-            if n < buf.shape[0]:
-                buf[:-n] = buf[n:]  # overlapping copy: numpy handles the overlap
-            buf[-n:] = 0
+            rows_axis = buf[None] if buf.ndim == 2 else buf  # one view shape for the channel-less buffers
+            if n < rows_axis.shape[1]:
+                rows_axis[:, :-n] = rows_axis[:, n:]  # overlapping copy: numpy handles the overlap
+            rows_axis[:, -n:] = 0
         self.top += n
 
     def finish(self) -> Iterator[Band]:

@@ -44,6 +44,13 @@ class ChangeModel(nn.Module):
     default_normalization: Mapping[str, object] = MappingProxyType({"mode": "per-image"})  # copied by readers
     # training outputs (a dict of logits, distances, ...) for losses; None: the model has nothing to train
     forward_train: Callable[..., dict] | None = None
+    # a joint flow + change model also has `forward_flow(before, after)` -> (B, 2, H, W) misregistration
+    estimates_flow: bool = False
+
+    @property
+    def wrapped(self) -> "ChangeModel | None":
+        """The model a wrapper (resampling, sliding a patch model) runs; None for a model itself."""
+        return None
 
     def fit(self, tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """Estimate per-pair statistics from normalised (before (C,h,w), after (C,h,w), valid (h,w) bool)

@@ -202,6 +202,7 @@ class SimSaC(ChangeModel):
 
     halo = 32
     size_multiple = 16
+    estimates_flow = True
     strides = STRIDES
 
     def __init__(self, in_channels: int = 3, width: int = 16, radius: int = 3, hidden: int = 32,

@@ -62,6 +62,10 @@ class LocallyMatched(ChangeModel):
     def fit(self, tiles: Tiles) -> None:
         self.inner.fit([(b, match_locally(b[None], a[None], self.local_radius)[0], v) for b, a, v in tiles])
 
+    @property
+    def wrapped(self) -> ChangeModel:
+        return self.inner
+
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         return self.inner(before, match_locally(before, after, self.local_radius))
 
