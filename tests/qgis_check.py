@@ -28,6 +28,8 @@ for key, layer in layers.items():
     info = {"valid": layer.isValid(), "crs": layer.crs().authid()}
     if layer.isValid():
         _, ok = layer.loadNamedStyle(os.path.join(out, styles[key]))
+        layer.loadDefaultMetadata()  # as QGIS does when it adds a layer: the .qmd beside the file
+        info["title"] = layer.metadata().title()
         e = layer.extent()
         info.update(style_loaded=bool(ok), extent=[e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()],
                     renderer=layer.renderer().type())

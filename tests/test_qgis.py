@@ -54,6 +54,8 @@ def test_outputs_open_styled_and_render_in_qgis(shared_data, tmp_path):
     for key in ("prob", "mask"):
         assert report[key]["extent"] == pytest.approx(list(bounds), abs=1e-6)
         assert report[key]["overviews"]
+    assert report["prob"]["title"].startswith("out: change score (mask at 0.")  # the run's folder, its threshold
+    assert (report["mask"]["title"], report["polys"]["title"]) == ("out: change mask", "out: change regions")
     assert report["prob"]["renderer"] == "singlebandpseudocolor"
     assert report["mask"]["renderer"] == "paletted"
     assert report["polys"]["features"] > 0

@@ -21,6 +21,9 @@ def area_text(summary: dict) -> str:
         return f"{h:.3g} ha" if h < 100 else (f"{h:,.0f} ha" if h < 10_000 else f"{m2 / 1e6:,.0f} km²")
 
     text = f" ({ha(summary['changed_area_m2'])} of {ha(summary['valid_area_m2'])}"
+    in_regions = summary.get("region_area_m2")
+    if in_regions is not None and not summary.get("mmu_mask") and in_regions < summary["changed_area_m2"]:
+        text += f"; {ha(in_regions)} in regions of the minimum mapping unit"
     largest = summary.get("largest_regions") or []
     if largest and largest[0].get("area_m2"):
         text += f"; largest region {ha(largest[0]['area_m2'])}"
@@ -57,7 +60,9 @@ def detect(
     min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4 pixels, or 1 with --min-area).")] = None,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     max_regions: Annotated[Optional[int], typer.Option("--max-regions", help="Write no polygons when there are more change regions than this (the rasters are still written; say so in one line) [default: 100000].")] = None,
+    mmu_mask: Annotated[bool, typer.Option("--mmu-mask", help="Apply the minimum mapping unit (--min-pixels, --min-area) to the mask as well as to the polygons, so the map, the polygons and the changed area agree.")] = False,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html (facts, overview, the largest regions with crops).")] = False,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="Skip preview.png.")] = False,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Score tiles on an embedded local Dask cluster of N processes, at most one per core [default: in this process].")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Score tiles on an existing Dask cluster, e.g. tcp://10.0.0.5:8786.")] = None,
@@ -84,7 +89,7 @@ def detect(
                          skip_bad_windows=skip_bad_windows, workers=workers_option(workers), scheduler=scheduler,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow,
                          max_pixels=max_pixels, announce=None if quiet else announce, scene=scene, aoi=aoi,
-                         exclude=exclude)
+                         exclude=exclude, mmu_mask=mmu_mask, report=not no_report)
     if pairs is not None:
         if dates:
             raise typer.BadParameter("give either --pairs or the images, not both", param_hint="--pairs")
@@ -99,7 +104,7 @@ def detect(
 def _report(result, quiet: bool, no_polygons: bool) -> None:
     """Warnings (always), then the model, the numbers and the files written."""
     choice = result.extra["model_choice"]
-    for warning in choice["warnings"]:  # shown even with --quiet
+    for warning in choice["warnings"] + result.extra.get("warnings", []):  # shown even with --quiet
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     for note in result.extra.get("notes", []):
         err_console.print(f"note: {escape(note)}")

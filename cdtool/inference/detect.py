@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from cdtool import __version__
 from cdtool.domain import InputDomain, model_bands
-from cdtool.errors import InputError, NothingToDo
+from cdtool.errors import CdtoolError, InputError, NothingToDo
+from cdtool.inference.mapping_unit import mapping_unit as region_unit, mask_to_regions
 from cdtool.inference.mask_opening import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
 from cdtool.inference.flow import flow_model, write_flow
-from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint
+from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint, rows_kept
 from cdtool.inference.model_spec import ModelSpec
 from cdtool.inference.row_scoring import capped_workers, check_scheduler
 from cdtool.inference.runner import RunOptions, ScoringPlan, plan_scoring, run
@@ -43,7 +44,7 @@ from cdtool.inference.threshold import METHODS, ScoreHistogram
 from cdtool.io.outputs import OutputSet
 from cdtool.io.pair import RasterPair, open_pair
 from cdtool.io.preview import PreviewCanvas, PreviewGrid
-from cdtool.io.qgis_style import heatmap_qml, mask_qml, polygons_qml, world_file, write_text
+from cdtool.io.qgis_style import heatmap_qml, layer_metadata_qmd, mask_qml, polygons_qml, world_file, write_text
 from cdtool.io.writers import (BLOCK, GDAL_ENV, MASK_COLORS, MASK_NODATA, PROB_NODATA, BandWriter, copy_cog,
                                read_bands, tag_raster, tif_to_png, write_cog)
 from cdtool.windows import MAX_PIXELS
@@ -62,8 +63,10 @@ class DetectOptions:
     blend: str = "cosine"
     wrap: bool = False
     overwrite: bool = False
-    min_pixels: int | None = None  # None: DEFAULT_MIN_PIXELS, or 1 when min_area is given
-    min_area: float | None = None  # square metres; None: DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
+    min_pixels: int | None = None  # None: mapping_unit.DEFAULT_MIN_PIXELS, or 1 when min_area is given
+    min_area: float | None = None  # square metres; None: mapping_unit.DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
+    mmu_mask: bool = False  # apply the minimum mapping unit to the mask too (else polygons only)
+    report: bool = True  # report.html: facts, overview and the largest regions with crops
     clean: int = 0  # radius in pixels of a morphological opening of the mask (0: none)
     polygons: bool = True
     preview: bool = True  # preview.png: before, after, score and mask side by side
@@ -104,10 +107,6 @@ class DetectResult:
         return self.changed_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
 
-# The default minimum mapping unit of the polygons (the mask keeps every pixel): 4 pixels, and 20 m² where
-# the pixel size is known, so 0.5 m imagery drops sub-car specks and 30 m imagery single pixels.
-DEFAULT_MIN_PIXELS = 4
-DEFAULT_MIN_AREA_M2 = 20.0
 # Where GIS software puts a raster without georeference: column c, row r at x = c, y = -r (QGIS, GDAL's
 # default for such files). Polygons and the PNGs' world files use it, so they land on each other.
 PIXEL_GRID = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
@@ -118,13 +117,14 @@ WRITE_S_PER_PX = 1e-7
 
 
 def output_names(georeferenced: bool, polygons: bool, preview: bool = True, vector_format: str = "gpkg",
-                 flow: bool = False) -> list[str]:
+                 flow: bool = False, report: bool = False) -> list[str]:
     rasters = (["change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml"] if georeferenced
                else ["change_prob.png", "change_prob.pgw", "change_prob.qml",
                      "change_mask.png", "change_mask.pgw", "change_mask.qml"])
-    vectors = [f"changes.{vector_format}", "changes.qml"] if polygons else []
+    rasters += ["change_prob.qmd", "change_mask.qmd"]
+    vectors = [f"changes.{vector_format}", "changes.qml", "changes.qmd"] if polygons else []
     return rasters + vectors + (["flow.tif", "flow.qml"] if flow else []) + (["preview.png"] if preview else []) \
-        + ["detect.json"]
+        + (["report.html"] if report else []) + ["detect.json"]
 
 
 def detect(before: str | Path, after: str | Path, out: str | Path, options: DetectOptions | None = None) -> DetectResult:
@@ -156,7 +156,8 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         check_bands(pair, choice.detector)
         if opts.flow:
             flow_model(choice.detector.model)  # refuse a model without flow before any work
-        names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format, opts.flow)
+        names = output_names(pair.info.georeferenced, opts.polygons, opts.preview, opts.vector_format, opts.flow,
+                             opts.report)
         inputs = [*pair.files(), *_checkpoint(opts)]
         with OutputSet(out, names, opts.overwrite, inputs, pair.folders()) as outs:
             if opts.polygons:
@@ -166,14 +167,34 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
                 result = _run(pair, choice, domain.gsd, device, opts, outs, scratch, inputs)
+            except CdtoolError as exc:
+                raise _kept_for_resume(exc, outs.folder) from None
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             result.seconds = time.perf_counter() - start
             result.extra["notes"] = notes
-            _write_summary(outs.path("detect.json"), result, before, after, opts)
+            summary = _write_summary(outs.path("detect.json"), result, before, after, opts)
+            _write_layer_metadata(outs, result, pair, opts)
+            if opts.report:
+                from cdtool.io.report import write_report
+
+                write_report(outs.path("report.html"), summary, pair, outs.path(_prob_name(pair)),
+                             outs.path("preview.png") if opts.preview else None)
             result.outputs = outs.commit()
             discard_journal(outs.folder)  # complete: nothing to resume
     return result
+
+
+def _kept_for_resume(exc: CdtoolError, folder: Path) -> CdtoolError:
+    """A failure (a full disk, an unreadable window) that left finished rows says --resume continues from them;
+    a journal with none goes, so no empty .cdtool-resume stays behind."""
+    rows = rows_kept(folder)
+    if rows == 0:
+        discard_journal(folder)
+        return exc
+    if type(exc) not in (CdtoolError, InputError):
+        return exc
+    return type(exc)(f"{exc}; rows 0-{rows - 1} are kept: the same command with --resume continues")
 
 
 def check_options(opts: DetectOptions) -> None:
@@ -280,22 +301,13 @@ def duration(seconds: float) -> str:
 
 
 def mapping_unit(opts: DetectOptions, gsd: float | None, georeferenced: bool) -> tuple[int, float]:
-    """(minimum pixels, minimum m²) of a polygon: the options given, else the defaults; for PNG pairs the
-    area becomes pixels through --gsd. Checked before any work, so a bad value costs nothing."""
-    if opts.min_pixels is not None and opts.min_pixels < 1:
-        raise InputError(f"--min-pixels must be at least 1, got {opts.min_pixels}")
+    """(minimum pixels, minimum m²) of a region (`cdtool.inference.mapping_unit`). Checked before any work, so
+    a bad value costs nothing."""
     if opts.max_regions is not None and opts.max_regions < 1:
         raise InputError(f"--max-regions must be at least 1, got {opts.max_regions}")
-    min_area = opts.min_area if opts.min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
-    if not (math.isfinite(min_area) and min_area >= 0):
-        raise InputError(f"--min-area must be zero or a positive area in square metres, got {min_area}")
-    if min_area and not gsd:
-        raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
-    default = DEFAULT_MIN_PIXELS if opts.min_area is None else 1  # None means not set: 1 is a real choice
-    min_pixels = default if opts.min_pixels is None else opts.min_pixels
-    if min_area and not georeferenced:  # exact in pixels; the area stays for the report
-        min_pixels = max(min_pixels, int(np.ceil(min_area / (gsd * gsd))))
-    return min_pixels, min_area
+    if opts.mmu_mask and not opts.polygons:
+        raise InputError("--mmu-mask applies the minimum mapping unit through the polygons; drop --no-polygons")
+    return region_unit(opts.min_pixels, opts.min_area, gsd, georeferenced)
 
 
 def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
@@ -336,6 +348,7 @@ class _Changes:
     min_area: float
     largest_regions: list
     polygons_skipped: str | None = None  # why no polygons were written (too many regions)
+    region_pixels: int | None = None  # changed pixels in regions that make the mapping unit (None: unknown)
 
 
 def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: float | None, opts: DetectOptions,
@@ -369,11 +382,20 @@ def _threshold_pass(pair: RasterPair, scores: _Scores, threshold: float, gsd: fl
             if polys is not None:
                 polys.add(row, hit, np.where(valid, score, 0.0).astype(np.float32))
         mask.close()
-    regions = polys.close() if polys is not None else 0
-    return _Changes(threshold, changed, regions, min_pixels, min_area,
-                    polys.largest_regions() if polys is not None else [],
-                    too_many_regions(regions, polys.max_regions, min_area) if polys is not None and polys.overflow
-                    else None)
+    if polys is None:
+        return _Changes(threshold, changed, 0, min_pixels, min_area, [])
+    regions = polys.close()
+    if polys.overflow:
+        return _Changes(threshold, changed, regions, min_pixels, min_area, [],
+                        too_many_regions(regions, polys.max_regions, min_area))
+    if opts.mmu_mask:
+        from cdtool.io.vectors import LAYER
+
+        filtered = mask_path.with_name("change_mask_mmu.tif")
+        changed = mask_to_regions(mask_path, gpkg_path, LAYER, polys.transform, filtered, canvas)
+        filtered.replace(mask_path)
+    return _Changes(threshold, changed, regions, min_pixels, min_area, polys.largest_regions(),
+                    region_pixels=polys.kept_pixels)
 
 
 def too_many_regions(regions: int, limit: int, min_area: float) -> str:
@@ -400,10 +422,13 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
     threshold = _pick_threshold(pair, scores, opts, plan.detector)
     changes = _write_changes(pair, scores, threshold, gsd, opts, outs, scratch, canvas, plan.detector.name)
     pixel_m2 = gsd * gsd if gsd else None
+    in_regions = changes.region_pixels
     summary = {"changed_area_m2": changes.changed_pixels * pixel_m2 if pixel_m2 else None,
                "valid_area_m2": scores.valid_pixels * pixel_m2 if pixel_m2 else None,
+               "region_pixels": in_regions,  # changed pixels in regions that make the unit (the polygons')
+               "region_area_m2": in_regions * pixel_m2 if pixel_m2 and in_regions is not None else None,
                "min_area_m2": changes.min_area or None, "min_pixels": changes.min_pixels,
-               "largest_regions": changes.largest_regions}
+               "mmu_mask": opts.mmu_mask, "largest_regions": changes.largest_regions}
     return DetectResult({}, plan.detector.name, threshold, height, width, scores.valid_pixels,
                         changes.changed_pixels, changes.regions, 0.0,
                         {"tile": plan.tile, "overlap": plan.overlap, "halo": plan.halo, "device": str(device),
@@ -411,7 +436,24 @@ def _run(pair: RasterPair, choice: Choice, gsd: float | None, device, opts: Dete
                          "gsd": gsd, "summary": summary, "model_choice": choice.record(),
                          "bad_blocks": len(pair.bad_blocks), "resumed_rows": scores.resumed_rows, "flow": flow_stats,
                          "polygons_skipped": changes.polygons_skipped,
+                         "warnings": threshold_warnings(opts, plan.detector, changes, scores),
                          "alignment": alignment_record(pair)})
+
+
+# an automatic threshold that flags more than this share of the valid pixels has likely split the scene
+# itself (a bimodal land / water histogram) rather than changed from unchanged ground
+SUSPICIOUS_SHARE = 1 / 3
+
+
+def threshold_warnings(opts: DetectOptions, detector: Detector, changes: _Changes, scores: _Scores) -> list[str]:
+    """A warning when a per-image method put the threshold where it flags a third of the scene or more."""
+    method = opts.threshold if opts.threshold is not None else detector.threshold
+    share = changes.changed_pixels / scores.valid_pixels if scores.valid_pixels else 0.0
+    if method not in METHODS or share <= SUSPICIOUS_SHARE:
+        return []
+    return [f"the automatic threshold ({method}) is {changes.threshold:.3f} and flags {share:.0%} of the valid "
+            "pixels: more change than most scenes hold; look at the preview and set --threshold (a number), or "
+            "try another method"]
 
 
 def _pick_threshold(pair: RasterPair, scores: _Scores, opts: DetectOptions, detector: Detector) -> float:
@@ -484,7 +526,26 @@ def _write_mask(outs: OutputSet, pair: RasterPair, scores: _Scores, changes: _Ch
         write_text(outs.path("change_mask.qml"), mask_qml(changed_value=255, alpha_band=2))
 
 
-def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> None:
+def _prob_name(pair: RasterPair) -> str:
+    return "change_prob.tif" if pair.info.georeferenced else "change_prob.png"
+
+
+def _write_layer_metadata(outs: OutputSet, result: DetectResult, pair: RasterPair, opts: DetectOptions) -> None:
+    """`<layer>.qmd` beside each layer: the title and abstract QGIS shows in its properties, naming the run."""
+    run_name = outs.folder.name
+    about = (f"cdtool {__version__}, model {result.model}, threshold {result.threshold:.3f}: "
+             f"{pair.before_path} -> {pair.after_path}")
+    layers = [("change_prob", f"{run_name}: change score (mask at {result.threshold:.3f})"),
+              ("change_mask", f"{run_name}: change mask")]
+    if opts.polygons and not result.extra.get("polygons_skipped"):
+        layers.append(("changes", f"{run_name}: change regions"))
+    elif opts.polygons:
+        outs.drop("changes.qmd")
+    for stem, title in layers:
+        write_text(outs.path(f"{stem}.qmd"), layer_metadata_qmd(title, about))
+
+
+def _write_summary(path: Path, result: DetectResult, before, after, opts: DetectOptions) -> dict:
     summary = {
         "before": str(before), "after": str(after), "model": result.model, "threshold": result.threshold,
         "height": result.height, "width": result.width, "valid_pixels": result.valid_pixels,
@@ -492,4 +553,6 @@ def _write_summary(path: Path, result: DetectResult, before, after, opts: Detect
         "regions": result.regions, "seconds": round(result.seconds, 3),
         "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "announce")}, **result.extra,
     }
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    text = json.dumps(summary, indent=2, default=str)
+    path.write_text(text)
+    return json.loads(text)

@@ -149,3 +149,16 @@ class Journal:
 
 def discard_journal(folder: Path) -> None:
     shutil.rmtree(Path(folder) / JOURNAL, ignore_errors=True)
+
+
+def rows_kept(folder: Path) -> int:
+    """Rows [0, n) a failed or interrupted run into `folder` finished and saved (0: nothing to resume)."""
+    state = Path(folder) / JOURNAL / "state.json"
+    try:
+        bands = [int(r) for r in json.loads(state.read_text()).get("bands", [])]
+        if not bands:
+            return 0
+        with rasterio.open(Path(folder) / JOURNAL / f"{bands[-1]:09d}.tif") as ds:
+            return bands[-1] + ds.height
+    except (OSError, ValueError, TypeError, rasterio.errors.RasterioIOError):
+        return 0

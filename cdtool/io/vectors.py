@@ -278,6 +278,7 @@ class Polygonizer:
         self.largest: list[tuple[float, int, dict]] = []  # heap of the largest regions' summaries
         self.written = False
         self.overflow = False  # more than max_regions regions: no polygons kept
+        self.kept_pixels = 0  # pixels of the regions written (those that make the minimum mapping unit)
 
     @staticmethod
     def _unit_area(crs: CRS | None) -> float:
@@ -509,6 +510,7 @@ class Polygonizer:
                              "area_m2": area_m2, "mean_prob": mean, "max_prob": maxs,
                              "rank": np.zeros(len(geoms), np.int64), "region_id": fids if rids is None else rids})
         self.pending_rows += len(geoms)
+        self.kept_pixels += int(pixels.sum())
         self.pending_vertices += int(shapely.get_num_coordinates(geoms).sum())
         if self.pending_rows >= FLUSH_EVERY or self.pending_vertices > self.held_vertices:
             self._write()
