@@ -45,8 +45,9 @@ def test_outputs_on_generated_pair(small_pair, tmp_path):
     before, after, truth = small_pair
     res = detect(before, after, tmp_path / "out", DetectOptions(model="cva", tile=128, overlap=32))
     names = {p.name for p in res.outputs.values()}
-    assert names == {"change_prob.tif", "change_prob.qml", "change_mask.tif", "change_mask.qml", "changes.gpkg",
-                     "changes.qml", "preview.png", "detect.json"}
+    assert names == {"change_prob.tif", "change_prob.qml", "change_prob.qmd", "change_mask.tif", "change_mask.qml",
+                     "change_mask.qmd", "changes.gpkg", "changes.qml", "changes.qmd", "preview.png", "report.html",
+                     "detect.json"}
     assert (tmp_path / "out" / "preview.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporaries left
     with rasterio.open(before) as b, rasterio.open(res.outputs["change_prob.tif"]) as p, \

@@ -348,7 +348,7 @@ def test_workers_are_capped_at_the_cores_and_zero_is_refused(tmp_path, monkeypat
     before, after = (write_tif(tmp_path / f"{n}.tif", rng.integers(0, 255, (3, 64, 64)).astype(np.uint8))
                      for n in "ab")
     cores = usable_cores()
-    args = ["detect", str(before), str(after), "--model", "cva", "-q", "-o"]
+    args = ["detect", str(before), str(after), "--model", "cva", "--threshold", "0.5", "-q", "-o"]
     r = runner.invoke(app, args + [str(tmp_path / "many"), "--workers", "1000"])
     assert r.exit_code == 0, r.output
     assert started == [cores], started

@@ -185,7 +185,7 @@ def test_a_transparent_palette_entry_is_nodata(tmp_path):
 def test_size_and_estimate_before_starting_unless_quiet(tmp_path):
     rng = np.random.default_rng(6)
     a, b = (write_tif(tmp_path / f"{n}.tif", rng.integers(0, 255, (3, 64, 64)).astype(np.uint8)) for n in "ab")
-    args = ["detect", str(a), str(b), "--model", "cva", "--no-preview", "--no-polygons", "-o"]
+    args = ["detect", str(a), str(b), "--model", "cva", "--threshold", "0.5", "--no-preview", "--no-polygons", "-o"]
     r = runner.invoke(app, args + [str(tmp_path / "loud")])
     assert r.exit_code == 0, r.output
     lines = r.stderr.splitlines()

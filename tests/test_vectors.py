@@ -177,7 +177,8 @@ def test_detect_past_max_regions_writes_the_rasters_and_says_so(tmp_path):
     assert (out / "changes.gpkg").exists()
     r = CliRunner().invoke(app, args + ["--max-regions", "50", "--overwrite"])
     assert r.exit_code == 0, r.output
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    # noise: Otsu flags a third of it, which detect questions in a line of its own
+    lines = [line for line in r.stderr.splitlines() if line.strip() and "automatic threshold" not in line]
     summary = json.loads((out / "detect.json").read_text())
     assert len(lines) == 1 and lines[0].startswith("warning: polygons not written"), r.stderr
     assert f"{summary['regions']:,} change regions" in lines[0] and summary["regions"] > 50
