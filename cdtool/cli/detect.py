@@ -57,6 +57,8 @@ def detect(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run into the same --out that was interrupted (killed, power cut): the row bands it finished are kept, the rest is scored; the result equals an uninterrupted run.")] = False,
     flow: Annotated[bool, typer.Option("--flow", help="Also write flow.tif: the misregistration between the dates a joint flow + change model (simsac) estimates, 2 bands (dx, dy in pixels) on BEFORE's grid, with a QGIS style.")] = False,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse inputs of more pixels than this [default: 10000000000].")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Your own labels: polygons (GeoPackage, GeoJSON, shapefile; any CRS; PNG/JPG pairs: x = column, y = -row) with a field change = 1 changed / 0 unchanged, or a raster of 1 / 0 / nodata. A classifier is fitted on them, validated polygon by polygon, saved as fitted.safetensors in --out and run on the pair.")] = None,
+    labels_field: Annotated[str, typer.Option("--labels-field", help="The 0/1 field of --labels.")] = "change",
     device: Device = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -66,13 +68,23 @@ def detect(
     from cdtool.inference.detect import DetectOptions, detect as run_detect
     from cdtool.inference.scaleout import workers_option
 
+    record = {}
+    if labels is not None:  # fit on the analyst's labels first, then detect with the fitted model
+        from cdtool.labels.model import LabelOptions, fit_before_detect, fit_lines
+
+        model, record["labels"] = fit_before_detect(before, after, labels, out, model, LabelOptions(
+            labels_field, parse_int_list(bands, "--bands"), align, gsd, progress=show_progress(quiet)), overwrite, resume)
+        for line in record["labels"]["warnings"]:
+            err_console.print(f"[yellow]warning:[/] {escape(line)}", markup=True)
+        for line in [] if quiet else fit_lines(record["labels"]):
+            err_console.print(escape(line))
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=parse_threshold(threshold), align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
                          preview=not no_preview, vector_format=vector_format, clean=clean, max_regions=max_regions,
                          skip_bad_windows=skip_bad_windows, workers=workers_option(workers), scheduler=scheduler,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow,
-                         max_pixels=max_pixels, announce=None if quiet else announce, scene=scene)
+                         max_pixels=max_pixels, announce=None if quiet else announce, scene=scene, record=record)
     result = run_detect(before, after, out, opts)
     choice = result.extra["model_choice"]
     for warning in choice["warnings"]:  # shown even with --quiet
