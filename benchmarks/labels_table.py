@@ -140,7 +140,7 @@ def scene_rows(pair, tmp: Path, seed: int) -> list[dict]:
         first = squares(truth, 1, k, rng, taken) + squares(truth, 0, k, rng, taken)
         results, drawn = {}, taken.copy()
         for head, hidden in HEADS.items():
-            opts = LabelOptions(spec=HeadSpec(hidden=hidden))
+            opts = LabelOptions(spec=HeadSpec(hidden=hidden), threshold="validated")
             fit = fit_pair(pair.before, pair.after, write_layer(tmp / f"r1_{k}.gpkg", first, transform, crs), opts)
             score = fitted_scores(pair.before, pair.after, fit)
             mask1 = score >= threshold_of("validated", fit, score)
