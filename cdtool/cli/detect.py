@@ -72,6 +72,8 @@ def detect(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run into the same --out that was interrupted (killed, power cut): the row bands it finished are kept, the rest is scored; the result equals an uninterrupted run.")] = False,
     flow: Annotated[bool, typer.Option("--flow", help="Also write flow.tif: the misregistration between the dates a joint flow + change model (simsac) estimates, 2 bands (dx, dy in pixels) on BEFORE's grid, with a QGIS style.")] = False,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse inputs of more pixels than this [default: 10000000000].")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Your own labels: polygons (GeoPackage, GeoJSON, shapefile; any CRS; PNG/JPG pairs: x = column, y = -row) with a field change = 1 changed / 0 unchanged, or a raster of 1 / 0 / nodata. A classifier is fitted on them, validated polygon by polygon, saved as fitted.safetensors in --out and run on the pair.")] = None,
+    labels_field: Annotated[str, typer.Option("--labels-field", help="The 0/1 field of --labels.")] = "change",
     device: Device = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -82,6 +84,13 @@ def detect(
     from cdtool.inference.detect import DetectOptions, detect as run_detect
     from cdtool.inference.row_scoring import workers_option
 
+    record = {}
+    if labels is not None:  # fit on the analyst's labels first, then detect with the fitted model
+        if pairs is not None or not dates or len(dates) != 2:
+            raise typer.BadParameter("--labels adapts detection to one pair: give BEFORE and AFTER",
+                                     param_hint="--labels")
+        model, record = _fit_labels(dates, labels, labels_field, out, model, bands, align, gsd, quiet, overwrite,
+                                    resume)
     opts = DetectOptions(model=model, tile=tile, overlap=overlap, threshold=threshold, align=align,
                          bands=parse_int_list(bands, "--bands"), device=device, batch_size=batch_size, blend=blend,
                          wrap=wrap, overwrite=overwrite, min_pixels=min_pixels, min_area=min_area, polygons=not no_polygons,
@@ -89,7 +98,7 @@ def detect(
                          skip_bad_windows=skip_bad_windows, workers=workers_option(workers), scheduler=scheduler,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow,
                          max_pixels=max_pixels, announce=None if quiet else announce, scene=scene, aoi=aoi,
-                         exclude=exclude, mmu_mask=mmu_mask, report=not no_report)
+                         exclude=exclude, mmu_mask=mmu_mask, report=not no_report, record=record)
     if pairs is not None:
         if dates:
             raise typer.BadParameter("give either --pairs or the images, not both", param_hint="--pairs")
@@ -125,6 +134,20 @@ def _report(result, quiet: bool, no_polygons: bool) -> None:
             f"{result.seconds:.1f} s")
         for path in result.outputs.values():
             out_console.print(f"  {path}")
+
+
+def _fit_labels(dates: list[str], labels: str, labels_field: str, out: Path, model, bands, align, gsd, quiet: bool,
+                overwrite: bool, resume: bool) -> tuple[str, dict]:
+    """Fit a model on the analyst's labels over the pair (`cdtool.labels`): (the fitted checkpoint, its record)."""
+    from cdtool.labels.model import LabelOptions, fit_before_detect, fit_lines
+
+    options = LabelOptions(labels_field, parse_int_list(bands, "--bands"), align, gsd, progress=show_progress(quiet))
+    fitted, fit = fit_before_detect(dates[0], dates[1], labels, out, model, options, overwrite, resume)
+    for line in fit["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", markup=True)
+    for line in [] if quiet else fit_lines(fit):
+        err_console.print(escape(line))
+    return fitted, {"labels": fit}
 
 
 def _detect_series(dates: list[str], out: Path, opts, quiet: bool) -> None:

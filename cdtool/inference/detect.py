@@ -87,6 +87,7 @@ class DetectOptions:
     exclude: str | None = None  # a polygon layer, a 0/1 raster or "water": never reported (nodata)
     scene: str | None = None  # "street": a street-level pair (its own default method); None/"auto": street when a
     # panorama (--wrap) has no CRS
+    record: dict = field(default_factory=dict)  # more entries for detect.json (the analyst labels' fit)
 
 
 @dataclass
@@ -551,7 +552,8 @@ def _write_summary(path: Path, result: DetectResult, before, after, opts: Detect
         "height": result.height, "width": result.width, "valid_pixels": result.valid_pixels,
         "changed_pixels": result.changed_pixels, "changed_share": result.changed_share,
         "regions": result.regions, "seconds": round(result.seconds, 3),
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "announce")}, **result.extra,
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "announce", "record")},
+        **result.extra, **opts.record,
     }
     text = json.dumps(summary, indent=2, default=str)
     path.write_text(text)

@@ -122,6 +122,29 @@ def layer_metadata_qmd(title: str, abstract: str) -> str:
 """
 
 
+def labels_qml(field: str = "change") -> str:
+    """An analyst's label polygons by their 0/1 field: changed as red outlines, unchanged as blue, no fill (the
+    imagery under them stays visible while drawing)."""
+    symbols = "".join(f"""      <symbol type="fill" name="{i}" alpha="1" clip_to_extent="1" force_rhr="0">
+{_outline_layer(rgba, 0.7)}      </symbol>
+""" for i, rgba in enumerate(("227,26,28,255", "31,120,180,255")))
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22" styleCategories="Symbology">
+  <renderer-v2 type="categorizedSymbol" attr="{field}" symbollevels="0" enableorderby="0" forceraster="0">
+    <categories>
+      <category value="1" symbol="0" label="changed (1)" render="true"/>
+      <category value="0" symbol="1" label="unchanged (0)" render="true"/>
+    </categories>
+    <symbols>
+{symbols}    </symbols>
+  </renderer-v2>
+  <blendMode>0</blendMode>
+  <featureBlendMode>0</featureBlendMode>
+  <layerGeometryType>2</layerGeometryType>
+</qgis>
+"""
+
+
 def write_text(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
