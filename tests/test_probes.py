@@ -1004,9 +1004,13 @@ def _(w):
     return Expect(["evaluate", w.mask("pred.tif"), w.file("truth.tif")], ("truth.tif",))
 
 
-@probe("evaluate sizes differ")
+@probe("evaluate sizes differ, no georeference to place them")
 def _(w):
-    return Expect(["evaluate", w.mask("pred.tif", size=64), w.mask("truth.tif", size=48)], ("pred.tif",))
+    from affine import Affine
+
+    pred, truth = (write_tif(w.p(n), (w.rng.random((s, s)) > 0.7).astype(np.uint8), crs=None,
+                             transform=Affine.identity()) for n, s in (("pred.tif", 64), ("truth.tif", 48)))
+    return Expect(["evaluate", pred, truth], ("pred.tif", "cannot be placed on one grid"))
 
 
 @probe("evaluate scores outside [0, 1]")

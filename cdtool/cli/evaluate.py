@@ -33,7 +33,7 @@ def evaluate(
     exclude: Annotated[Optional[str], typer.Option("--exclude", help="Comma-separated pairs to leave out.")] = None,
     threshold: Annotated[Optional[str], typer.Option("--threshold", parser=ThresholdParser(), metavar="<number|method>",
                                                      help="Score threshold, or otsu, kmeans, gmm (default: the "
-                                                     "model's; 0.5 for score files).")] = None,
+                                                     "model's; for score files the one detect tagged them with, else 0.5).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON here.")] = None,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Refuse PRED or TRUTH files of more "
                                                       "pixels than this [default: 10000000000].")] = None,
@@ -66,7 +66,7 @@ def evaluate(
             raise InputError("give PRED and TRUTH, or --model CKPT --data DATASET")
         if max_pixels is not None and max_pixels < 1:
             raise InputError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
-        total, rows = evaluation.evaluate_files(pred, truth, 0.5 if thr is None else thr,
+        total, rows = evaluation.evaluate_files(pred, truth, thr,
                                                 evaluation.MAX_PIXELS if max_pixels is None else max_pixels)
     rows_all = rows + [{"name": "all", **total}]
     table = Table(title="change detection scores")

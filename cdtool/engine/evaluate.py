@@ -12,10 +12,13 @@ the limit, two sizes) is refused from its header before any pixel is read.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 import torch
 import torch.nn as nn
@@ -132,10 +135,12 @@ class ScoreMap:
     (scores × 255, as `cdtool detect` writes change_prob.png). Which of the two is decided from all its values,
     and a threshold method (otsu, ...) from the histogram of all its scores: each in a first pass over windows."""
 
-    def __init__(self, path: Path, threshold: float | str):
+    def __init__(self, path: Path, threshold: float | str | None):
         self.path, self.ds = path, open_raster(path)
         try:
             self.scale = self._scale()
+            if threshold is None:  # the threshold detect wrote into its score map, else 0.5
+                threshold = _tagged_threshold(self.ds)
             self.threshold = self._pick(threshold) if isinstance(threshold, str) else float(threshold)
         except BaseException:
             self.ds.close()
@@ -181,7 +186,15 @@ class ScoreMap:
         self.ds.close()
 
 
-def open_prediction(path: Path, threshold: float | str) -> ChangeMask | ScoreMap:
+def _tagged_threshold(ds) -> float:
+    try:
+        value = float(ds.tags().get("threshold", "nan"))
+    except ValueError:
+        value = float("nan")
+    return value if 0.0 <= value <= 1.0 else 0.5
+
+
+def open_prediction(path: Path, threshold: float | str | None) -> ChangeMask | ScoreMap:
     """The prediction, read by the mask rule where its values fit one, else as scores."""
     try:
         return ChangeMask(path)
@@ -205,11 +218,13 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
     raise InputError("PRED and TRUTH must both be files or both be folders")
 
 
-def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5,
+def evaluate_files(pred: Path, truth: Path, threshold: float | str | None = None,
                    max_pixels: int | None = MAX_PIXELS) -> tuple[dict, list[dict]]:
     """Score prediction files against truth masks, both read by the one mask rule; where the truth holds
     nodata nothing is scored (a prediction's own nodata counts as unchanged). Read in windows, so memory stays
-    bounded whatever the files' size; the counts are those of whole files."""
+    bounded whatever the files' size; the counts are those of whole files. A score file is cut at `threshold`,
+    else at the threshold detect tagged it with, else 0.5. A truth on another grid is placed on the
+    prediction's (see `TruthPlacement`)."""
     acc = BinaryMetrics(bins=HIST_BINS)
     rows = []
     for p, t in pair_files(Path(pred), Path(truth)):
@@ -224,26 +239,97 @@ def evaluate_files(pred: Path, truth: Path, threshold: float | str = 0.5,
 
 def check_pair(pred: Path, truth: Path, max_pixels: int | None) -> None:
     """From the headers, before any pixel is read: each file readable in bounded memory and within
-    `max_pixels`, and both of one size."""
-    shapes = {}
+    `max_pixels`."""
     for path in (truth, pred):
         with open_raster(path) as ds:
             check_readable(ds, path, max_pixels)
-            shapes[path] = ds.height, ds.width
-    (ph, pw), (th, tw) = shapes[pred], shapes[truth]
-    if (ph, pw) != (th, tw):
-        raise InputError(f"{pred}: is {pw}x{ph} but {truth} is {tw}x{th}")
 
 
-def scored_windows(pred: Path, truth: Path, threshold: float | str, max_pixels: int | None):
+class TruthPlacement:
+    """Where the prediction's windows lie on the truth's grid. Same size and grid: the same windows. Otherwise
+    both are placed by their georeference: the truth's own, or, for a truth without one (OSCD's masks lie on
+    BEFORE's grid), that of the BEFORE named in the detect.json beside the prediction (an `--align` run covers
+    only the common extent of the dates, a window of BEFORE's grid). A whole-pixel offset on one grid reads the
+    truth shifted; another grid or CRS warps the truth onto the prediction's (nearest)."""
+
+    def __init__(self, pred: Path, truth: Path):
+        self.offset, self.warped = (0, 0), None
+        with open_raster(pred) as p, open_raster(truth) as t:
+            same = (p.height, p.width) == (t.height, t.width)
+            p_geo, t_geo = _georef(p), _georef(t) or _before_grid(pred, t)
+            if same and (p_geo is None or t_geo is None or _same_grid(p_geo, t_geo)):
+                return
+            if p_geo is None or t_geo is None:
+                raise InputError(f"{pred}: is {p.width}x{p.height} but {truth} is {t.width}x{t.height}, and without "
+                                 "a georeference (or a detect.json naming BEFORE beside the prediction) the two "
+                                 "cannot be placed on one grid")
+            self.offset = _whole_pixel_offset(p_geo, t_geo)
+            if self.offset is None:
+                self.offset, self.warped = (0, 0), (truth, p_geo, t_geo)
+
+    def open_truth(self, truth: Path):
+        """The truth mask to read with the prediction's windows (shifted by `offset`)."""
+        if self.warped is None:
+            return ChangeMask(truth)
+        from rasterio.vrt import WarpedVRT
+
+        _, (crs, transform, height, width), (t_crs, t_transform, _, _) = self.warped
+        return ChangeMask(truth, opener=lambda ds: WarpedVRT(ds, src_crs=t_crs, src_transform=t_transform,
+                                                             crs=crs, transform=transform, width=width,
+                                                             height=height, resampling=Resampling.nearest,
+                                                             add_alpha=True))  # outside the truth: nodata
+
+    def window(self, w: Window) -> Window:
+        return Window(w.col_off + self.offset[1], w.row_off + self.offset[0], w.width, w.height)
+
+
+def _georef(ds) -> tuple | None:
+    return (ds.crs, ds.transform, ds.height, ds.width) if ds.crs is not None and not ds.transform.is_identity \
+        else None
+
+
+def _before_grid(pred: Path, truth_ds) -> tuple | None:
+    """BEFORE's grid from the detect.json beside `pred`, when the truth has BEFORE's size."""
+    summary = pred.parent / "detect.json"
+    try:
+        before = json.loads(summary.read_text())["before"]
+        with open_raster(before) as b:
+            grid = _georef(b)
+    except (OSError, ValueError, KeyError, TypeError, InputError):
+        return None
+    return grid if grid is not None and grid[2:] == (truth_ds.height, truth_ds.width) else None
+
+
+def _same_grid(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and a[1].almost_equals(b[1]) and a[2:] == b[2:]
+
+
+def _whole_pixel_offset(pred: tuple, truth: tuple) -> tuple[int, int] | None:
+    """(row, col) of the prediction's origin on the truth's grid when both share CRS, pixel size and pixel
+    edges; None otherwise."""
+    (p_crs, pt, ph, pw), (t_crs, tt, th, tw) = pred, truth
+    if p_crs != t_crs or not (math.isclose(pt.a, tt.a, rel_tol=1e-9) and math.isclose(pt.e, tt.e, rel_tol=1e-9)) \
+            or pt.b or pt.d or tt.b or tt.d:
+        return None
+    col, row = ~tt * (pt.c, pt.f)
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    row, col = int(round(row)), int(round(col))
+    if row < 0 or col < 0 or row + ph > th or col + pw > tw:
+        return None
+    return row, col
+
+
+def scored_windows(pred: Path, truth: Path, threshold: float | str | None, max_pixels: int | None):
     """(prediction, truth changed, truth valid, scores or None) window by window over a pair of files."""
     check_pair(pred, truth, max_pixels)
-    with ChangeMask(truth) as t:
+    placement = TruthPlacement(pred, truth)
+    with placement.open_truth(truth) as t:
         p = open_prediction(pred, threshold)
         try:
-            for w in windows(t.ds, EVAL_PIXELS):
+            for w in windows(p.ds, EVAL_PIXELS):
                 pm, scores = (p.read(w)[0], None) if isinstance(p, ChangeMask) else p.read(w)
-                yield (pm, *t.read(w), scores)
+                yield (pm, *t.read(placement.window(w)), scores)
         finally:
             p.close()
 

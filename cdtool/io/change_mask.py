@@ -157,15 +157,17 @@ class ChangeMask:
     """A change-mask file, opened once, its coding decided from all its values (`decide`); windows of it
     read as (changed, valid)."""
 
-    def __init__(self, path, max_pixels: int | None = None):
+    def __init__(self, path, max_pixels: int | None = None, opener=None):
         self.path = path
-        self.ds = open_raster(path)
+        self.ds = self._file = open_raster(path)
         try:
+            if opener is not None:  # a view of the file, e.g. warped onto another grid
+                self.ds = opener(self._file)
             check_readable(self.ds, path, max_pixels)
             self.bands = mask_bands(self.ds)
             self.encoding = decide(self._scan(), len(self.bands) > 1, path)
         except BaseException:
-            self.ds.close()
+            self.close()
             raise
 
     @property
@@ -205,6 +207,7 @@ class ChangeMask:
 
     def close(self) -> None:
         self.ds.close()
+        self._file.close()
 
     def __enter__(self) -> "ChangeMask":
         return self
