@@ -109,3 +109,20 @@ def test_water_needs_named_bands(shared_data, tmp_path):
     r = invoke("detect", shared_data / "levir" / "A" / name, shared_data / "levir" / "B" / name,
                "-o", tmp_path / "o", "--exclude", "water")
     assert r.exit_code == 2 and "B03 and B08" in r.output
+
+
+def test_dst_crs_puts_the_polygons_in_another_crs(pisa, tmp_path):
+    args = ["detect", pisa / "imgs_1", pisa / "imgs_2", "--model", "cva", "-q", "--no-preview", "--no-report"]
+    assert invoke(*args, "-o", tmp_path / "native").exit_code == 0
+    r = invoke(*args, "-o", tmp_path / "merc", "--dst-crs", "EPSG:3857")
+    assert r.exit_code == 0, r.output
+    native = gpd.read_file(tmp_path / "native" / "changes.gpkg")
+    merc = gpd.read_file(tmp_path / "merc" / "changes.gpkg")
+    assert merc.crs.to_epsg() == 3857 and len(merc) == len(native) > 10
+    np.testing.assert_allclose(merc.area_m2, native.area_m2)  # on the ground: the same
+    np.testing.assert_allclose(merc.area, merc.geometry.area)  # in the layer's units
+    assert merc.to_crs(native.crs).geometry.iloc[0].equals_exact(native.geometry.iloc[0], 1e-9)
+    with rasterio.open(tmp_path / "merc" / "change_prob.tif") as ds:
+        assert ds.crs.to_epsg() == 4326  # rasters stay on BEFORE's grid
+    bad = invoke(*args, "-o", tmp_path / "bad", "--dst-crs", "EPSG:99999999")
+    assert bad.exit_code == 2 and "--dst-crs" in bad.output and len(bad.output.strip().splitlines()) == 1

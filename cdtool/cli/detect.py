@@ -60,6 +60,7 @@ def detect(
     min_pixels: Annotated[Optional[int], typer.Option("--min-pixels", help="Drop change polygons smaller than this many pixels (default 4 pixels, or 1 with --min-area).")] = None,
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Drop change polygons under this many m² (default 20 m² where the pixel size is known; 0 keeps all).")] = None,
     max_regions: Annotated[Optional[int], typer.Option("--max-regions", help="Write no polygons when there are more change regions than this (the rasters are still written; say so in one line) [default: 100000].")] = None,
+    dst_crs: Annotated[Optional[str], typer.Option("--dst-crs", help="CRS of the polygons (EPSG:4326, EPSG:3857, a WKT); the rasters stay on BEFORE's grid [default: BEFORE's CRS].")] = None,
     mmu_mask: Annotated[bool, typer.Option("--mmu-mask", help="Apply the minimum mapping unit (--min-pixels, --min-area) to the mask as well as to the polygons, so the map, the polygons and the changed area agree.")] = False,
     no_polygons: Annotated[bool, typer.Option("--no-polygons", help="Skip changes.gpkg.")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.html (facts, overview, the largest regions with crops).")] = False,
@@ -98,7 +99,8 @@ def detect(
                          skip_bad_windows=skip_bad_windows, workers=workers_option(workers), scheduler=scheduler,
                          progress=show_progress(quiet), gsd=gsd, native_scale=native_scale, resume=resume, flow=flow,
                          max_pixels=max_pixels, announce=None if quiet else announce, scene=scene, aoi=aoi,
-                         exclude=exclude, mmu_mask=mmu_mask, report=not no_report, record=record)
+                         exclude=exclude, mmu_mask=mmu_mask, report=not no_report, record=record,
+                         dst_crs=dst_crs)
     if pairs is not None:
         if dates:
             raise typer.BadParameter("give either --pairs or the images, not both", param_hint="--pairs")

@@ -66,6 +66,7 @@ class DetectOptions:
     min_pixels: int | None = None  # None: mapping_unit.DEFAULT_MIN_PIXELS, or 1 when min_area is given
     min_area: float | None = None  # square metres; None: mapping_unit.DEFAULT_MIN_AREA_M2 and DEFAULT_MIN_PIXELS
     mmu_mask: bool = False  # apply the minimum mapping unit to the mask too (else polygons only)
+    dst_crs: str | None = None  # the polygons' CRS (EPSG:…, WKT); None: BEFORE's. Rasters stay on BEFORE's grid
     report: bool = True  # report.html: facts, overview and the largest regions with crops
     clean: int = 0  # radius in pixels of a morphological opening of the mask (0: none)
     polygons: bool = True
@@ -151,6 +152,7 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
         check_size(pair, opts.max_pixels)
         notes += pair.notes
         mapping_unit(opts, domain.gsd, pair.info.georeferenced)  # refuse a bad --min-area before any work
+        check_dst_crs(opts, pair)
         if opts.polygons and opts.vector_format == "geojson" and not pair.info.georeferenced:
             raise InputError(f"{pair.before_path}: has no georeference, and GeoJSON coordinates are read as WGS84 "
                              "longitude/latitude everywhere; use --format gpkg (pixel grid: x = column, y = -row)")
@@ -221,6 +223,22 @@ def check_options(opts: DetectOptions) -> None:
     if opts.max_pixels is not None and opts.max_pixels < 1:
         raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
     check_scene(opts.scene)
+
+
+def check_dst_crs(opts: DetectOptions, pair: RasterPair) -> None:
+    """Refuse a --dst-crs that names no CRS, or one asked of a pair without georeference, before any work."""
+    if opts.dst_crs is None:
+        return
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    if not pair.info.georeferenced:
+        raise InputError(f"{pair.before_path}: has no georeference, so its polygons cannot be put in --dst-crs "
+                         f"{opts.dst_crs}")
+    try:
+        CRS.from_user_input(opts.dst_crs)
+    except CRSError as exc:
+        raise InputError(f"--dst-crs {opts.dst_crs!r} names no CRS ({str(exc).splitlines()[0]})") from None
 
 
 def check_bands(pair: RasterPair, detector: Detector) -> None:
@@ -485,6 +503,10 @@ def _write_changes(pair: RasterPair, scores: _Scores, threshold: float, gsd: flo
         changes = _threshold_pass(pair, scores, threshold, gsd, opts, mask_path, gpkg_path, canvas)
         copying.result()
     polygons = opts.polygons and not changes.polygons_skipped
+    if polygons and opts.dst_crs is not None:
+        from cdtool.io.vectors import reproject_layer
+
+        reproject_layer(gpkg_path, opts.dst_crs)
     if polygons and opts.vector_format == "geojson":
         from cdtool.io.vectors import to_geojson
 

@@ -571,6 +571,20 @@ class Polygonizer:
         return [s for _, _, s in sorted(self.largest, key=lambda t: (-t[0], t[1]))]
 
 
+def reproject_layer(gpkg: Path, dst_crs: str) -> None:
+    """The polygons of `gpkg` in `dst_crs` (`--dst-crs`), in place: `area` is recomputed in its units, while
+    `area_m2` (on the ground) and the scores stay. The layer is read whole: its size is bounded by MAX_REGIONS."""
+    import geopandas as gpd
+
+    frame = gpd.read_file(gpkg, layer=LAYER)
+    frame = frame.to_crs(dst_crs)
+    frame["area"] = frame.geometry.area
+    staging = gpkg.with_name(f".{gpkg.stem}.reprojected.gpkg")
+    with writing(staging):
+        frame.to_file(staging, layer=LAYER, driver="GPKG")
+    staging.replace(gpkg)
+
+
 def to_geojson(gpkg: Path, dst: Path) -> None:
     """The polygons as RFC 7946 GeoJSON (WGS84 longitude/latitude): of a georeferenced pair only, since every
     reader takes GeoJSON coordinates as WGS84."""
