@@ -35,6 +35,11 @@ for key, layer in layers.items():
                     renderer=layer.renderer().type())
         if key == "polys":
             info["features"] = layer.featureCount()
+            from qgis.core import QgsUnitTypes  # noqa: E402
+
+            casing = layer.renderer().symbol().symbolLayer(0)
+            info["outline"] = [QgsUnitTypes.encodeUnit(casing.strokeWidthUnit()), casing.strokeWidth(),
+                               casing.strokeWidthMapUnitScale().minSizeMM, casing.strokeWidthMapUnitScale().maxSizeMM]
         elif ext == "tif":
             info["overviews"] = layer.dataProvider().hasPyramids()
     report[key] = info

@@ -59,6 +59,10 @@ def test_outputs_open_styled_and_render_in_qgis(shared_data, tmp_path):
     assert report["prob"]["renderer"] == "singlebandpseudocolor"
     assert report["mask"]["renderer"] == "paletted"
     assert report["polys"]["features"] > 0
+    # outlines sized on the ground (0.8 pixel), between 0.15 and 1.1 mm: thin over the whole scene
+    with rasterio.open(src) as ds:
+        gsd = ds.res[0]
+    assert report["polys"]["outline"] == ["RenderMetersInMapUnits", pytest.approx(0.8 * gsd, rel=0.02), 0.15, 1.1]
     assert report["render"]["red_samples"] > 0 and png.stat().st_size > 1000
     import geopandas as gpd
 

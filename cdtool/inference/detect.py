@@ -513,7 +513,7 @@ def _write_changes(pair: RasterPair, scores: _Scores, threshold: float, gsd: flo
         to_geojson(gpkg_path, outs.path("changes.geojson"))
     _write_mask(outs, pair, scores, changes, mask_path, tags)
     if polygons:
-        write_text(outs.path("changes.qml"), polygons_qml())
+        write_text(outs.path("changes.qml"), polygons_qml(gsd if pair.info.georeferenced else None))
     elif opts.polygons:  # too many regions: an older run's polygons must not stay beside these rasters
         outs.drop(f"changes.{opts.vector_format}", "changes.qml")
     if canvas is not None:
