@@ -97,7 +97,7 @@ def choose_detector(spec: str | ModelSpec | Detector | None, domain: InputDomain
                         "to check the scale, or --model cva for street-level photos")
             reason = (f"{path.stem} ({name}, {card.change}): its domain covers this input "
                       f"({domain.band_count} bands {domain.layout or ''}, {gsd_text}{how})")
-            return Choice(_from_checkpoint(path), reason, [], scale)
+            return Choice(_from_checkpoint(path, path.stem), reason, [], scale)
         rejected.append(f"{path.stem}: {'; '.join(off)}")
     kind = "rgb" if domain.layout == "rgb" else "multispectral"
     name = LABEL_FREE_DEFAULT[kind]
@@ -128,6 +128,8 @@ def load_detector(spec: str | ModelSpec | None, band_count: int | None = None) -
                              [], "float32", None, "unknown")
         return choose_detector(None, domain).detector
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    if spec.kind == "shipped":  # known by its shipped name (sentinel2), not its architecture
+        return _from_checkpoint(spec.path, spec.text)
     return _from_checkpoint(spec.path) if spec.path is not None else _from_registry(spec.text)
 
 
@@ -147,7 +149,8 @@ def _from_registry(name: str) -> Detector:
                     card=ModelCard(data="none: label-free"))
 
 
-def _from_checkpoint(path: Path) -> Detector:
+def _from_checkpoint(path: Path, known_as: str | None = None) -> Detector:
+    """The detector of a checkpoint file, named `known_as` (a shipped model's name) or by its architecture."""
     states, meta = load_checkpoint(path)  # the metadata checked: model, normalisation, threshold, card
     name, args, card = meta.model.name, dict(meta.model.args), meta.model_card
     _check_shapes(path, name, args, states.get("model", {}))
@@ -159,8 +162,8 @@ def _from_checkpoint(path: Path) -> Detector:
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit model {name!r} ({str(exc).splitlines()[0]})") from None
     output = model_entry(name).info.get("output", "dense")  # stand-ins registered bare are dense
-    return Detector(name, as_dense(model.eval(), output), dict(meta.normalization), meta.threshold, meta.bands,
-                    meta, card)
+    return Detector(known_as or name, as_dense(model.eval(), output), dict(meta.normalization), meta.threshold,
+                    meta.bands, meta, card)
 
 
 def _check_shapes(path: Path, name: str, args: dict, weights: dict) -> None:
