@@ -46,10 +46,23 @@ def disk_full(path) -> bool:
         return False
 
 
+def output_name(path):
+    """The output a hidden partial file will become (`.changes.partial-1a2b.gpkg` -> `changes.gpkg`), so a
+    failure names the file the user asked for; other paths as they are."""
+    import re
+    from pathlib import Path
+
+    p = Path(path)
+    m = re.fullmatch(r"\.(?P<stem>.+)\.partial(?:-[0-9a-f]+)?(?P<ext>\.[^.]*)?", p.name)
+    return p.with_name(m["stem"] + (m["ext"] or "")) if m else p
+
+
 def write_failure(path, exc: Exception) -> CdtoolError:
     """A write that failed, as one line naming the file: a read-only or forbidden place is bad input (exit 2),
     a full disk or any other failure is a failure (exit 1)."""
     import errno
+
+    path = output_name(path)
 
     code = getattr(exc, "errno", None)
     if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENOENT):

@@ -82,6 +82,7 @@ def _assert_one_line_naming(result: subprocess.CompletedProcess, folder: Path) -
     lines = [line for line in result.stderr.splitlines() if line.strip() and not LIBTIFF_NOISE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert str(folder) in lines[0] and "cannot write" in lines[0], lines[0]
+    assert ".partial" not in lines[0], lines[0]  # the output the user asked for, not its hidden partial file
     return lines[0]
 
 
