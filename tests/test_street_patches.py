@@ -148,3 +148,26 @@ def test_pcd_style_crops_of_the_real_panorama_wrap(tsunami, tmp_path):
         assert 0 < (cols < 112).sum() < 112  # both edges' pixels are in it
     first = ds.index.query("row == 0 and col == 0").index[0]
     assert ds.index["changed_share"].iloc[first] == pytest.approx(truth[:112, :112].mean())
+
+
+@pytest.mark.slow
+def test_simsac_street_recipe_trains_and_detects(tsunami, tmp_path):
+    """recipes/simsac_street.yaml on a small street set: one epoch trains, and `detect` with its checkpoint flags
+    nothing on identical dates of the real panorama (simsac's difference gate)."""
+    from cdtool.engine.loop import train
+    from cdtool.engine.recipe import load_recipe
+
+    root = tmp_path / "street"
+    r = invoke("patches", "synthetic", tsunami / "t0.jpg", "--scene", "street", "--wrap", "--generated", "6",
+               "--samples", "48", "--size", "64", "--margin", "16", "--max-parallax", "3", "--max-shift", "4",
+               "--still", "0.2", "-o", root, "--quiet")
+    assert r.exit_code == 0, r.output
+    sets = [f"data.train.{s}.args.root={root}" for s in ("labelled", "unlabelled")] + [f"data.val.args.root={root}"]
+    recipe = load_recipe("recipes/simsac_street.yaml", sets + ["phases=[{name: pretrain, epochs: 1, lr: 0.001}]"])
+    res = train(recipe, tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "best.safetensors").is_file(), res
+    r = invoke("detect", tsunami / "t0.jpg", tsunami / "t0.jpg", "--wrap", "--model", tmp_path / "run" / "best.safetensors",
+               "-o", tmp_path / "o", "--no-polygons", "--no-preview")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "o" / "detect.json").read_text())
+    assert summary["model"] == "simsac" and summary["changed_share"] == 0.0
