@@ -13,7 +13,9 @@ share flagged with BEFORE given as both dates (should be 0). Run from the reposi
 
 Methods: a registered label-free model (`cva`: 3x3 RCVA, `pca_kmeans`, `irmad`), `cva:nK` (a K x K
 neighbourhood), `NAME:rR` (AFTER first matched to BEFORE's local brightness and contrast in a (2R+1)² box:
-cdtool.models.street; `local:rR[:nK]` is cva's), `default` (whatever detect picks with --scene street).
+cdtool.models.street; `local:rR[:nK]` is cva's), `default` (whatever detect picks with --scene street),
+`LABEL=CHECKPOINT` (a trained model, e.g. `simsac=runs/simsac_street/best.safetensors` from
+recipes/simsac_street.yaml, run with the threshold its training tuned).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def detector(method: str):
 
     if method == "default":
         return None
+    if "=" in method:
+        return method.split("=", 1)[1]
     if ":" not in method:
         return method
     name, *args = method.split(":")
@@ -96,7 +100,7 @@ def evaluate(method: str, cases, folder: Path) -> list[dict]:
     rows = []
     for kind, name, before, after, truth, wrap in cases:
         for align in (False, True):
-            row = {"method": method, "kind": kind, "pair": name, "align": align}
+            row = {"method": method.split("=", 1)[0], "kind": kind, "pair": name, "align": align}
             try:
                 row |= scores(*run(before, after, folder / "o", method, align, wrap), truth)
                 _, same, valid = run(before, before, folder / "o", method, align, wrap)

@@ -147,16 +147,20 @@ def mnist(
 
 
 def synthetic(
-    inputs: Annotated[list[Path], typer.Argument(help="Background image folders.")],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Background image folders or files.")] = None,
     out: OutDir = Path("patches"),
-    objects: Annotated[Optional[list[Path]], typer.Option("--objects", help="A/ B/ label/ folders whose change masks give object shapes.")] = None,
+    objects: Annotated[Optional[list[Path]], typer.Option("--objects", help="A/ B/ label/ folders whose change masks give object shapes (street: optional, else patches of the background itself).")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Number of pairs.")] = 1000,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 256,
     max_shift: Annotated[float, typer.Option("--max-shift", help="Largest shift of AFTER, pixels.")] = 16.0,
     max_rotation: Annotated[float, typer.Option("--max-rotation", help="Largest rotation, degrees.")] = 10.0,
     max_scale: Annotated[float, typer.Option("--max-scale", help="Largest relative scale change.")] = 0.1,
-    still: Annotated[float, typer.Option("--still", help="Share of no-change pairs (zero flow).")] = 0.0,
+    still: Annotated[float, typer.Option("--still", help="Share of no-change pairs (aerial: zero flow; street: viewpoint and lighting change only).")] = 0.0,
     margin: Annotated[int, typer.Option("--margin", help="Pixels of real context around each crop, so AFTER has no empty border.")] = 0,
+    scene: Annotated[str, typer.Option("--scene", parser=OneOf("cdtool.data.synthetic:SCENES"), help="aerial (similarity motion) or street (homography + parallax, lighting change).")] = "aerial",
+    max_parallax: Annotated[float, typer.Option("--max-parallax", help="Street: largest parallax displacement, pixels.")] = 0.0,
+    wrap: Annotated[bool, typer.Option("--wrap", help="Street: backgrounds are 360° panoramas, crops may span the seam.")] = False,
+    generated: Annotated[int, typer.Option("--generated", help="Street: add this many generated street panoramas as backgrounds.")] = 0,
     split: Split = "0.7,0.15,0.15",
     seed: Seed = 0,
     overwrite: Overwrite = False,
@@ -165,21 +169,26 @@ def synthetic(
     """Synthetic misaligned pairs: objects pasted onto backgrounds, AFTER warped, with the true flow."""
     fractions = _fractions(split)
     from cdtool.data.sources import pairs_from_folder
-    from cdtool.data.synthetic import SyntheticOptions, make_synthetic
+    from cdtool.data.synthetic import SyntheticOptions, check_scene, make_synthetic
 
-    if not objects:
+    if not objects and scene != "street":
         raise InputError("synthetic needs --objects FOLDER (A/ B/ label/) for object shapes")
+    if not inputs and not generated:
+        raise InputError("synthetic needs background images (or, with --scene street, --generated N)")
     _positive(samples, "--samples")
     _positive(size, "--size")
     for value, what in ((max_shift, "--max-shift"), (max_rotation, "--max-rotation"), (max_scale, "--max-scale"),
-                        (margin, "--margin")):
+                        (margin, "--margin"), (max_parallax, "--max-parallax"), (generated, "--generated")):
         _not_negative(value, what)
     _share(still, "--still")
-    bank = [p for f in objects for p in pairs_from_folder(f, require_mask=True)]
     opts = SyntheticOptions(samples=samples, size=size, fractions=fractions, seed=seed, max_shift=max_shift,
-                            max_rotation=max_rotation, max_scale=max_scale, still=still, margin=margin)
-    s = make_synthetic(inputs, bank, out, opts, overwrite=overwrite, progress=show_progress(quiet))
-    report(s, out, "synthetic", quiet, f"{len(bank)} object source pairs")
+                            max_rotation=max_rotation, max_scale=max_scale, still=still, margin=margin,
+                            scene=scene, max_parallax=max_parallax, wrap=wrap, generated=generated)
+    check_scene(opts)
+    bank = [p for f in objects or [] for p in pairs_from_folder(f, require_mask=True)]
+    s = make_synthetic(list(inputs or []), bank, out, opts, overwrite=overwrite, progress=show_progress(quiet))
+    report(s, out, "synthetic", quiet, f"{len(bank)} object source pairs" if bank else
+           "objects: patches of the backgrounds themselves")
 
 
 def report(s: dict, out: Path, protocol: str, quiet: bool, detail: str) -> None:

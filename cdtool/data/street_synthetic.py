@@ -125,3 +125,138 @@ def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     padded = np.concatenate([image, image[:, :1]], axis=1)  # column w is column 0 again
     coords = [np.clip(y, 0, h - 1), np.mod(x, w)]
     return np.stack([map_coordinates(padded[..., k], coords, order=1) for k in range(image.shape[2])], axis=-1)
+
+
+# --- training pairs: `cdtool patches synthetic --scene street` ----------------------------------------------
+
+
+def street_scene(seed: int, height: int = 224, width: int = 1024) -> np.ndarray:
+    """A generated 360° street panorama (H, W, 3 uint8) that closes at its seam: a sky gradient, a row of
+    facades of random widths, heights and colours with window grids, poles, a pavement and a road with dashed
+    lane markings, and fine texture. A second source of street imagery beside the one real panorama: its
+    geometry is plausible, its texture is not a photograph's."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(height, dtype=np.float32)[:, None, None]
+    horizon = int(height * rng.uniform(0.55, 0.65))
+    top, bottom = rng.uniform([90, 120, 170], [150, 180, 235]), rng.uniform(200, 245, 3)
+    img = np.broadcast_to(top + (bottom - top) * np.clip(y / horizon, 0, 1), (height, width, 3)).copy()
+    x = 0
+    while x < width:
+        bw = min(int(rng.integers(48, 176)), width - x)
+        roof = int(rng.integers(int(0.08 * height), int(0.4 * horizon) + int(0.08 * height)))
+        img[roof:horizon, x:x + bw] = rng.uniform(50, 225, 3)
+        sx, sy = int(rng.integers(12, 26)), int(rng.integers(14, 28))
+        glass = rng.uniform(20, 120, 3) if rng.random() < 0.7 else rng.uniform(150, 230, 3)
+        for r in range(roof + 6, horizon - sy, sy):
+            for c in range(x + 4, x + bw - sx + 1, sx):
+                img[r:r + int(0.6 * sy), c:c + int(0.6 * sx)] = glass
+        x += bw
+    for c in rng.integers(0, width, int(rng.integers(3, 9))):  # poles and trunks in front of the facades
+        w = int(rng.integers(2, 6))
+        img[int(rng.integers(0, horizon)):horizon + 6, c:c + w] = rng.uniform(20, 80, 3)
+    img[horizon:horizon + 8] = rng.uniform(150, 200, 3)  # pavement
+    road = rng.uniform(70, 120)
+    img[horizon + 8:] = road * (1 + 0.3 * (y[horizon + 8:] - horizon) / height)
+    lane = horizon + 8 + int((height - horizon - 8) * 0.6)
+    dash = np.arange(width) % 64 < 32  # 64 divides a panorama's width: the dashes close at the seam
+    img[lane:lane + 3, dash] = 235
+    fine = rng.normal(0, 6, (height, width, 1)) + 4 * np.cos(2 * np.pi * np.arange(width) / width * 7)[None, :, None]
+    return np.clip(img + fine, 0, 255).astype(np.uint8)
+
+
+def crop_rows_cols(image: np.ndarray, row: int, col: int, size: int, wrap: bool) -> np.ndarray:
+    """A size x size crop; with `wrap` the columns are taken modulo the width, so a crop may span the seam."""
+    rows = image[row:row + size]
+    if not wrap:
+        return rows[:, col:col + size]
+    return np.take(rows, np.arange(col, col + size) % image.shape[1], axis=1)
+
+
+def street_motion(rng: np.random.Generator, size: int, opts) -> tuple[np.ndarray, np.ndarray]:
+    """Source coordinates (x, y) in the crop of every AFTER pixel: a small homography about the centre
+    (rotation, scale, shift, a touch of perspective) plus parallax, a smooth horizontal displacement of up to
+    `opts.max_parallax` px that grows towards the bottom of the crop (nearer things move more when the camera
+    moves sideways), with a quarter of it vertically."""
+    c = (size - 1) / 2.0
+    th = np.deg2rad(rng.uniform(-opts.max_rotation, opts.max_rotation))
+    s = 1.0 + rng.uniform(-opts.max_scale, opts.max_scale)
+    core = np.array([[s * np.cos(th), -s * np.sin(th), rng.uniform(-opts.max_shift, opts.max_shift)],
+                     [s * np.sin(th), s * np.cos(th), rng.uniform(-opts.max_shift, opts.max_shift)],
+                     [*rng.uniform(-0.5, 0.5, 2) * opts.max_scale / size, 1.0]])
+    centre = np.array([[1, 0, c], [0, 1, c], [0, 0, 1.0]])
+    m = centre @ core @ np.linalg.inv(centre)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    w = m[2, 0] * xs + m[2, 1] * ys + m[2, 2]
+    sx = (m[0, 0] * xs + m[0, 1] * ys + m[0, 2]) / w
+    sy = (m[1, 0] * xs + m[1, 1] * ys + m[1, 2]) / w
+    if opts.max_parallax:
+        field = np.zeros((size, size))
+        for _ in range(3):
+            f = rng.uniform(0.3, 1.5, 2) * 2 * np.pi / size
+            field += np.cos(f[0] * xs + f[1] * ys + rng.uniform(0, 2 * np.pi)) / 3
+        field *= opts.max_parallax * rng.uniform(0.3, 1.0) * (0.5 + 0.5 * ys / max(size - 1, 1))
+        sx, sy = sx + field, sy + 0.25 * field
+    return sx.astype(np.float32), sy.astype(np.float32)
+
+
+def paste_from(cut: np.ndarray, source: np.ndarray, rng: np.random.Generator, count: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """`count` elliptical patches of `source` (the whole street image, so real texture from elsewhere in it)
+    pasted into `cut` where they differ clearly from what they cover; returns the composite and its mask."""
+    size = cut.shape[0]
+    comp, pasted = cut.astype(np.float32), np.zeros(cut.shape[:2], bool)
+    placed = 0
+    for _ in range(count * 8):
+        if placed == count:
+            break
+        ph, pw = int(rng.integers(size // 8, size // 3 + 1)), int(rng.integers(size // 6, size // 2 + 1))
+        r, c = int(rng.integers(0, size - ph + 1)), int(rng.integers(0, size - pw + 1))
+        sr, sc = int(rng.integers(0, source.shape[0] - ph + 1)), int(rng.integers(0, source.shape[1] - pw + 1))
+        yy, xx = np.mgrid[:ph, :pw]
+        shape = ((yy - (ph - 1) / 2) / (ph / 2)) ** 2 + ((xx - (pw - 1) / 2) / (pw / 2)) ** 2 <= 1
+        patch = source[sr:sr + ph, sc:sc + pw].astype(np.float32)
+        if np.abs(patch - comp[r:r + ph, c:c + pw]).mean(axis=-1)[shape].mean() < 25:
+            continue  # too like what it would cover: no visible change
+        comp[r:r + ph, c:c + pw][shape] = patch[shape]
+        pasted[r:r + ph, c:c + pw] |= shape
+        placed += 1
+    return comp, pasted
+
+
+def street_sample(cut: np.ndarray, source: np.ndarray, bank, rng: np.random.Generator, opts):
+    """(image (2, 3, S, S) uint8, mask, valid, flow) of one street training pair from a (S + 2m)² cut of a
+    street image: objects pasted (shapes from `bank` when given, else patches of `source` itself), a lighting
+    change (`lighting`: global gain, sun/shade swing, offset) and a viewpoint change (`street_motion`), as
+
+        AFTER(p) = lit(M(p))   mask(p) = pasted(M(p))   flow(p) = M(p) - p.
+
+    A `still` pair gets no objects but keeps its viewpoint and lighting change: nothing changed, the camera
+    moved and the sun did, which is what a street model must leave alone."""
+    size = opts.size
+    m = (cut.shape[0] - size) // 2
+    want = 0 if opts.still and rng.random() < opts.still else int(rng.integers(opts.objects[0], opts.objects[1] + 1))
+    if bank is None:
+        comp, pasted = paste_from(cut, source, rng, want)
+    else:
+        comp, pasted = cut.astype(np.float32), np.zeros(cut.shape[:2], bool)
+        for _ in range(want * 4):
+            obj = bank.draw(rng, size) if want else None
+            if obj is None:
+                continue
+            pix, shape = obj
+            r, c = (int(rng.integers(0, cut.shape[k] - shape.shape[k] + 1)) for k in (0, 1))
+            comp[r:r + shape.shape[0], c:c + shape.shape[1]][shape] = pix[shape]
+            pasted[r:r + shape.shape[0], c:c + shape.shape[1]] |= shape
+            want -= 1
+    lit = lighting(comp, rng, panorama=False)
+    sx, sy = street_motion(rng, size, opts)
+    coords = np.stack([sy + m, sx + m])
+    after = np.stack([map_coordinates(lit[..., k], coords, order=1, mode="nearest") for k in range(3)])
+    after = after + rng.normal(0, 1.5, after.shape)
+    mask = map_coordinates(pasted.astype(np.float32), coords, order=0, mode="constant") > 0.5
+    valid = (sx >= -m) & (sx <= size - 1 + m) & (sy >= -m) & (sy <= size - 1 + m)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    flow = np.stack([sx - xs, sy - ys]).astype(np.float32)
+    before = cut[m:m + size, m:m + size].transpose(2, 0, 1).astype(np.float32)
+    image = np.stack([before, after]).clip(0, 255).round().astype(np.uint8)
+    return image, mask & valid, valid, flow

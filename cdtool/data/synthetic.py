@@ -17,6 +17,12 @@ A share `still` of the samples are no-change pairs: nothing pasted and no motion
 mask 0); half of them are identical dates, the other half get a global photometric change of AFTER (gain
 1 ± 0.2, offset ± 10 grey levels), so a model learns that neither identical dates nor a radiometric
 difference alone are change or motion.
+
+`scene="street"` makes street-level pairs instead (`cdtool.data.street_synthetic.street_sample`): a homography
+plus parallax for the viewpoint change, a local lighting change, objects pasted from the street image itself
+when no object bank is given, still pairs that keep their viewpoint and lighting change, and with `wrap` crops
+that run across a 360° panorama's seam. `generated` adds that many generated street panoramas
+(`street_scene`) to the backgrounds, each its own background for the split.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from tqdm import tqdm
 
 from cdtool.data.sources import IMAGE_SUFFIXES, PairSource
 from cdtool.data.splits import split_of
+from cdtool.data.street_synthetic import crop_rows_cols, street_sample, street_scene
 from cdtool.data.store import DatasetWriter
 from cdtool.errors import InputError
 from cdtool.io.change_mask import read_change_mask
@@ -53,6 +60,12 @@ class SyntheticOptions:
     seed: int = 0
     still: float = 0.0                    # share of no-change pairs (no object, no motion)
     margin: int = 0                       # background context around each crop (pixels per side)
+    scene: str = "aerial"                 # aerial: similarity motion; street: homography + parallax + lighting
+    max_parallax: float = 0.0             # street: largest parallax displacement, pixels
+    wrap: bool = False                    # street: backgrounds are 360° panoramas, crops may span the seam
+    generated: int = 0                    # street: generated panoramas added to the backgrounds
+
+SCENES = ("aerial", "street")
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -107,9 +120,13 @@ def random_similarity(rng: np.random.Generator, size: int, opts: SyntheticOption
     return np.hstack([rot, (np.array([c, c]) - rot @ [c, c] + t)[:, None]])
 
 
-def synth_pair(bg: np.ndarray, bank: ObjectBank, rng: np.random.Generator, opts: SyntheticOptions):
+def synth_pair(bg: np.ndarray, bank: ObjectBank | None, rng: np.random.Generator, opts: SyntheticOptions,
+               source: np.ndarray | None = None):
     """(image (2, 3, S, S) uint8, mask (S, S), valid (S, S), flow (2, S, S)) for one background crop: bg is
-    (S + 2m, S + 2m, 3), m the margin of context around the crop."""
+    (S + 2m, S + 2m, 3), m the margin of context around the crop; `source`, the whole background image, gives
+    street pairs their objects when there is no bank."""
+    if opts.scene == "street":
+        return street_sample(bg, bg if source is None else source, bank, rng, opts)
     size = opts.size
     m = (bg.shape[0] - size) // 2
     full = bg.astype(np.float32)
@@ -149,44 +166,78 @@ def synth_pair(bg: np.ndarray, bank: ObjectBank, rng: np.random.Generator, opts:
     return image, mask & valid, valid, flow
 
 
-def make_synthetic(backgrounds: list[Path], objects: list[PairSource], out: Path, opts: SyntheticOptions, *,
-                   overwrite: bool = False, progress: bool = False) -> dict:
-    """Write `opts.samples` synthetic pairs; the split follows the background image, so a background
-    never appears in two splits."""
-    t0 = time.perf_counter()
+def check_scene(opts: SyntheticOptions) -> None:
+    """Street-only settings are refused on aerial pairs rather than ignored."""
+    if opts.scene not in SCENES:
+        raise InputError(f"scene must be one of {', '.join(SCENES)}, got {opts.scene!r}")
+    if opts.scene != "street" and (opts.wrap or opts.generated or opts.max_parallax):
+        raise InputError("--wrap, --generated and --max-parallax make street-level pairs: add --scene street")
+
+
+def _backgrounds(backgrounds: list[Path], opts: SyntheticOptions) -> list[tuple[str, object, tuple[int, int]]]:
+    """(name, file or generated seed, (width, height)) of every background at least one cut high (and wide,
+    unless crops wrap)."""
     files = sorted({p for f in backgrounds for p in (sorted(f.iterdir()) if f.is_dir() else [f])
                     if p.suffix.lower() in IMAGE_SUFFIXES})
-    if not files:
+    if not files and not opts.generated:
         raise InputError(f"{backgrounds[0] if backgrounds else '--backgrounds'}: no background images")
-    sizes = {}
+    found = []
     for f in files:
-        with Image.open(f) as im:
-            sizes[f] = im.size
+        try:
+            with Image.open(f) as im:
+                found.append((f.name, f, im.size))
+        except OSError as exc:
+            raise InputError(f"{f}: cannot read as an image ({exc})") from None
+    found += [(f"generated_street_{k:03d}", k, (1024, 224)) for k in range(opts.generated)]
     cut = opts.size + 2 * opts.margin
-    files = [f for f in files if min(sizes[f]) >= cut]
-    if not files:
-        raise InputError(f"{backgrounds[0]}: no background image is at least {cut}x{cut}")
-    bank = ObjectBank(objects, opts.min_object)
-    params = {"backgrounds": [str(f) for f in files], "objects": [str(p.mask) for p in bank.pairs],
+    found = [b for b in found if b[2][1] >= cut and (opts.wrap or b[2][0] >= cut)]
+    if not found:
+        raise InputError(f"{backgrounds[0] if backgrounds else '--generated'}: no background image is at least "
+                         f"{cut}x{cut}")
+    return found
+
+
+def _image(source) -> np.ndarray:
+    return street_scene(1000 + source) if isinstance(source, int) else _load_rgb(source)
+
+
+def make_synthetic(backgrounds: list[Path], objects: list[PairSource] | None, out: Path, opts: SyntheticOptions, *,
+                   overwrite: bool = False, progress: bool = False) -> dict:
+    """Write `opts.samples` synthetic pairs; the split follows the background image, so a background
+    never appears in two splits. Street pairs (`opts.scene`) may go without `objects`."""
+    t0 = time.perf_counter()
+    check_scene(opts)
+    found = _backgrounds(backgrounds, opts)
+    cut = opts.size + 2 * opts.margin
+    bank = ObjectBank(objects, opts.min_object) if objects or opts.scene != "street" else None
+    params = {"backgrounds": [str(b[1]) if isinstance(b[1], Path) else b[0] for b in found],
+              "objects": [str(p.mask) for p in bank.pairs] if bank else [],
               "samples": opts.samples, "size": opts.size, "objects_per_sample": list(opts.objects),
               "min_object": opts.min_object, "max_rotation": opts.max_rotation, "max_scale": opts.max_scale,
               "max_shift": opts.max_shift, "fractions": list(opts.fractions), "seed": opts.seed,
-              **({"still": opts.still} if opts.still else {}), **({"margin": opts.margin} if opts.margin else {})}
+              **({"still": opts.still} if opts.still else {}), **({"margin": opts.margin} if opts.margin else {}),
+              **({"scene": opts.scene, "max_parallax": opts.max_parallax, "wrap": opts.wrap,
+                  "generated": opts.generated} if opts.scene != "aerial" else {})}
     store = DatasetWriter(out, "synthetic", params, overwrite=overwrite, image_dtype="uint8")
     if store.complete:
         return {**store.summary(), "already_complete": True}
     bar = tqdm(total=opts.samples, desc="synthetic pairs", unit="pair", disable=not progress)
     for writer, samples in store.fixed_size_units("synthetic", opts.samples, SAMPLES_PER_UNIT, bar):
         rng = np.random.default_rng([opts.seed, samples.start])
+        cache: dict = {}
         for k in samples:
-            f = files[int(rng.integers(len(files)))]
-            w, h = sizes[f]
-            r, c = int(rng.integers(0, h - cut + 1)), int(rng.integers(0, w - cut + 1))
-            bg = _load_rgb(f)[r:r + cut, c:c + cut]
-            image, mask, valid, flow = synth_pair(bg, bank, rng, opts)
-            writer.add({"sample": f"{k}", "background": str(f), "row": r + opts.margin, "col": c + opts.margin,
+            name, source, (w, h) = found[int(rng.integers(len(found)))]
+            r = int(rng.integers(0, h - cut + 1))
+            c = int(rng.integers(0, w)) if opts.wrap else int(rng.integers(0, w - cut + 1))
+            if name not in cache:
+                cache = {name: _image(source)}  # one image held at a time
+            whole = cache[name]
+            bg = crop_rows_cols(whole, r, c, cut, opts.wrap)
+            image, mask, valid, flow = synth_pair(bg, bank, rng, opts, whole)
+            writer.add({"sample": f"{k}", "background": str(source) if isinstance(source, Path) else name,
+                        "row": r + opts.margin, "col": (c + opts.margin) % w,
                         "height": opts.size, "width": opts.size, "changed_share": float(mask.mean()), "label": -1,
-                        "split": split_of(f.name, opts.seed, opts.fractions)},
+                        "split": split_of(name, opts.seed, opts.fractions)},
                        image, mask=mask, valid=valid, flow=flow)
             bar.update(1)
     bar.close()
