@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
@@ -218,20 +217,8 @@ def _merge_polygons(polygons: dict, gpkg: Path, series: Series) -> None:
 
 def _first_change_qml(series: Series) -> str:
     """A paletted style: one colour per interval (light = early), never-changed transparent."""
-    entries = "\n".join(
-        f'        <paletteEntry value="{k}" color="{PALETTE[(k - 1) % len(PALETTE)]}" alpha="255" '
-        f'label={quoteattr(series.interval(k))}/>' for k in range(1, len(series.inputs)))
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <colorPalette>
-        <paletteEntry value="0" color="#ffffff" alpha="0" label="never changed"/>
-{entries}
-      </colorPalette>
-    </rasterrenderer>
-  </pipe>
-  <blendMode>0</blendMode>
-</qgis>
-"""
+    from cdtool.io.qgis_style import paletted_qml
+
+    return paletted_qml([(0, "#ffffff", 0, "never changed")]
+                        + [(k, PALETTE[(k - 1) % len(PALETTE)], 255, series.interval(k))
+                           for k in range(1, len(series.inputs))])

@@ -79,15 +79,21 @@ def paste_objects(image: np.ndarray, rng: np.random.Generator, count: int) -> tu
         ph, pw = int(rng.integers(18, 48)), int(rng.integers(24, 72))
         r, c = int(rng.integers(10, h - ph - 10)), int(rng.integers(0, w - pw))
         src_c = (c + w // 4 + int(rng.integers(0, w // 2))) % (w - pw)
-        yy, xx = np.mgrid[:ph, :pw]
-        shape = ((yy - (ph - 1) / 2) / (ph / 2)) ** 2 + ((xx - (pw - 1) / 2) / (pw / 2)) ** 2 <= 1
-        patch = image[r:r + ph, src_c:src_c + pw].astype(np.float32)
-        if np.abs(patch - scene[r:r + ph, c:c + pw]).mean(axis=-1)[shape].mean() < 25:
-            continue  # too like what it would cover: no visible change
-        scene[r:r + ph, c:c + pw][shape] = patch[shape]
-        changed[r:r + ph, c:c + pw] |= shape
-        placed += 1
+        placed += paste_visible(scene, changed, image[r:r + ph, src_c:src_c + pw].astype(np.float32), r, c)
     return scene, changed
+
+
+def paste_visible(canvas: np.ndarray, changed: np.ndarray, patch: np.ndarray, r: int, c: int) -> bool:
+    """Paste the ellipse inscribed in `patch` into `canvas` at (r, c), marking `changed`, unless it is too like
+    what it would cover (a mean difference under 25 grey levels: no visible change); whether it was pasted."""
+    ph, pw = patch.shape[:2]
+    yy, xx = np.mgrid[:ph, :pw]
+    shape = ((yy - (ph - 1) / 2) / (ph / 2)) ** 2 + ((xx - (pw - 1) / 2) / (pw / 2)) ** 2 <= 1
+    if np.abs(patch - canvas[r:r + ph, c:c + pw]).mean(axis=-1)[shape].mean() < 25:
+        return False
+    canvas[r:r + ph, c:c + pw][shape] = patch[shape]
+    changed[r:r + ph, c:c + pw] |= shape
+    return True
 
 
 def lighting(scene: np.ndarray, rng: np.random.Generator, panorama: bool) -> np.ndarray:
@@ -212,14 +218,7 @@ def paste_from(cut: np.ndarray, source: np.ndarray, rng: np.random.Generator, co
         ph, pw = int(rng.integers(size // 8, size // 3 + 1)), int(rng.integers(size // 6, size // 2 + 1))
         r, c = int(rng.integers(0, size - ph + 1)), int(rng.integers(0, size - pw + 1))
         sr, sc = int(rng.integers(0, source.shape[0] - ph + 1)), int(rng.integers(0, source.shape[1] - pw + 1))
-        yy, xx = np.mgrid[:ph, :pw]
-        shape = ((yy - (ph - 1) / 2) / (ph / 2)) ** 2 + ((xx - (pw - 1) / 2) / (pw / 2)) ** 2 <= 1
-        patch = source[sr:sr + ph, sc:sc + pw].astype(np.float32)
-        if np.abs(patch - comp[r:r + ph, c:c + pw]).mean(axis=-1)[shape].mean() < 25:
-            continue  # too like what it would cover: no visible change
-        comp[r:r + ph, c:c + pw][shape] = patch[shape]
-        pasted[r:r + ph, c:c + pw] |= shape
-        placed += 1
+        placed += paste_visible(comp, pasted, source[sr:sr + ph, sc:sc + pw].astype(np.float32), r, c)
     return comp, pasted
 
 

@@ -6,7 +6,6 @@ loop prints."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import torch
 
 from cdtool.errors import InputError
 from cdtool.errors import write_failure
+from cdtool.io.checksum import sha256
 from cdtool.io.outputs import replaced_when_done, write_text_atomic
 
 STATE_FILE = "last.state.pt"
@@ -63,14 +63,6 @@ MANIFEST = "last.json"
 RESUME_FILES = ("last.safetensors", STATE_FILE)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 PREVIOUS = ".prev-"  # the last consistent pair, kept (as hard links) while a new one is written
 
 
@@ -90,7 +82,7 @@ def keep_previous(run_dir: Path) -> None:
 def write_manifest(run_dir: Path, epoch: int, phase: str) -> None:
     """Checksums of the resume files, written after both: resume trusts the pair only when they match. The
     previous pair is dropped once the new one is on record."""
-    manifest = {"epoch": epoch, "phase": phase, "sha256": {n: _sha256(run_dir / n) for n in RESUME_FILES}}
+    manifest = {"epoch": epoch, "phase": phase, "sha256": {n: sha256(run_dir / n) for n in RESUME_FILES}}
     write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=1))
     for name in RESUME_FILES:
         (run_dir / (PREVIOUS + name)).unlink(missing_ok=True)
@@ -105,11 +97,11 @@ def check_manifest(run_dir: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{run_dir}: no readable {MANIFEST}: the last save did not finish (or an older cdtool "
                          "made this run); start a new run") from None
-    torn = [n for n in RESUME_FILES if not (run_dir / n).is_file() or _sha256(run_dir / n) != sums.get(n)]
+    torn = [n for n in RESUME_FILES if not (run_dir / n).is_file() or sha256(run_dir / n) != sums.get(n)]
     if not torn:
         return
     previous = [run_dir / (PREVIOUS + n) for n in RESUME_FILES]
-    if all(p.is_file() and _sha256(p) == sums.get(n) for p, n in zip(previous, RESUME_FILES)):
+    if all(p.is_file() and sha256(p) == sums.get(n) for p, n in zip(previous, RESUME_FILES)):
         for p, name in zip(previous, RESUME_FILES):  # a crash between the saves: back to the recorded pair
             os.replace(p, run_dir / name)
         return

@@ -6,7 +6,7 @@ and false-colour imagery alike). PNG outputs (grey + alpha, scores x 255) get th
 from __future__ import annotations
 
 from pathlib import Path
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 from affine import Affine
 
@@ -52,16 +52,17 @@ def heatmap_qml(threshold: float | None = None, scale: float = 1.0, alpha_band: 
 """
 
 
-def mask_qml(changed_value: int = 1, alpha_band: int = -1) -> str:
-    """Changed pixels in semi-transparent red (the basemap and the score stay readable), the rest clear."""
+def paletted_qml(entries: list[tuple[int, str, int, str]], alpha_band: int = -1) -> str:
+    """A paletted raster style: (value, colour, alpha 0-255, label) per class."""
+    palette = "\n".join(f'        <paletteEntry value="{v}" alpha="{a}" label={quoteattr(label)} color="{c}"/>'
+                         for v, c, a, label in entries)
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="3.22" styleCategories="Symbology">
   <pipe>
     <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="{alpha_band}" nodataColor="">
       <rasterTransparency/>
       <colorPalette>
-        <paletteEntry value="0" alpha="0" label="unchanged" color="#000000"/>
-        <paletteEntry value="{changed_value}" alpha="110" label="changed" color="#e31a1c"/>
+{palette}
       </colorPalette>
     </rasterrenderer>
     <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
@@ -71,6 +72,12 @@ def mask_qml(changed_value: int = 1, alpha_band: int = -1) -> str:
   <blendMode>0</blendMode>
 </qgis>
 """
+
+
+def mask_qml(changed_value: int = 1, alpha_band: int = -1) -> str:
+    """Changed pixels in semi-transparent red (the basemap and the score stay readable), the rest clear."""
+    return paletted_qml([(0, "#000000", 0, "unchanged"), (changed_value, "#e31a1c", 110, "changed")], alpha_band)
+
 
 
 def _outline_layer(rgba: str, width_mm: float, ground_m: float | None = None, min_mm: float = 0.0) -> str:

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from cdtool.errors import InputError
+from cdtool.io.checksum import sha256
 from cdtool.labels.fit import HeadSpec, fit_head, sample_features, sample_weights, scores, validate
-from cdtool.labels.read import DEFAULT_FIELD, Grid, open_labels, sample_labels, sha256
+from cdtool.labels.read import DEFAULT_FIELD, Grid, open_labels, sample_labels
 from cdtool.models.pixel_classifier import PixelClassifier
 
 FITTED = "fitted.safetensors"

@@ -6,7 +6,6 @@ sample of at most a budget of them, so memory depends on the window and the budg
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +41,6 @@ class LabelSample:
     pixels: dict[int, int]  # labelled pixels per class, before sampling
     groups: dict[int, int]  # groups (polygons) per class that cover at least one pixel
     notes: list[str] = field(default_factory=list)
-
-
-def sha256(path: Path) -> str:
-    """Checksum of the labels file (the .shp itself for a shapefile), recorded with the fitted model."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class PolygonLabels:
