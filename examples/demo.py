@@ -87,7 +87,8 @@ def main() -> int:
             print(f"  this pair is in the model's training data, so that F1 flatters it; scored by the "
                   f"cross-validation model that never saw it: F1 {held_out:.3f}")
         print(f"  why this model: {res.extra['model_choice']['reason']}")
-        print(f"  outputs in {out}/ (drag the change_prob, change_mask and changes.gpkg files into QGIS; preview: {pv})")
+        print(f"  outputs in {out}/ (drag the change_prob, change_mask and changes.gpkg files into QGIS; preview: {pv}; "
+              f"a page to send on: {out / 'report.html'})")
         same = detect(before, before, args.out / f"{name}_same", opts)
         print(f"  the same image as both dates: {same.changed_share:.2%} flagged")
     return 0
