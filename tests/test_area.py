@@ -74,6 +74,13 @@ def test_exclude_layer_and_raster(pisa, tmp_path):
     with rasterio.open(tmp_path / "b" / "change_mask.tif") as m:
         raster_mask = m.read(1)
     assert ((raster_mask == 255) == inside).mean() > 0.98  # 20 m cells against 10 m pixels: edges differ
+    # painted as 0/255 it excludes the same pixels: read by the one mask rule, not as "1 or nothing"
+    write_tif(tmp_path / "excl255.tif", excl * 255, crs="EPSG:32632", transform=t)
+    r = invoke("detect", pisa / "imgs_1", pisa / "imgs_2", "-o", tmp_path / "c", "--exclude", tmp_path / "excl255.tif",
+               "--model", "cva", "-q", "--no-preview", "--no-polygons")
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "c" / "change_mask.tif") as m:
+        assert np.array_equal(m.read(1) == 255, raster_mask == 255)
 
 
 def test_exclude_water_leaves_out_water_on_both_dates(shared_data, tmp_path):

@@ -53,11 +53,10 @@ class AreaMask:
 
     aoi: list | None = None  # polygons in BEFORE's CRS (or pixel grid)
     exclude_shapes: list | None = None
-    exclude_raster: str | None = None  # a 0/1 raster, warped onto the grid window by window
+    exclude_raster: str | None = None  # a mask raster (1 = exclude), warped onto the grid window by window
     water: tuple[int, int] | None = None  # 0-based (green, NIR) band indexes for `water`
     crs: object = None
-    _raster: object = None  # the exclusion raster on BEFORE's grid (see `bind`)
-    _source: object = None
+    _raster: object = None  # the exclusion raster on BEFORE's grid, a ChangeMask (see `bind`)
 
     def bounds(self) -> tuple[float, float, float, float] | None:
         """(left, bottom, right, top) of the AOI in map units, to crop the processing extent; None: no AOI."""
@@ -79,30 +78,33 @@ class AreaMask:
         if self.exclude_shapes:
             keep &= geometry_mask(self.exclude_shapes, shape, transform)
         if self._raster is not None:
-            keep &= self._raster.read(1, window=window) != 1
+            keep &= ~self._raster.read(window)[0]  # "changed" in the mask's coding: excluded
         if self.water is not None and data is not None:
             keep &= ~self._water(data)
         return keep
 
     def bind(self, before) -> None:
-        """Open the exclusion raster on the grid of `before` (an open dataset): warped once, read by window."""
+        """Open the exclusion raster on the grid of `before` (an open dataset): warped once (nearest), read by
+        window, its values read by the one mask rule (`cdtool.io.change_mask`: 0/1, 0/255, 1/2 ...), so a mask
+        painted as 0/255 excludes its 255s instead of nothing."""
         if self.exclude_raster is None or self._raster is not None:
             return
-        import rasterio
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
-        src = rasterio.open(self.exclude_raster)
+        from cdtool.io.change_mask import ChangeMask
+
         if before.crs is None:
-            if (src.width, src.height) != (before.width, before.height):
-                src.close()
-                raise InputError(f"{self.exclude_raster}: {src.width}x{src.height} pixels, but without a CRS an "
-                                 f"--exclude raster must match the inputs' {before.width}x{before.height}")
-            self._raster, self._source = src, None
+            mask = ChangeMask(self.exclude_raster)
+            if mask.shape != (before.height, before.width):
+                mask.close()
+                raise InputError(f"{self.exclude_raster}: {mask.shape[1]}x{mask.shape[0]} pixels, but without a CRS "
+                                 f"an --exclude raster must match the inputs' {before.width}x{before.height}")
+            self._raster = mask
             return
-        self._source = src
-        self._raster = WarpedVRT(src, crs=before.crs, transform=before.transform, width=before.width,
-                                 height=before.height, resampling=Resampling.nearest, nodata=0)
+        self._raster = ChangeMask(self.exclude_raster, opener=lambda src: WarpedVRT(
+            src, crs=before.crs, transform=before.transform, width=before.width, height=before.height,
+            resampling=Resampling.nearest, add_alpha=True))
 
     def _water(self, data: np.ndarray) -> np.ndarray:
         green, nir = self.water
@@ -118,10 +120,9 @@ class AreaMask:
         return [self.exclude_raster] if self.exclude_raster else []
 
     def close(self) -> None:
-        for ds in (self._raster, self._source):
-            if ds is not None:
-                ds.close()
-        self._raster = self._source = None
+        if self._raster is not None:
+            self._raster.close()
+            self._raster = None
 
 
 def _is_raster(path: Path) -> bool:
