@@ -31,3 +31,18 @@ def test_models_lists_models_losses_and_recipes():
     for word in ("cosimnet", "fc_siam_diff", "fc_siam_conc", "fcn_metrics", "siamese_patch", "cva", "tcl",
                  "contrastive", "tasks", "patch", "recipes"):
         assert word in res.output
+
+
+def test_set_indexes_a_list_of_phases():
+    """`--set phases.0.epochs=2` changes the first phase, and keeps it a list (it used to become a dict)."""
+    import pytest
+
+    from cdtool.engine.recipe import apply_overrides, load_recipe
+    from cdtool.errors import InputError
+
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "dual_ae_mnist.yaml", ["phases.0.epochs=2"])
+    assert recipe.phases[0].epochs == 2 and len(recipe.phases) >= 1
+    with pytest.raises(InputError, match="phases is a list of"):
+        apply_overrides({"phases": [{"epochs": 1}]}, ["phases.3.epochs=2"])

@@ -99,14 +99,23 @@ def read_yaml(text: str):
 
 
 def set_key(tree: dict, dotted: str, value: Any) -> None:
-    """Set tree['a']['b'] = value for 'a.b', creating dicts on the way."""
+    """Set tree['a']['b'] = value for 'a.b', creating dicts on the way; a number indexes a list
+    (`phases.0.epochs`: the first phase's epochs)."""
     keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
+    node: Any = tree
+    for depth, k in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise InputError(f"--set {dotted}: {'.'.join(keys[:depth]) or 'the recipe'} is a list of "
+                                 f"{len(node)}; index it with 0-{len(node) - 1}")
+            k = int(k)
+        elif not last and not isinstance(node.get(k), (dict, list)):
             node[k] = {}
-        node = node[k]
-    node[keys[-1]] = value
+        if last:
+            node[k] = value
+        else:
+            node = node[k]
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
