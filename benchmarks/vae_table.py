@@ -15,6 +15,11 @@ setting has no labels to spare), threshold 0.5; accuracy = `oa`.
     python benchmarks/vae_table.py --rows full --distances jeffreys l2 l1 cosine mmd --labels 500 --seeds 0 1 2
     python benchmarks/vae_table.py --pcd --seeds 0                   # Table 4 PCD rows, via `cdtool detect`
     python benchmarks/vae_table.py --disentangle runs/vae_table/represent_mahalanobis_s0/last.safetensors
+    python benchmarks/vae_table.py --search-sim 1 10 100 --search-act 0.1 1 10 --seeds 0 --out runs/vae_search
+
+`--search-sim/--search-act` is a grid over λ1 and λ2 of eq. 3 (the paper gives neither): each pair learns its
+representation, fine-tunes with 500 labels and is scored on the *val* split only (never test); the table also
+gives each weighted loss term's share of eq. 3 over the last representation epoch (`share_*` of metrics.json).
 
 Writes <out>/results.json (one entry per run: scores, wall seconds, the command) and <out>/table.md.
 """
@@ -76,11 +81,42 @@ def _train(tree: dict, run: Path) -> float:
     return wall
 
 
-def _score(run: Path, root: Path) -> dict:
+def _score(run: Path, root: Path, split: str = "test") -> dict:
     from cdtool.engine.evaluate import evaluate_chips
 
-    scores = evaluate_chips(str(run / "last.safetensors"), [str(root)], "test", threshold=0.5, device="cpu")
+    scores = evaluate_chips(str(run / "last.safetensors"), [str(root)], split, threshold=0.5, device="cpu")
     return scores
+
+
+def loss_shares(run: Path) -> list[dict]:
+    """Per epoch of a represent run: each weighted term's mean share of eq. 3 (`train_share_*` of metrics.json)."""
+    rows = json.loads((run / "metrics.json").read_text())
+    return [{k.removeprefix("train_share_"): v for k, v in r.items() if k.startswith("train_share_")} for r in rows]
+
+
+def search(args, results: dict, record) -> None:
+    """λ1 × λ2 of eq. 3, each scored after a 500-label fine-tune on the val split (never test)."""
+    import copy
+
+    for seed in args.seeds:
+        for l1 in args.search_sim:
+            for l2 in args.search_act:
+                key = f"search_{l1:g}_{l2:g}_s{seed}"
+                if key in results:
+                    continue
+                a = copy.copy(args)
+                a.lambda_sim, a.lambda_act = l1, l2
+                rep = args.out / f"represent_{l1:g}_{l2:g}_s{seed}"
+                tree = represent_tree(a, seed, "mahalanobis")
+                tree["phases"] = tree["phases"][:1]  # no 2-means: it would be fitted on the val split scored here
+                wall_rep = _train(tree, rep)
+                run = args.out / f"finetune_{l1:g}_{l2:g}_500_s{seed}"
+                wall = _train(finetune_tree(args, seed, 500, rep / "last.safetensors"), run)
+                record(key, {**_score(run, args.root, "val"), "row": "search", "distance": "mahalanobis",
+                             "lambda_sim": l1, "lambda_act": l2, "seed": seed, "labels": 500,
+                             "shares": loss_shares(rep), "wall_total_s": round(wall + wall_rep, 1),
+                             "command": f"python benchmarks/vae_table.py --search-sim {l1:g} --search-act {l2:g} "
+                                        f"--seeds {seed}"})
 
 
 def represent_tree(args, seed: int, distance: str) -> dict:
@@ -90,6 +126,8 @@ def represent_tree(args, seed: int, distance: str) -> dict:
     tree["losses"]["vae"]["args"]["distance"] = distance
     if args.lambda_sim is not None:
         tree["losses"]["vae"]["args"]["lambda_sim"] = args.lambda_sim
+    if getattr(args, "lambda_act", None) is not None:
+        tree["losses"]["vae"]["args"]["lambda_act"] = args.lambda_act
     tree["data"]["train"]["main"]["args"].pop("positives", None)
     tree["phases"] = [{"name": "represent", "epochs": args.represent_epochs, "train": {"main": {"labels": [0]}}},
                       {"name": "cluster", "epochs": 0, "train": {"main": {"split": "val"}}}]
@@ -140,6 +178,9 @@ def main() -> None:
     ap.add_argument("--under-epochs-500", type=int, default=10)
     ap.add_argument("--over-epochs", type=int, default=3)
     ap.add_argument("--lambda-sim", type=float, default=None, help="λ1 of eq. 3 (default: the recipe's, 10)")
+    ap.add_argument("--lambda-act", type=float, default=None, help="λ2 of eq. 3 (default: the recipe's, 1)")
+    ap.add_argument("--search-sim", type=float, nargs="*", default=[], help="λ1 grid, scored on the val split")
+    ap.add_argument("--search-act", type=float, nargs="*", default=[1.0], help="λ2 grid (with --search-sim)")
     ap.add_argument("--pcd", action="store_true", help="Table 4 PCD rows (under-sampling vs full) instead of MNIST")
     ap.add_argument("--pcd-represent-epochs", type=int, default=3)
     ap.add_argument("--pcd-finetune-epochs", type=int, default=30)
@@ -168,7 +209,9 @@ def main() -> None:
         print(ckpt, res, flush=True)
     if args.disentangle:
         return
-    if args.pcd and not args.table_only:
+    if args.search_sim and not args.table_only:
+        search(args, results, record)
+    elif args.pcd and not args.table_only:
         pcd_rows(args, results, record)
     elif not args.table_only:
         for seed in args.seeds:
@@ -372,6 +415,7 @@ def write_tables(out: Path, results: dict, variant: str = "R") -> None:
                   f"{PAPER_T5[d]} | {_ms([e['oa'] for e in us]) if us else ''} | "
                   f"{_wall([e['wall_total_s'] for e in es])} |"
                   for d, es, us in t5 if es]
+    lines += search_table(results)
     pcd = {row: [e for e in results.values() if e["row"] == f"pcd_{row}"] for row in ("under", "full")}
     if any(pcd.values()):
         lines += ["", ("Table 4, PCD protocol on the shared LEVIR + DSIFN test pairs, 50 positives, scored by "
@@ -389,6 +433,26 @@ def write_tables(out: Path, results: dict, variant: str = "R") -> None:
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
     print(text)
+
+
+def search_table(results: dict) -> list[str]:
+    """The λ1 × λ2 grid: val accuracy / AUROC (500 labels) and the terms' shares over the last represent epoch."""
+    grid: dict[tuple, list[dict]] = {}
+    for e in results.values():
+        if e["row"] == "search":
+            grid.setdefault((e["lambda_sim"], e["lambda_act"]), []).append(e)
+    if not grid:
+        return []
+    lines = ["", "λ1 × λ2 of eq. 3 (MNIST-R, 500 labels, scored on the val split; shares of the weighted terms of "
+             "eq. 3 over the last representation epoch, mean over seeds)", "",
+             "| λ1 | λ2 | seeds | val accuracy | val AUROC | share rec | share KL | share λ1·L_sim | share λ2·L_act "
+             "| wall s / run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (l1, l2), es in sorted(grid.items()):
+        last = [e["shares"][-1] for e in es]
+        sh = [f"{100 * np.mean([x.get(k, 0.0) for x in last]):.1f} %" for k in ("rec", "kl", "sim", "act")]
+        lines.append(f"| {l1:g} | {l2:g} | {len(es)} | {_ms([e['oa'] for e in es])} | {_ms([e['auroc'] for e in es])} "
+                     f"| {' | '.join(sh)} | {_wall([e['wall_total_s'] for e in es])} |")
+    return lines
 
 
 if __name__ == "__main__":

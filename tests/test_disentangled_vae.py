@@ -103,6 +103,20 @@ def test_gradients_flow_through_both_losses():
     assert "sim" not in parts
 
 
+def test_loss_shares_are_each_weighted_term_over_the_total():
+    m = digits()
+    a, b = torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)
+    out = m.forward_train(a, b, vae=True)
+    loss, p = create_loss("disentangled_vae", lambda_sim=10.0, lambda_act=2.0, beta=0.5)(out)
+    terms = {"rec": p["rec"], "kl": 0.5 * p["kl"], "sim": 10.0 * p["sim"], "act": 2.0 * (p["sparsity"] + p["invmax"])}
+    assert sum(terms.values()) == pytest.approx(float(loss), rel=1e-5)
+    for k, v in terms.items():
+        assert p[f"share_{k}"] == pytest.approx(v / float(loss), rel=1e-4)
+    assert sum(p[f"share_{k}"] for k in terms) == pytest.approx(1.0)
+    _, p = create_loss("disentangled_vae", distance="none")(out)  # "without L_sim": no sim share
+    assert "share_sim" not in p and sum(v for k, v in p.items() if k.startswith("share_")) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("unsupervised", [False, True])
 def test_identical_pair_scores_the_same_in_every_window(unsupervised):
     m = digits().eval()

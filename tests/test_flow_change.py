@@ -269,3 +269,19 @@ def test_identical_dates_flag_nothing_through_detect(tmp_path):
         assert float(model.forward_flow(x, x).abs().max()) == 0.0  # forward-backward symmetric flow
         assert float(model.predict(x, x, symmetric=False)["flow"].abs().max()) > 0  # one way: not by construction
         assert float(model(x, x * 1.1 + 5).mean()) > 0.5  # a difference opens the gate again
+
+
+def test_simsac_recipes_use_the_papers_threshold_and_adapt_lr():
+    """Paper 001: F1 of a change probability at 0.5 (no tuned threshold: on 2 validation pairs it sank to
+    ~0, flagging everything), and the semi-supervised phase at lr 2e-5 with AdamW, weight decay 4e-4."""
+    from cdtool.engine.recipe import load_recipe
+
+    files = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("simsac*.yaml"))
+    simsac = [load_recipe(f) for f in files if load_recipe(f).models["model"].name == "simsac"]
+    assert len(simsac) >= 10
+    for r in simsac:
+        assert r.threshold == 0.5, r.name
+        assert r.optim.name == "adamw" and r.optim.weight_decay == pytest.approx(4e-4), r.name
+        adapt = [p for p in r.phases if p.name == "adapt"]
+        assert all(p.lr == pytest.approx(2e-5) for p in adapt), r.name
+    assert sum(1 for r in simsac for p in r.phases if p.name == "adapt") >= 9

@@ -118,6 +118,7 @@ def test_adae_reconstruction_terms_are_norms_that_grow_with_the_image(side):
         assert parts["adv"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.0))))
         _, aux_parts = loss.auxiliary(model, x)
         assert aux_parts["dual"] == pytest.approx(0.0 - 0.4 * 0.25 * pixels)  # D′ reconstructs x = 0 exactly
+        assert aux_parts["aux_zrec"] == pytest.approx(3.0)         # D′'s side of eq. 5: the same unsquared norm
     a, b = torch.rand(3, 2, side, side), torch.rand(3, 2, side, side)
     assert float(l1_norm(a, b)) == pytest.approx(float((a - b).abs().mean()) * 2 * side * side, rel=1e-5)
     assert float(l2_norm(a[:, :, 0, 0], b[:, :, 0, 0])) == pytest.approx(

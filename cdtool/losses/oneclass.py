@@ -79,6 +79,7 @@ class ADAELoss(nn.Module):
         if self.w["zrec"] > 0:
             zrec = l2_norm(z, model.auxiliary.encode(gx))
             loss = loss + self.w["zrec"] * zrec
+            parts["aux_zrec"] = float(zrec.detach())
         return loss, parts
 
     def generator(self, model, x: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -108,15 +108,26 @@ class DisentangledVAELoss(nn.Module):
 
     def forward(self, outputs: dict, target=None, valid=None):
         loss, parts = elbo_loss(outputs, self.beta)
+        terms = {"rec": parts["rec"], "kl": self.beta * parts["kl"]}  # each weighted term as it enters eq. 3
         if self.distance != "none" and self.lambda_sim:
             sim = sim_loss(outputs, self.distance)
             loss = loss + self.lambda_sim * sim
             parts["sim"] = float(sim.detach())
+            terms["sim"] = self.lambda_sim * parts["sim"]
         if self.lambda_act:
             act, p = act_loss(outputs, self.s, self.invmax)
             loss = loss + self.lambda_act * act
             parts.update(p)
-        return loss, {"vae": float(loss.detach()), **parts}
+            terms["act"] = self.lambda_act * float(act.detach())
+        return loss, {"vae": float(loss.detach()), **parts, **loss_shares(terms)}
+
+
+def loss_shares(terms: dict[str, float]) -> dict[str, float]:
+    """`share_<term>`: each weighted term's part of the total (every term of eq. 3 is ≥ 0), so a log shows
+    whether λ1·L_sim and λ2·L_act weigh anything beside the ELBO: the paper gives no λ, and its degenerate
+    solution (a constant zc) is what a term that swamps the others would produce."""
+    total = sum(terms.values())
+    return {f"share_{k}": (v / total if total > 0 else 0.0) for k, v in terms.items()}
 
 
 @register_loss("vae_elbo", needs=("mu_c", "logvar_c", "mu_s", "logvar_s", "recon"))
