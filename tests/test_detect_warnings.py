@@ -64,3 +64,28 @@ def test_a_failure_before_any_row_leaves_no_journal(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["detect", str(a), str(a), "-o", str(tmp_path / "o"), "--model", "cva"])
     assert r.exit_code == 1 and "--resume" not in r.output
     assert not (tmp_path / "o" / JOURNAL).exists()
+
+
+def test_gdal_words_for_a_full_disk_become_one_line_naming_the_folder(half_changed, tmp_path, monkeypatch):
+    """GDAL reports some failed writes on a full disk in words of its own (`TIFFRewriteDirectory: Error fetching
+    directory count`), not as an OSError: on a full disk they are the disk's failure, named by the folder."""
+    from cdtool.inference import detect as detect_module
+
+    class GdalError(Exception):
+        pass
+
+    def gdal_fails(*args, **kwargs):
+        raise GdalError("TIFFRewriteDirectory:Error fetching directory count")
+
+    import cdtool.errors
+
+    monkeypatch.setattr(detect_module, "_write_changes", gdal_fails)
+    monkeypatch.setattr(detect_module, "disk_full", lambda path: True)
+    monkeypatch.setattr(cdtool.errors, "disk_full", lambda path: True)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["detect", *map(str, half_changed), "-o", str(out), "--model", "cva", "--tile", "128"])
+    assert r.exit_code == 1 and "unexpected" not in r.output
+    assert f"{out}: cannot write (the disk is full)" in r.output and "--resume continues" in r.output
+    monkeypatch.setattr(detect_module, "disk_full", lambda path: False)  # a real bug elsewhere stays a bug
+    r = CliRunner().invoke(app, ["detect", *map(str, half_changed), "-o", str(tmp_path / "p"), "--model", "cva"])
+    assert r.exit_code == 1 and "unexpected GdalError" in r.output

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from cdtool import __version__
 from cdtool.domain import InputDomain, model_bands
-from cdtool.errors import CdtoolError, InputError, NothingToDo
+from cdtool.errors import CdtoolError, InputError, NothingToDo, disk_full, write_failure
 from cdtool.inference.mapping_unit import mapping_unit as region_unit, mask_to_regions
 from cdtool.inference.mask_opening import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
@@ -170,19 +170,23 @@ def detect(before: str | Path, after: str | Path, out: str | Path, options: Dete
             scratch = Path(tempfile.mkdtemp(prefix=".cdtool-work-", dir=outs.folder))
             try:
                 result = _run(pair, choice, domain.gsd, device, opts, outs, scratch, inputs)
+                result.seconds = time.perf_counter() - start
+                result.extra["notes"] = notes
+                summary = _write_summary(outs.path("detect.json"), result, before, after, opts)
+                _write_layer_metadata(outs, result, pair, opts)
+                if opts.report:
+                    from cdtool.io.report import write_report
+
+                    write_report(outs.path("report.html"), summary, pair, outs.path(_prob_name(pair)),
+                                 outs.path("preview.png") if opts.preview else None)
             except CdtoolError as exc:
                 raise _kept_for_resume(exc, outs.folder) from None
+            except Exception as exc:  # GDAL's own words for a write that failed on a full disk
+                if not disk_full(outs.folder / "detect.json"):
+                    raise
+                raise _kept_for_resume(write_failure(outs.folder, exc), outs.folder) from None
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            result.seconds = time.perf_counter() - start
-            result.extra["notes"] = notes
-            summary = _write_summary(outs.path("detect.json"), result, before, after, opts)
-            _write_layer_metadata(outs, result, pair, opts)
-            if opts.report:
-                from cdtool.io.report import write_report
-
-                write_report(outs.path("report.html"), summary, pair, outs.path(_prob_name(pair)),
-                             outs.path("preview.png") if opts.preview else None)
             result.outputs = outs.commit()
             discard_journal(outs.folder)  # complete: nothing to resume
     return result
