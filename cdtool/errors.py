@@ -63,10 +63,9 @@ def write_failure(path, exc: Exception) -> CdtoolError:
     import errno
 
     path = output_name(path)
-
-    code = getattr(exc, "errno", None)
+    code = exc.errno if isinstance(exc, OSError) else None  # GDAL's errors carry an errno of their own (1 = AppDefined)
     if code in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENOENT):
-        return InputError(f"{path}: cannot write here ({exc.strerror or exc})")
+        return InputError(f"{path}: cannot write here ({getattr(exc, 'strerror', None) or exc})")
     if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or disk_full(path):
         reason = exc.strerror if code is not None and exc.strerror else "the disk is full"
     else:

@@ -72,7 +72,7 @@ def test_gdal_words_for_a_full_disk_become_one_line_naming_the_folder(half_chang
     from cdtool.inference import detect as detect_module
 
     class GdalError(Exception):
-        pass
+        errno = 1  # as rasterio's CPLE errors carry: GDAL's error class, not an OS errno (1 is EPERM there)
 
     def gdal_fails(*args, **kwargs):
         raise GdalError("TIFFRewriteDirectory:Error fetching directory count")
