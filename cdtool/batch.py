@@ -18,10 +18,10 @@ from typing import Callable
 from cdtool.errors import CdtoolError, InputError, NothingToDo
 from cdtool.io.dates import date_from_dates_txt, date_in_name
 from cdtool.io.outputs import write_text_atomic
+from cdtool.io.pair import IMAGE_SUFFIXES
 
 # names of the two dates inside a pair folder, in (before, after) order
 DATE_NAMES = (("before", "after"), ("a", "b"), ("imgs_1", "imgs_2"), ("t1", "t2"), ("1", "2"))
-RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img", ".bmp"}
 COLUMNS = ("name", "status", "before", "after", "model", "threshold", "changed_share", "changed_area_m2",
            "valid_area_m2", "regions", "seconds", "message")
 _SAFE_NAME = re.compile(r"^[\w.@+-]+$")
@@ -87,7 +87,7 @@ def read_pairs_csv(path: Path) -> list[PairJob]:
 def _dates_of(folder: Path) -> tuple[Path, Path]:
     """The (before, after) inputs in one pair folder: by their names (before/after, A/B, imgs_1/imgs_2, t1/t2),
     else the only two rasters or band folders there, ordered by their dates (dates.txt, names), else by name."""
-    entries = [p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in RASTER_SUFFIXES]
+    entries = [p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES]
     by_name = {p.stem.lower(): p for p in entries}
     for first, second in DATE_NAMES:
         if first in by_name and second in by_name:

@@ -33,6 +33,8 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
 # GDAL dataset names that are not plain paths: virtual file systems and driver-prefixed subdatasets
+# what a single-file raster (an image, not a band folder or a layer) is named, for telling inputs apart
+IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img", ".bmp"}
 _GDAL_NAME = re.compile(r"^(/vsi[a-z0-9_]+/|[A-Za-z0-9_]{2,}:)")
 
 

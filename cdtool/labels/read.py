@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from cdtool.errors import InputError
+from cdtool.io.pair import IMAGE_SUFFIXES
 from cdtool.windows import Tile
 
 WINDOW = 1024  # label windows are rasterised this many pixels a side at a time
-RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg", ".img", ".vrt", ".jp2"}
 DEFAULT_FIELD = "change"
 
 
@@ -205,7 +205,7 @@ def open_labels(path: str | Path, grid: Grid, field_name: str = DEFAULT_FIELD) -
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    if path.suffix.lower() in RASTER_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         return RasterLabels(path, grid)
     return PolygonLabels(path, field_name, grid)
 
