@@ -153,6 +153,19 @@ def test_mnist_pairs(tmp_path):
         make_mnist(SHARED / "mnist", tmp_path / "n", MnistOptions(variant="B"))
 
 
+def test_mnist_background_crops_below_the_texture_floor_are_redrawn():
+    from cdtool.data.mnist import background_crop
+    flat = np.full((64, 64), 90, np.uint8)
+    textured = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
+    rng = np.random.default_rng(3)
+    crops = [background_crop([flat, textured], rng, 20.0) for _ in range(200)]
+    assert all(c.std() > 60 for c in crops)                       # every flat draw was redrawn
+    rng = np.random.default_rng(3)
+    crops = [background_crop([flat, textured], rng, 0.0) for _ in range(200)]
+    assert 60 < sum(c.std() == 0 for c in crops) < 140            # without a floor about half are flat
+    assert background_crop([flat], np.random.default_rng(0), 20.0).std() == 0   # a flat set still ends
+
+
 @needs("levir")
 def test_synthetic_flow_aligns_before_onto_after(tmp_path):
     from cdtool.data.synthetic import SyntheticOptions, make_synthetic

@@ -131,6 +131,7 @@ def mnist(
     pairs: Annotated[int, typer.Option("--pairs", help="Number of pairs.")] = 10000,
     positive_fraction: Annotated[float, typer.Option("--positive-fraction", help="Share of positive pairs.")] = 0.5,
     backgrounds: Annotated[Optional[list[Path]], typer.Option("--backgrounds", help="B/R-B: natural images (folder or files).")] = None,
+    min_background_std: Annotated[float, typer.Option("--min-background-std", help="B/R-B: redraw background crops whose grey levels vary less than this (0 keeps every crop).")] = 0.0,
     split: Split = "0.7,0.15,0.15",
     seed: Seed = 0,
     overwrite: Overwrite = False,
@@ -141,7 +142,7 @@ def mnist(
     from cdtool.data.mnist import MnistOptions, make_mnist
 
     opts = MnistOptions(variant=variant, pairs=pairs, positive_fraction=positive_fraction,
-                        fractions=fractions, seed=seed)
+                        fractions=fractions, seed=seed, min_background_std=min_background_std)
     s = make_mnist(source, out, opts, backgrounds=backgrounds, overwrite=overwrite, progress=show_progress(quiet))
     report(s, out, "mnist", quiet, f"variant {variant}")
 

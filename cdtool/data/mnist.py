@@ -3,7 +3,9 @@
 A pair is negative when both images show the same digit (two different samples of it), positive when
 the digits differ. Variants follow the MNIST variations of the paper: R (each image rotated by its own
 uniform random angle), B (background clutter: each image over its own random crop of a natural
-image, here the shared aerial images, taken as max(digit, background)) and R-B (both). The source
+image, taken as max(digit, background)) and R-B (both). As in the MNIST variations the paper draws on
+(Larochelle et al. 2007), crops with little texture can be redrawn (`min_background_std`), since a flat crop
+leaves the digit as clean as plain MNIST. The source
 digits are divided between train/val/test before pairing, so no digit image is seen by two splits.
 """
 
@@ -34,6 +36,7 @@ class MnistOptions:
     positive_fraction: float = 0.5
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
+    min_background_std: float = 0.0       # B: redraw crops whose grey levels vary less than this
 
 
 def load_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -73,16 +76,29 @@ def load_backgrounds(folders: list[Path], limit: int = 64) -> list[np.ndarray]:
     return out
 
 
+BACKGROUND_TRIES = 50
+
+
+def background_crop(backgrounds: list[np.ndarray], rng: np.random.Generator, min_std: float) -> np.ndarray:
+    """A random 28x28 crop of a random background with at least `min_std` of texture; after
+    BACKGROUND_TRIES flat draws the last one is kept, so a flat set of images cannot loop forever."""
+    for _ in range(BACKGROUND_TRIES):
+        bg = backgrounds[rng.integers(len(backgrounds))]
+        r, c = rng.integers(0, bg.shape[0] - 27), rng.integers(0, bg.shape[1] - 27)
+        crop = bg[r:r + 28, c:c + 28].astype(np.float32)
+        if crop.std() >= min_std:
+            break
+    return crop
+
+
 def augment_digit(digit: np.ndarray, variant: str, rng: np.random.Generator,
-                  backgrounds: list[np.ndarray]) -> np.ndarray:
+                  backgrounds: list[np.ndarray], min_background_std: float = 0.0) -> np.ndarray:
     """One image of the variant from one digit."""
     img = digit.astype(np.float32)
     if "R" in variant:
         img = rotate(img, rng.uniform(0.0, 360.0), reshape=False, order=1, mode="constant")
     if "B" in variant:
-        bg = backgrounds[rng.integers(len(backgrounds))]
-        r, c = rng.integers(0, bg.shape[0] - 27), rng.integers(0, bg.shape[1] - 27)
-        img = np.maximum(img, bg[r:r + 28, c:c + 28].astype(np.float32))
+        img = np.maximum(img, background_crop(backgrounds, rng, min_background_std))
     return img.clip(0, 255).round().astype(np.uint8)
 
 
@@ -106,6 +122,8 @@ def make_mnist(source: Path, out: Path, opts: MnistOptions, *, backgrounds: list
         raise OptionError("pairs", f"must be positive, got {opts.pairs}")
     if not 0.0 <= opts.positive_fraction <= 1.0:
         raise OptionError("positive_fraction", f"must lie in [0, 1], got {opts.positive_fraction}")
+    if not 0.0 <= opts.min_background_std < 128.0:
+        raise OptionError("min_background_std", f"must lie in [0, 128), got {opts.min_background_std}")
     digits, labels = load_mnist(source)
     bgs = load_backgrounds(backgrounds or []) if "B" in opts.variant else []
     if any(min(b.shape) < 28 for b in bgs):
@@ -113,6 +131,8 @@ def make_mnist(source: Path, out: Path, opts: MnistOptions, *, backgrounds: list
     params = {"source": str(source), "variant": opts.variant, "pairs": opts.pairs,
               "positive_fraction": opts.positive_fraction, "fractions": list(opts.fractions), "seed": opts.seed,
               "backgrounds": [str(b) for b in backgrounds or []] if bgs else []}
+    if opts.min_background_std:  # only when set, so stores written before the option still resume
+        params["min_background_std"] = opts.min_background_std
     store = DatasetWriter(out, "mnist", params, overwrite=overwrite, image_dtype="uint8")
     if store.complete:
         return {**store.summary(), "already_complete": True}
@@ -133,8 +153,8 @@ def make_mnist(source: Path, out: Path, opts: MnistOptions, *, backgrounds: list
                 j, positive = int(rng.choice(other)), True
             else:
                 j = int(rng.choice(same[same != i]))
-            image = np.stack([augment_digit(digits[i], opts.variant, rng, bgs),
-                              augment_digit(digits[j], opts.variant, rng, bgs)])[:, None]
+            image = np.stack([augment_digit(d, opts.variant, rng, bgs, opts.min_background_std)
+                              for d in (digits[i], digits[j])])[:, None]
             writer.add({"sample": f"{k}", "label": int(positive), "digit_before": int(labels[i]),
                         "digit_after": int(labels[j]), "src_before": i, "src_after": j, "variant": opts.variant,
                         "split": split}, image)
