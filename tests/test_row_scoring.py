@@ -26,7 +26,7 @@ def test_workers_must_not_be_negative(small_pair, tmp_path):
     from cdtool.errors import InputError
 
     before, after, _ = small_pair
-    with pytest.raises(InputError, match="--workers"):
+    with pytest.raises(InputError, match="^workers must be 0"):
         detect(before, after, tmp_path / "o", DetectOptions(workers=-1))
 
 

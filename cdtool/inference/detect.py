@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from cdtool import __version__
 from cdtool.domain import InputDomain, model_bands
-from cdtool.errors import CdtoolError, InputError, NothingToDo, disk_full, write_failure
+from cdtool.errors import CdtoolError, InputError, NothingToDo, OptionError, disk_full, write_failure
 from cdtool.inference.mapping_unit import mapping_unit as region_unit, mask_to_regions
 from cdtool.inference.mask_opening import opened_bands
 from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
@@ -207,25 +207,25 @@ def _kept_for_resume(exc: CdtoolError, folder: Path) -> CdtoolError:
 def check_options(opts: DetectOptions) -> None:
     """Refuse an option out of its range in one line naming it, before anything is opened."""
     if opts.blend not in BLENDS:
-        raise InputError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
+        raise OptionError("blend", f"must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
     if opts.tile < 16:
-        raise InputError(f"--tile must be at least 16 pixels, got {opts.tile}")
+        raise OptionError("tile", f"must be at least 16 pixels, got {opts.tile}")
     if opts.batch_size is not None and opts.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+        raise OptionError("batch_size", f"must be at least 1, got {opts.batch_size}")
     if opts.readers is not None and opts.readers < 1:
-        raise InputError(f"--readers must be at least 1, got {opts.readers}")
+        raise OptionError("readers", f"must be at least 1, got {opts.readers}")
     if opts.workers < 0:
-        raise InputError(f"--workers must be 0 (in this process) or more, got {opts.workers}")
+        raise OptionError("workers", f"must be 0 (in this process) or more, got {opts.workers}")
     if not 0 <= opts.clean <= 10:
-        raise InputError(f"--clean must be a radius from 0 to 10 pixels, got {opts.clean}")
+        raise OptionError("clean", f"must be a radius from 0 to 10 pixels, got {opts.clean}")
     if opts.vector_format not in VECTOR_FORMATS:
-        raise InputError(f"--format must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
+        raise OptionError("vector_format", f"must be one of {', '.join(VECTOR_FORMATS)}, got {opts.vector_format!r}")
     if opts.gsd is not None and not (math.isfinite(opts.gsd) and opts.gsd > 0):
-        raise InputError(f"--gsd must be a positive number of metres per pixel, got {opts.gsd}")
+        raise OptionError("gsd", f"must be a positive number of metres per pixel, got {opts.gsd}")
     if opts.overlap is not None and opts.overlap < 0:
-        raise InputError(f"--overlap must be 0 or more pixels, got {opts.overlap}")
+        raise OptionError("overlap", f"must be 0 or more pixels, got {opts.overlap}")
     if opts.max_pixels is not None and opts.max_pixels < 1:
-        raise InputError(f"--max-pixels must be a positive number of pixels, got {opts.max_pixels}")
+        raise OptionError("max_pixels", f"must be a positive number of pixels, got {opts.max_pixels}")
     check_scene(opts.scene)
 
 
@@ -327,7 +327,7 @@ def mapping_unit(opts: DetectOptions, gsd: float | None, georeferenced: bool) ->
     """(minimum pixels, minimum m²) of a region (`cdtool.inference.mapping_unit`). Checked before any work, so
     a bad value costs nothing."""
     if opts.max_regions is not None and opts.max_regions < 1:
-        raise InputError(f"--max-regions must be at least 1, got {opts.max_regions}")
+        raise OptionError("max_regions", f"must be at least 1, got {opts.max_regions}")
     if opts.mmu_mask and not opts.polygons:
         raise InputError("--mmu-mask applies the minimum mapping unit through the polygons; drop --no-polygons")
     return region_unit(opts.min_pixels, opts.min_area, gsd, georeferenced)
@@ -487,7 +487,7 @@ def _pick_threshold(pair: RasterPair, scores: _Scores, opts: DetectOptions, dete
     threshold = opts.threshold if opts.threshold is not None else detector.threshold
     threshold = scores.histogram.pick(threshold) if threshold in METHODS else float(threshold)
     if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"--threshold must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
+        raise OptionError("threshold", f"must lie in [0, 1] or be one of {', '.join(METHODS)}, got {threshold}")
     return threshold
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from cdtool.errors import InputError
+from cdtool.errors import OptionError
 
 # The default unit of the polygons: 4 pixels, and 20 m² where the pixel size is known, so 0.5 m imagery drops
 # sub-car specks and 30 m imagery single pixels.
@@ -28,12 +28,12 @@ def mapping_unit(min_pixels: int | None, min_area: float | None, gsd: float | No
     """(minimum pixels, minimum m²) of a region: the options given, else the defaults; for pairs without
     georeference the area becomes pixels through the GSD (exact there), and stays for the report."""
     if min_pixels is not None and min_pixels < 1:
-        raise InputError(f"--min-pixels must be at least 1, got {min_pixels}")
+        raise OptionError("min_pixels", f"must be at least 1, got {min_pixels}")
     area = min_area if min_area is not None else (DEFAULT_MIN_AREA_M2 if gsd else 0.0)
     if not (math.isfinite(area) and area >= 0):
-        raise InputError(f"--min-area must be zero or a positive area in square metres, got {area}")
+        raise OptionError("min_area", f"must be zero or a positive area in square metres, got {area}")
     if area and not gsd:
-        raise InputError("--min-area needs the pixel size: these inputs have no georeference; pass --gsd")
+        raise OptionError("min_area", "needs the pixel size: these inputs have no georeference; pass --gsd")
     default = DEFAULT_MIN_PIXELS if min_area is None else 1  # None means not set: 1 is a real choice
     pixels = default if min_pixels is None else min_pixels
     if area and not georeferenced:

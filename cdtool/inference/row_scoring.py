@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cdtool.errors import CdtoolError, InputError
+from cdtool.errors import CdtoolError, InputError, OptionError
 from cdtool.inference.predictor import CpuShare, usable_cores
 from cdtool.io.preview import PreviewGrid
 from cdtool.windows import Tile
@@ -107,7 +107,7 @@ def workers_option(value: int | None) -> int:
     if value is None:
         return 0
     if value < 1:
-        raise InputError(f"--workers must be at least 1 process (leave it out to score in this process), got {value}")
+        raise OptionError("workers", f"must be at least 1 process (leave it out to score in this process), got {value}")
     return value
 
 

@@ -21,7 +21,7 @@ SIDE = 400  # pixels on the long side of each panel
 MAX_PANEL_INCHES = 8.0  # the figure's panel height at most (at 100 dpi)
 
 
-def _display_bands(names: list[str]) -> list[int]:
+def display_bands(names: list[str]) -> list[int]:
     """0-based indexes of the bands to show as RGB (or one grey band)."""
     found = {sentinel2_band(n): i for i, n in enumerate(names)}
     s2 = [found.get(k) for k in ("4", "3", "2")]
@@ -30,7 +30,7 @@ def _display_bands(names: list[str]) -> list[int]:
     return [0, 1, 2] if len(names) >= 3 else [0]
 
 
-def _stretch(img: np.ndarray) -> np.ndarray:
+def stretch_for_display(img: np.ndarray) -> np.ndarray:
     """(C, h, w) samples, NaN where invalid -> (h, w, 3) in [0, 1], invalid white."""
     valid = np.isfinite(img).all(axis=0)
     out = np.zeros_like(img, dtype=np.float32)
@@ -60,7 +60,7 @@ class PreviewGrid:
 
     @classmethod
     def for_raster(cls, height: int, width: int, band_names: list[str]) -> "PreviewGrid":
-        return cls(height, width, max(1, int(np.ceil(max(height, width) / SIDE))), tuple(_display_bands(band_names)))
+        return cls(height, width, max(1, int(np.ceil(max(height, width) / SIDE))), tuple(display_bands(band_names)))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -120,7 +120,7 @@ class PreviewCanvas:
         import matplotlib.pyplot as plt
 
         k, (h, w) = self.grid.k, self.grid.shape
-        panels = [("before", _stretch(self.images[0]), None), ("after", _stretch(self.images[1]), None),
+        panels = [("before", stretch_for_display(self.images[0]), None), ("after", stretch_for_display(self.images[1]), None),
                   (f"change score (mask at {threshold:.2f})", self.score, "magma"), ("change mask", self.mask, "Reds")]
         if truth is not None:
             panels.append(("ground truth", truth[k // 2::k, k // 2::k][:h, :w].astype(np.float32), "Reds"))

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from cdtool.io.dates import acquisition_date
 from cdtool.io.outputs import write_text_atomic
-from cdtool.io.preview import _display_bands, _stretch
+from cdtool.io.preview import display_bands, stretch_for_display
 from cdtool.windows import Tile
 
 CROP = 96  # pixels on a side of each region's crops
@@ -80,12 +80,12 @@ def _crops(pair, prob_path: Path, row: int, col: int) -> list[str]:
     r0 = min(max(row - size // 2, 0), height - size)
     c0 = min(max(col - size // 2, 0), width - size)
     data, valid = pair.read(Tile(r0, c0, size, size))
-    show = _display_bands(pair.info.band_names)
+    show = display_bands(pair.info.band_names)
     uris = []
     for date in data:
         img = date[show].astype(np.float32)
         img[:, ~valid] = np.nan
-        uris.append(_png(_stretch(img)))
+        uris.append(_png(stretch_for_display(img)))
     with rasterio.open(prob_path) as ds:
         score = ds.read(1, window=Window(c0, r0, size, size)).astype(np.float32)
         if ds.count == 2:  # 8-bit PNG outputs: grey x 255, alpha 0 at nodata

@@ -135,7 +135,7 @@ class SupervisedLoss(nn.Module):
     def forward(self, out: dict, mask: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None = None):
         lv = hierarchical_epe(out["flows"], flow, valid, self.lw)
         lm = hierarchical_focal(out["logits"], mask, valid, self.lw, self.gamma, self.alpha)
-        return self.fw * lv + self.cw * lm, {"epe": float(lv), "focal": float(lm)}
+        return self.fw * lv + self.cw * lm, {"epe": float(lv.detach()), "focal": float(lm.detach())}
 
 
 @register_loss("simsac_unsup", needs=("flows", "logits", "feats_r", "feats_q"))
@@ -160,14 +160,14 @@ class UnsupervisedLoss(nn.Module):
         parts, total = {}, prob.new_zeros(())
         if self.feat:
             lf = feature_metric(prob, sim, inb)
-            total, parts["feat"] = total + self.feat * lf, float(lf)
+            total, parts["feat"] = total + self.feat * lf, float(lf.detach())
         sd = sim.detach()
         if self.cr:
             lc = change_regularisation(prob, sd)
-            total, parts["cr"] = total + self.cr * lc, float(lc)
+            total, parts["cr"] = total + self.cr * lc, float(lc.detach())
         if self.sm:
             ls = edge_smoothness(prob, sd, edges(after, prob.shape[-2:]))
-            total, parts["sm"] = total + self.sm * ls, float(ls)
+            total, parts["sm"] = total + self.sm * ls, float(ls.detach())
         return total, parts
 
 
