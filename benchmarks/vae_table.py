@@ -37,6 +37,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REPRESENT_EPOCHS = 3  # the representation length of every table
 PAPER_T3 = {("under", 50): "50.63 (0.31)", ("over", 50): "50.47 (0.44)", ("nosim", 50): "51.55 (0.43)",
             ("full", 50): "79.65 (4.42)", ("under", 500): "60.05 (3.10)", ("over", 500): "61.84 (1.37)",
             ("nosim", 500): "64.74 (1.31)", ("full", 500): "89.73 (0.56)"}
@@ -95,28 +96,31 @@ def loss_shares(run: Path) -> list[dict]:
 
 
 def search(args, results: dict, record) -> None:
-    """λ1 × λ2 of eq. 3, each scored after a 500-label fine-tune on the val split (never test)."""
+    """λ1 × λ2 of eq. 3 at the representation length --represent-epochs, each scored after a 500-label
+    fine-tune on the val split (never test)."""
     import copy
 
+    epochs = args.represent_epochs
+    length = "" if epochs == DEFAULT_REPRESENT_EPOCHS else f"_e{epochs}"  # runs at the default keep their names
     for seed in args.seeds:
         for l1 in args.search_sim:
             for l2 in args.search_act:
-                key = f"search_{l1:g}_{l2:g}_s{seed}"
+                key = f"search_{l1:g}_{l2:g}{length}_s{seed}"
                 if key in results:
                     continue
                 a = copy.copy(args)
                 a.lambda_sim, a.lambda_act = l1, l2
-                rep = args.out / f"represent_{l1:g}_{l2:g}_s{seed}"
+                rep = args.out / f"represent_{l1:g}_{l2:g}{length}_s{seed}"
                 tree = represent_tree(a, seed, "mahalanobis")
                 tree["phases"] = tree["phases"][:1]  # no 2-means: it would be fitted on the val split scored here
                 wall_rep = _train(tree, rep)
-                run = args.out / f"finetune_{l1:g}_{l2:g}_500_s{seed}"
+                run = args.out / f"finetune_{l1:g}_{l2:g}{length}_500_s{seed}"
                 wall = _train(finetune_tree(args, seed, 500, rep / "last.safetensors"), run)
                 record(key, {**_score(run, args.root, "val"), "row": "search", "distance": "mahalanobis",
-                             "lambda_sim": l1, "lambda_act": l2, "seed": seed, "labels": 500,
+                             "lambda_sim": l1, "lambda_act": l2, "represent_epochs": epochs, "seed": seed, "labels": 500,
                              "shares": loss_shares(rep), "wall_total_s": round(wall + wall_rep, 1),
                              "command": f"python benchmarks/vae_table.py --search-sim {l1:g} --search-act {l2:g} "
-                                        f"--seeds {seed}"})
+                                        f"--represent-epochs {epochs} --seeds {seed}"})
 
 
 def represent_tree(args, seed: int, distance: str) -> dict:
@@ -171,7 +175,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--root", type=Path, default=ROOT / "patches" / "mnist_r_bal")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "vae_table")
-    ap.add_argument("--represent-epochs", type=int, default=3)
+    ap.add_argument("--represent-epochs", type=int, default=DEFAULT_REPRESENT_EPOCHS)
     ap.add_argument("--finetune-epochs-50", type=int, default=60)
     ap.add_argument("--finetune-epochs-500", type=int, default=10)
     ap.add_argument("--under-epochs-50", type=int, default=60)
@@ -440,17 +444,18 @@ def search_table(results: dict) -> list[str]:
     grid: dict[tuple, list[dict]] = {}
     for e in results.values():
         if e["row"] == "search":
-            grid.setdefault((e["lambda_sim"], e["lambda_act"]), []).append(e)
+            length = e.get("represent_epochs", DEFAULT_REPRESENT_EPOCHS)
+            grid.setdefault((e["lambda_sim"], e["lambda_act"], length), []).append(e)
     if not grid:
         return []
     lines = ["", "λ1 × λ2 of eq. 3 (MNIST-R, 500 labels, scored on the val split; shares of the weighted terms of "
              "eq. 3 over the last representation epoch, mean over seeds)", "",
-             "| λ1 | λ2 | seeds | val accuracy | val AUROC | share rec | share KL | share λ1·L_sim | share λ2·L_act "
-             "| wall s / run |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for (l1, l2), es in sorted(grid.items()):
+             "| λ1 | λ2 | representation epochs | seeds | val accuracy | val AUROC | share rec | share KL "
+             "| share λ1·L_sim | share λ2·L_act | wall s / run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (l1, l2, length), es in sorted(grid.items()):
         last = [e["shares"][-1] for e in es]
         sh = [f"{100 * np.mean([x.get(k, 0.0) for x in last]):.1f} %" for k in ("rec", "kl", "sim", "act")]
-        lines.append(f"| {l1:g} | {l2:g} | {len(es)} | {_ms([e['oa'] for e in es])} | {_ms([e['auroc'] for e in es])} "
+        lines.append(f"| {l1:g} | {l2:g} | {length} | {len(es)} | {_ms([e['oa'] for e in es])} | {_ms([e['auroc'] for e in es])} "
                      f"| {' | '.join(sh)} | {_wall([e['wall_total_s'] for e in es])} |")
     return lines
 
