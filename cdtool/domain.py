@@ -98,6 +98,7 @@ class InputDomain:
     gsd: float | None
     gsd_source: str  # "transform", "--gsd" or "unknown"
     panorama: bool = False  # a 360° street-level panorama (--wrap): never an aerial model's domain
+    sensors: str | None = None  # why the dates look like images from two sensors (None: nothing says so)
 
     @property
     def sentinel2_bands(self) -> list[str | None]:

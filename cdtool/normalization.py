@@ -33,10 +33,11 @@ def check(spec: dict) -> dict:
 
 
 def sample_tiles(height: int, width: int, size: int = 256, per_side: int = 6) -> list[Tile]:
-    """Up to per_side² tiles spread evenly over the raster: bounded reads that see all of it."""
+    """Up to per_side² tiles spread evenly over the raster: bounded reads that see all of it (every pixel, up to
+    per_side tiles a side; beyond that, evenly spaced samples of it)."""
     th, tw = min(size, height), min(size, width)
-    rows = np.unique(np.linspace(0, height - th, min(per_side, max(1, height // th))).round().astype(int))
-    cols = np.unique(np.linspace(0, width - tw, min(per_side, max(1, width // tw))).round().astype(int))
+    rows = np.unique(np.linspace(0, height - th, min(per_side, -(-height // th))).round().astype(int))
+    cols = np.unique(np.linspace(0, width - tw, min(per_side, -(-width // tw))).round().astype(int))
     return [Tile(int(r), int(c), th, tw) for r in rows for c in cols]
 
 

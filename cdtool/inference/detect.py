@@ -31,7 +31,7 @@ from cdtool.domain import InputDomain, model_bands
 from cdtool.errors import CdtoolError, InputError, NothingToDo, OptionError, disk_full, write_failure
 from cdtool.inference.mapping_unit import mapping_unit as region_unit, mask_to_regions
 from cdtool.inference.mask_opening import opened_bands
-from cdtool.inference.detector import Choice, Detector, choose_detector, pick_device
+from cdtool.inference.detector import CROSS_SENSOR_DEFAULT, Choice, Detector, choose_detector, pick_device
 from cdtool.inference.flow import flow_model, write_flow
 from cdtool.inference.journal import JOURNAL, Journal, discard_journal, fingerprint, rows_kept
 from cdtool.inference.model_spec import ModelSpec
@@ -258,12 +258,13 @@ def open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, Inp
     B10 or extra layers in the input), open it again with just those bands, in the model's order."""
     pair = open_pair(before, after, bands=opts.bands, align=opts.align, wrap=opts.wrap,
                      skip_bad_windows=opts.skip_bad_windows, offset="auto",  # uint32 near 2^31: exact in float32
-                     aoi=opts.aoi, exclude=opts.exclude)
+                     aoi=opts.aoi, exclude=opts.exclude, repeat_single_band=True)
     try:
         domain = input_domain(pair, opts.gsd)
         street = opts.model is None and is_street(opts.scene, pair.info.georeferenced, opts.wrap)
         choice = (street_choice(domain, opts.scene) if street
                   else choose_detector(opts.model, domain, opts.native_scale))
+        check_band_counts(pair, choice)
         picks = model_bands(choice.detector.card, domain) if opts.bands is None else None
     except BaseException:
         pair.close()
@@ -276,6 +277,17 @@ def open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, Inp
     pair = open_pair(before, after, bands=file_bands, align=opts.align, wrap=opts.wrap,
                      skip_bad_windows=opts.skip_bad_windows, offset="auto", aoi=opts.aoi, exclude=opts.exclude)
     return pair, input_domain(pair, opts.gsd), choice, opts
+
+
+def check_band_counts(pair: RasterPair, choice: Choice) -> None:
+    """A single-band date beside a multi-band one is compared only by a model that never compares the dates'
+    values (`cross_sensor`); any other is refused in one line, as it was before such models existed."""
+    if pair.repeated_date is None or choice.detector.model.cross_sensor:
+        return
+    single, other = ((pair.before_path, pair.after_path) if pair.repeated_date == "before"
+                     else (pair.after_path, pair.before_path))
+    raise InputError(f"{other}: has {len(pair.bands_after)} bands but {single} has 1; pick common bands with --bands, "
+                     f"or, for images from two sensors, use --model {CROSS_SENSOR_DEFAULT}")
 
 
 def _complete(out: Path) -> bool:
@@ -337,7 +349,8 @@ def input_domain(pair: RasterPair, gsd: float | None) -> InputDomain:
     info = pair.info
     source = "--gsd" if gsd is not None else ("transform" if info.gsd is not None else "unknown")
     return InputDomain(info.count, info.band_names, info.colors, info.dtype,
-                       gsd if gsd is not None else info.gsd, source, panorama=pair.wrap)
+                       gsd if gsd is not None else info.gsd, source, panorama=pair.wrap,
+                       sensors=pair.sensor_difference())
 
 
 @dataclass

@@ -25,6 +25,9 @@ from cdtool.models.registry import create_model, model_entry
 # beat the label-free methods on sources left out of its training (benchmarks/domain_table.py); elsewhere
 # the default is the label-free method that scored best there, by band layout (README "Default model").
 LABEL_FREE_DEFAULT = {"rgb": "cva", "multispectral": "cva"}
+# Dates from two sensors (SAR beside optical) cannot be compared value by value; this model compares each date
+# only with itself (README "Dates from two sensors").
+CROSS_SENSOR_DEFAULT = "patch_structure"
 
 
 @dataclass
@@ -82,8 +85,17 @@ def choose_detector(spec: str | ModelSpec | Detector | None, domain: InputDomain
         det = spec if isinstance(spec, Detector) else load_detector(spec)
         off = mismatches(det.card, domain)
         warns = [f"model {det.name} is outside its training domain: {'; '.join(off)}"] if off else []
+        if domain.sensors and not det.model.cross_sensor:
+            warns.append(f"the dates look like images from two sensors ({domain.sensors}): {det.name} compares "
+                         f"their values and may flag much of the scene; --model {CROSS_SENSOR_DEFAULT} compares "
+                         "each date only with itself")
         reason = f"{det.name}: named with --model; input {domain.band_count} bands, {gsd_text}"
         return Choice(det, reason, warns, 1.0 if native_scale else scale_factor(det.card, domain.gsd))
+    if domain.sensors:
+        reason = (f"{CROSS_SENSOR_DEFAULT} (label-free): the dates look like images from two sensors "
+                  f"({domain.sensors}), so their values cannot be compared; it compares each date's own patch "
+                  f"similarities instead; input {domain.band_count} bands, {gsd_text}")
+        return Choice(_from_registry(CROSS_SENSOR_DEFAULT), reason, [], 1.0)
     rejected = []
     for path, name, card in shipped_cards():
         if card.usable_gsd_m is None:

@@ -35,6 +35,9 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 # GDAL dataset names that are not plain paths: virtual file systems and driver-prefixed subdatasets
 # what a single-file raster (an image, not a band folder or a layer) is named, for telling inputs apart
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img", ".bmp"}
+# A date is grey when its bands differ by under 0.5 % of its value range on average (a grey image stored as RGB,
+# JPEG noise included), in colour above 2 %: one of each looks like two sensors (sensor_difference).
+GREY_BAND_SPREAD, COLOUR_BAND_SPREAD = 0.005, 0.02
 _GDAL_NAME = re.compile(r"^(/vsi[a-z0-9_]+/|[A-Za-z0-9_]{2,}:)")
 
 
@@ -212,8 +215,11 @@ class RasterPair:
 
     def __init__(self, before: str | Path, after: str | Path, bands: list[int] | None = None,
                  align: bool = False, wrap: bool = False, skip_bad_windows: bool = False,
-                 offset: list[float] | str | None = None, aoi: str | None = None, exclude: str | None = None):
+                 offset: list[float] | str | None = None, aoi: str | None = None, exclude: str | None = None,
+                 repeat_single_band: bool = False):
         self.before_path, self.after_path = Path(before), Path(after)
+        self.repeat_single_band = repeat_single_band
+        self.repeated_date: str | None = None  # "before"/"after": a single-band date read once per band of the other
         self.skip_bad_windows = skip_bad_windows
         self.requested_bands, self.align = bands, align  # as asked, so a worker process can open the same pair
         self.bad_blocks: set[tuple[str, int, int]] = set()  # (file, row, col) of blocks read as nodata
@@ -239,6 +245,8 @@ class RasterPair:
         self._open.append(a)
         self.bands_before = data_bands(b, bands, str(self.before_path))
         self.bands_after = data_bands(a, bands, str(self.after_path))
+        if len(self.bands_before) != len(self.bands_after) and self.repeat_single_band:
+            self._repeat_single_band()
         if len(self.bands_before) != len(self.bands_after):
             raise InputError(f"{self.after_path}: has {len(self.bands_after)} bands but {self.before_path} has "
                              f"{len(self.bands_before)}; pick common bands with --bands")
@@ -349,6 +357,44 @@ class RasterPair:
         if r1 <= r0 or c1 <= c0:
             raise InputError(f"{self.after_path}: overlaps {self.before_path} by less than one pixel")
         return Window(c0, r0, c1 - c0, r1 - r0)
+
+    def _repeat_single_band(self) -> None:
+        """A single-band date beside an N-band one (SAR or panchromatic beside optical) is read as N copies of
+        its band, so both dates are (C, h, w) arrays; only a cross-sensor model may then compare them."""
+        for date, mine, other in (("before", self.bands_before, self.bands_after),
+                                  ("after", self.bands_after, self.bands_before)):
+            if len(mine) == 1 and len(other) > 1:
+                mine[:] = mine * len(other)
+                self.repeated_date = date
+                return
+
+    def sensor_difference(self) -> str | None:
+        """Why the two dates look like images from two sensors, or None: a single-band date beside a multi-band
+        one, or one date grey in every band (a SAR or panchromatic image stored as RGB) beside one in colour.
+        Judged from a few small windows spread over the pair."""
+        if self.repeated_date is not None:
+            single, other = ((self.before_path, self.after_path) if self.repeated_date == "before"
+                             else (self.after_path, self.before_path))
+            return f"{single.name} has 1 band, {other.name} has {len(self.bands_before)}"
+        if len(self.bands_before) < 2:
+            return None
+        from cdtool.normalization import sample_tiles
+
+        grey = [[], []]
+        for tile in sample_tiles(*self.shape, size=64, per_side=3):
+            data, valid = self.read(tile)
+            for k in (0, 1):
+                bands = data[k][:, valid]
+                if bands.shape[1]:
+                    spread = np.percentile(bands, 99) - np.percentile(bands, 1)
+                    grey[k].append(np.abs(bands - bands[:1]).mean() / max(float(spread), 1e-12))
+        if not grey[0] or not grey[1]:
+            return None
+        apart = [float(np.mean(g)) for g in grey]
+        for k, path, other in ((0, self.before_path, self.after_path), (1, self.after_path, self.before_path)):
+            if apart[k] < GREY_BAND_SPREAD and apart[1 - k] > COLOUR_BAND_SPREAD:
+                return f"{path.name} is grey in all {len(self.bands_before)} bands, {other.name} is in colour"
+        return None
 
     # -- reading ---------------------------------------------------------------------------------------
     @property
@@ -466,7 +512,7 @@ class RasterPair:
         return dict(before=self.sources[0], after=self.sources[1], bands=self.requested_bands, align=self.align,
                     wrap=self.wrap, skip_bad_windows=self.skip_bad_windows,
                     offset=self.offset.tolist() if self.offset is not None else None, aoi=self.aoi,
-                    exclude=self.exclude)
+                    exclude=self.exclude, repeat_single_band=self.repeat_single_band)
 
     def reopen(self) -> "RasterPair":
         """The same pair opened again: another reader thread needs its own GDAL handles."""
@@ -539,9 +585,11 @@ def compact_dtype(dtypes: list[str]) -> np.dtype:
 def open_pair(before: str | Path, after: str | Path, *, bands: list[int] | None = None, align: bool = False,
               wrap: bool = False, skip_bad_windows: bool = False,
               offset: list[float] | str | None = None, aoi: str | None = None,
-              exclude: str | None = None) -> RasterPair:
+              exclude: str | None = None, repeat_single_band: bool = False) -> RasterPair:
     """Open BEFORE and AFTER as one pair, checking they can be compared (see RasterPair); `offset`, one value per
     band subtracted on reading, or "auto": chosen for types float32 cannot hold exactly; `aoi` and `exclude`
-    (see cdtool.io.area) leave pixels out as nodata."""
+    (see cdtool.io.area) leave pixels out as nodata; `repeat_single_band`: a single-band date beside a
+    multi-band one is read as that many copies of its band (for models that compare each date only with itself,
+    `ChangeModel.cross_sensor`), where otherwise the pair is refused."""
     return RasterPair(before, after, bands=bands, align=align, wrap=wrap, skip_bad_windows=skip_bad_windows,
-                      offset=offset, aoi=aoi, exclude=exclude)
+                      offset=offset, aoi=aoi, exclude=exclude, repeat_single_band=repeat_single_band)

@@ -9,3 +9,4 @@ from cdtool.models import disentangled_vae  # noqa: F401,E402  paper 000
 from cdtool.models import cae, dual_ae, rotnet_ae  # noqa: F401,E402  one-class detectors (papers 003, 004)
 from cdtool.models import street  # noqa: F401,E402  irmad_local, the street-level default
 from cdtool.models import pixel_classifier  # noqa: F401,E402  fitted on analyst polygons (cdtool.labels)
+from cdtool.models import structure  # noqa: F401,E402  patch_structure, for dates from two sensors

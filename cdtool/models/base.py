@@ -46,6 +46,9 @@ class ChangeModel(nn.Module):
     forward_train: Callable[..., dict] | None = None
     # a joint flow + change model also has `forward_flow(before, after)` -> (B, 2, H, W) misregistration
     estimates_flow: bool = False
+    # compares each date only with itself, so the dates may come from two sensors (SAR and optical): a
+    # single-band date is then read as many times as the other date has bands
+    cross_sensor: bool = False
 
     @property
     def wrapped(self) -> "ChangeModel | None":
