@@ -32,12 +32,15 @@ def check(spec: dict) -> dict:
     return spec
 
 
-def sample_tiles(height: int, width: int, size: int = 256, per_side: int = 6) -> list[Tile]:
-    """Up to per_side² tiles spread evenly over the raster: bounded reads that see all of it (every pixel, up to
-    per_side tiles a side; beyond that, evenly spaced samples of it)."""
+def sample_tiles(height: int, width: int, size: int = 256, per_side: int = 6, cover: bool = False) -> list[Tile]:
+    """Up to per_side² tiles spread evenly over the raster: bounded reads that see all of it. As many a side as
+    fit whole (a 700-pixel side gets 2, leaving a gap between them), or with `cover` as many as it takes to
+    touch every pixel, up to per_side. The statistics every shipped model was calibrated with come from the
+    first kind, so normalisation keeps it."""
     th, tw = min(size, height), min(size, width)
-    rows = np.unique(np.linspace(0, height - th, min(per_side, -(-height // th))).round().astype(int))
-    cols = np.unique(np.linspace(0, width - tw, min(per_side, -(-width // tw))).round().astype(int))
+    count = (lambda n, t: -(-n // t)) if cover else (lambda n, t: max(1, n // t))
+    rows = np.unique(np.linspace(0, height - th, min(per_side, count(height, th))).round().astype(int))
+    cols = np.unique(np.linspace(0, width - tw, min(per_side, count(width, tw))).round().astype(int))
     return [Tile(int(r), int(c), th, tw) for r in rows for c in cols]
 
 

@@ -72,6 +72,21 @@ def test_tiles_scored_with_the_pairs_anchors_equal_the_whole_image():
     torch.testing.assert_close(tile[..., h:-h, h:-h], whole[..., 30 + h:90 - h, 20 + h:100 - h])
 
 
+def test_anchor_windows_touch_every_pixel_where_the_normalisers_sample_leaves_gaps():
+    from cdtool.normalization import sample_tiles
+
+    def covered(tiles, h, w):
+        seen = np.zeros((h, w), bool)
+        for t in tiles:
+            seen[t.row:t.row_stop, t.col:t.col_stop] = True
+        return seen.mean()
+
+    for h, w in ((300, 412), (700, 1300), (1536, 1536)):
+        assert covered(sample_tiles(h, w, cover=True), h, w) == 1.0
+    assert covered(sample_tiles(300, 412), 300, 412) < 0.6  # one 256² window: the statistics' sample
+    assert PatchStructure.fits_whole_pair
+
+
 def _write(path, array):
     Image.fromarray(array).save(path)
     return path

@@ -19,8 +19,9 @@ from cdtool.runtime import tune_allocator
 def fit_to_pair(model: ChangeModel, pair, normalizer: Normalizer) -> None:
     """Give a label-free model its per-pair statistics from normalised windows spread over the pair (the
     windows the normaliser samples, or where they hold too few valid pixels, windows of a full scan that hold
-    some), so every tile is then scored with the same statistics."""
-    tiles = _normalised(pair, normalizer, sample_tiles(*pair.shape))
+    some), so every tile is then scored with the same statistics. A model that `fits_whole_pair` gets windows
+    that touch every pixel of a raster up to 1,536 pixels a side."""
+    tiles = _normalised(pair, normalizer, sample_tiles(*pair.shape, cover=model.fits_whole_pair))
     if sum(int(v.sum()) for *_, v in tiles) < MIN_SAMPLE:
         tiles = _normalised(pair, normalizer, tiles_with_data(pair))
     model.fit(tiles)

@@ -33,6 +33,7 @@ class ChangeModel(nn.Module):
     exact_halo: bool = False  # the halo is the whole reach: overlapping tiles by twice it stitches exactly
     size_multiple: int = 1  # input sides are padded to a multiple of this
     needs_fit: bool = False  # `fit` must see the pair before any tile is scored
+    fits_whole_pair: bool = False  # `fit` needs windows touching all of the pair, not a sample of its statistics
     # "centre" models that score one fixed-size window only (fully connected heads): detection slides a
     # `patch_size` window every `cell` pixels and paints its score on the `cell`-sized centre
     # (cdtool.inference.centre_patch); patch_size None means the model takes any size

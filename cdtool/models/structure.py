@@ -63,6 +63,7 @@ def carried_rank(near_in: torch.Tensor, ranked_in: torch.Tensor, k: int) -> tupl
 class PatchStructure(PairFittedModel):
     exact_halo = True  # a pixel sees its own patch; the anchors are the pair's, fitted once
     cross_sensor = True
+    fits_whole_pair = True  # anchors from a corner of the scene would miss what the rest of it holds
     default_threshold = 0.5  # no better than chance (module doc)
 
     def __init__(self, patch: int = 5, anchors: int = 256, neighbours: int = 16):
