@@ -15,13 +15,16 @@ Methods: a registered label-free model (`cva`: 3x3 RCVA, `pca_kmeans`, `irmad`),
 neighbourhood), `NAME:rR` (AFTER first matched to BEFORE's local brightness and contrast in a (2R+1)² box:
 cdtool.models.street; `local:rR[:nK]` is cva's), `default` (whatever detect picks with --scene street),
 `LABEL=CHECKPOINT` (a trained model, e.g. `simsac=runs/simsac_street/best.safetensors` from
-recipes/simsac_street.yaml, run with the threshold its training tuned).
+recipes/simsac_street.yaml, run with the threshold its recipe gave it). Any method may end in `:tX`, a fixed
+threshold X for detect instead of the detector's own (e.g. `simsac=runs/simsac_street/best.safetensors:t0.5`,
+to compare a tuned threshold with the paper's 0.5 on whole images).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +41,20 @@ from cdtool.metrics import exact_auroc  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "streetview" / "tsunami_pcd"
 DEFAULT_METHODS = ["cva", "cva:n5", "cva:n7", "local:r32", "local:r64", "local:r128", "pca_kmeans", "irmad"]
+
+
+def split_threshold(method: str) -> tuple[str, float | None]:
+    """The method without a trailing `:tX`, and X (None without one): a fixed threshold for detect."""
+    found = re.fullmatch(r"(.+):t(\d*\.?\d+)", method)
+    return (found.group(1), float(found.group(2))) if found else (method, None)
+
+
+def label(method: str) -> str:
+    """A table row's name: a checkpoint's LABEL (with its `:tX`), or the method as written."""
+    base, threshold = split_threshold(method)
+    if "=" not in base:
+        return method
+    return base.split("=", 1)[0] + (method[len(base):] if threshold is not None else "")
 
 
 def detector(method: str):
@@ -81,8 +98,9 @@ def pairs(folder: Path, seeds: list[int]) -> list[tuple[str, str, Path, Path, np
 
 def run(before: Path, after: Path, out: Path, method: str, align: bool, wrap: bool) -> tuple[np.ndarray, ...]:
     """Score map, mask and validity of one detect run (PNG outputs: grey + alpha)."""
+    method, threshold = split_threshold(method)
     opts = DetectOptions(model=detector(method), align=align, wrap=wrap, polygons=False, preview=False,
-                         overwrite=True, scene="street")
+                         overwrite=True, scene="street", threshold=threshold)
     detect(before, after, out, opts)
     prob = np.asarray(Image.open(out / "change_prob.png"))
     mask = np.asarray(Image.open(out / "change_mask.png"))
@@ -100,7 +118,7 @@ def evaluate(method: str, cases, folder: Path) -> list[dict]:
     rows = []
     for kind, name, before, after, truth, wrap in cases:
         for align in (False, True):
-            row = {"method": method.split("=", 1)[0], "kind": kind, "pair": name, "align": align}
+            row = {"method": label(method), "kind": kind, "pair": name, "align": align}
             try:
                 row |= scores(*run(before, after, folder / "o", method, align, wrap), truth)
                 _, same, valid = run(before, before, folder / "o", method, align, wrap)

@@ -276,12 +276,9 @@ def test_simsac_recipes_use_the_papers_threshold_and_adapt_lr():
     ~0, flagging everything), and the semi-supervised phase at lr 2e-5 with AdamW, weight decay 4e-4."""
     from cdtool.engine.recipe import load_recipe
 
-    # simsac_street applies the model to street-level pairs (no adapt phase, a threshold tuned on street crops):
-    # not the paper's protocol
-    files = sorted(f for f in (Path(__file__).resolve().parents[1] / "recipes").glob("simsac*.yaml")
-                   if f.stem != "simsac_street")
+    files = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("simsac*.yaml"))
     simsac = [load_recipe(f) for f in files if load_recipe(f).models["model"].name == "simsac"]
-    assert len(simsac) >= 10
+    assert len(simsac) >= 11 and "simsac_street" in {r.name for r in simsac}
     for r in simsac:
         assert r.threshold == 0.5, r.name
         assert r.optim.name == "adamw" and r.optim.weight_decay == pytest.approx(4e-4), r.name
