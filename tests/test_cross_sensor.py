@@ -145,7 +145,7 @@ def test_real_sar_and_nir_beside_optical(shared_data, tmp_path, name):
         mask = np.asarray(Image.open(out / "change_mask.png").convert("L")) > 0
         f1[model] = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
     assert json.loads((tmp_path / "default" / "detect.json").read_text())["model"] == "patch_structure"
-    assert f1["default"] > 0.35 and f1["default"] > f1["cva"] + 0.05  # measured: 0.41 / 0.33, 0.38 / 0.28
+    assert f1["default"] > 0.35 and f1["default"] > f1["cva"] + 0.05  # measured: 0.41 / 0.29, 0.38 / 0.29
     r = runner.invoke(app, ["detect", str(before), str(before), "--out", str(tmp_path / "same"), "--model",
                             "patch_structure", "--no-report", "--no-polygons", "-q"])
     assert json.loads((tmp_path / "same" / "detect.json").read_text())["changed_share"] == 0.0
