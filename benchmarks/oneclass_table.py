@@ -10,6 +10,7 @@ never a checkpoint picked on the test set.
         --subset 1000 --epochs 3 --width 8 --seeds 0
     python benchmarks/oneclass_table.py p003 --classes 5 3 --epochs 15 --seeds 0 1
     python benchmarks/oneclass_table.py p003 --methods +dual --also-score generator   # full method, both scores
+    python benchmarks/oneclass_table.py p003 --methods +dual --g-dual against      # G's other side of L_dual
     python benchmarks/oneclass_table.py pcd --root patches/pcd_levir --epochs 10
     python benchmarks/oneclass_table.py self --root ../shared/data/levir --epochs 15 --seeds 0 1
     python benchmarks/oneclass_table.py tables --inputs a.json b.json      # merge rows of several runs
@@ -169,29 +170,38 @@ P003_PAPER = {5: {"irec+adv": .59, "+zrec": .63, "+c": .65, "+dual": .99},
               3: {"irec+adv": .63, "+zrec": .68, "+c": .70, "+dual": .99}}
 
 
+def p003_overrides(a, cls: int, weights: tuple, score: str) -> dict:
+    """Recipe overrides of one paper-003 ablation row: the row's loss weights (k = 0.4) and score, G's side of
+    L_dual (`--g-dual`), the class, width, epochs and subsets."""
+    args = dict(zip(("w_irec", "w_adv", "w_zrec", "w_c", "w_dual"), map(float, weights)), k=0.4, g_dual=a.g_dual)
+    ov = {"data.args.normal": [cls], "models.model.args.score": score, "models.model.args.width": a.width,
+          "losses.adae.args": args,
+          "phases": [{"name": "centre", "epochs": 0}, {"name": "train", "epochs": a.epochs},
+                     {"name": "calibrate", "epochs": 0}]}
+    if a.source == "fashion_mnist":
+        ov["data.args.source"] = "fashion_mnist"
+    if a.subset:
+        ov["data.train.normal.args.subset"] = a.subset
+    if a.val_subset:
+        ov["data.val.args.subset"] = a.val_subset
+    return ov
+
+
 def p003(a) -> list[dict]:
     rows = []
     for cls in a.classes:
-        for name, (w, score) in ABLATION.items():
-            if a.methods and name not in a.methods:
+        for row, (w, score) in ABLATION.items():
+            if a.methods and row not in a.methods:
                 continue
-            ov = {"data.args.normal": [cls], "models.model.args.score": score, "models.model.args.width": a.width,
-                  "losses.adae.args": dict(zip(("w_irec", "w_adv", "w_zrec", "w_c", "w_dual"), map(float, w)),
-                                           k=0.4),
-                  "phases": [{"name": "centre", "epochs": 0}, {"name": "train", "epochs": a.epochs},
-                             {"name": "calibrate", "epochs": 0}]}
-            if a.source == "fashion_mnist":
-                ov["data.args.source"] = "fashion_mnist"
-            if a.subset:
-                ov["data.train.normal.args.subset"] = a.subset
-            if a.val_subset:
-                ov["data.val.args.subset"] = a.val_subset
+            ov = p003_overrides(a, cls, w, score)
+            # rows with L_dual under G's other reading are named apart ("+dual (G against)")
+            name = f"{row} (G {a.g_dual})" if w[4] > 0 and a.g_dual != "help" else row
             also = tuple(sc for sc in a.also_score if sc != score)
             for seed in a.seeds:
                 auc, wall, hist = run("dual_ae_mnist.yaml", ov, seed, rescore=also)
                 rows.append({"method": name, "cls": cls, "seed": seed, "auroc": auc, "wall": wall,
                              "source": a.source, "paper": None if a.source == "fashion_mnist"
-                             else P003_PAPER.get(cls, {}).get(name)})
+                             else P003_PAPER.get(cls, {}).get(row)})
                 record(rows[-1])
                 for sc in also:  # the same trained weights, read by another score
                     rows.append({**rows[-1], "method": f"{name} ({sc} score)", "auroc": hist[-1][f"val_auroc_{sc}"],
@@ -320,7 +330,7 @@ def tables(a) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> None:
+def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocol", choices=["p004", "p003", "pcd", "self", "tables"])
     p.add_argument("--source", default=None, choices=["fashion_mnist", "mnist"],
@@ -337,6 +347,9 @@ def main(argv=None) -> None:
     p.add_argument("--also-score", nargs="+", default=[], choices=["dual", "generator"],
                    help="p003: also score each trained model this way (dual_ae model arg score), from the same "
                         "weights; one more row per run, method 'ROW (SCORE score)'")
+    p.add_argument("--g-dual", default="help", choices=["help", "against"],
+                   help="p003: G's side of L_dual (adae loss arg g_dual): help (default, G wants D′ to reconstruct "
+                        "G(x)) or against (eq. 1 literally: G minimises −w_d·k·‖G(x) − D′(G(x))‖₁)")
     p.add_argument("--dec-lr", type=float, default=0.0002, help="rotnet_ae stage-2 learning rate (paper: 2e-4)")
     p.add_argument("--root", nargs="+", default=["patches/pcd_levir"])
     p.add_argument("--pairs", nargs="+", default=None, help="self: pair names (default: every pair of --root)")
@@ -351,6 +364,11 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.source is None:
         a.source = "mnist" if a.protocol == "p003" else "fashion_mnist"
+    return a
+
+
+def main(argv=None) -> None:
+    a = parse(argv)
     torch.set_num_threads(a.threads)
     global DEVICE, JSON_OUT
     DEVICE = a.device

@@ -79,6 +79,35 @@ def test_dual_loss_sign_and_gradients():
     assert all(p.grad is None for p in m.generator.parameters())  # D's step leaves G alone
 
 
+def test_dual_loss_g_side_reading():
+    """g_dual 'against' (eq. 1 read literally: G minimises −w_d·k·‖G(x) − D′(G(x))‖₁) flips the sign and scale
+    of G's L_dual term and of its gradient on G; D′'s loss does not depend on the reading."""
+    torch.manual_seed(0)
+    m = create_model("dual_ae", patch=32, width=4, nz=8)
+    x = torch.rand(4, 1, 32, 32)
+    help_, against = create_loss("adae", w_dual=2.0), create_loss("adae", w_dual=2.0, g_dual="against")
+    lg0, _ = create_loss("adae", w_dual=0.0).generator(m, x)
+    g = m.generator(x)
+    direc = l1_norm(g, m.auxiliary(g))
+    assert torch.isclose(help_.generator(m, x)[0] - lg0, 2.0 * direc, atol=1e-3)
+    assert torch.isclose(against.generator(m, x)[0] - lg0, -2.0 * 0.4 * direc, atol=1e-3)
+    assert torch.isclose(help_.auxiliary(m, x)[0], against.auxiliary(m, x)[0])
+
+    def dual_grad(loss):  # gradient on G of G's loss less the same loss without L_dual
+        grads = []
+        for fn in (loss.generator, create_loss("adae", w_dual=0.0).generator):
+            m.zero_grad()
+            fn(m, x)[0].backward()
+            grads.append(torch.cat([p.grad.flatten() for p in m.generator.parameters()]))
+        return grads[0] - grads[1]
+
+    gh, ga = dual_grad(help_), dual_grad(against)
+    assert gh.abs().max() > 1e-3
+    assert torch.allclose(ga, -0.4 * gh, atol=1e-4 * float(gh.abs().max()) + 1e-6)
+    with pytest.raises(ValueError, match="g_dual"):
+        create_loss("adae", g_dual="with")
+
+
 class _FixedAE:
     """G (or D′) that encodes any batch to `z` and decodes to a constant image of x's shape."""
 
@@ -214,6 +243,10 @@ def test_recipe_refusals():
     data = {**r["data"], "train": {"normal": {"kind": "images", "args": {"split": "train"}}}}
     with pytest.raises(InputError, match="labels"):
         load_recipe({**r, "data": data})
+    d = RECIPES["dual_ae"]
+    assert load_recipe({**d, "losses": {"adae": {"name": "adae", "args": {"g_dual": "against"}}}})
+    with pytest.raises(InputError, match="g_dual must be one of help, against"):
+        load_recipe({**d, "losses": {"adae": {"name": "adae", "args": {"g_dual": "with"}}}})
 
 
 def _pair_folder(root: Path, mask_value: int) -> Path:

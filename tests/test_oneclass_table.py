@@ -49,3 +49,21 @@ def test_rescoring_the_trained_weights_by_their_own_score_gives_their_auroc():
     auc, _, hist = table.run("dual_ae_mnist.yaml", overrides, 0, rescore=("dual", "generator"))
     assert hist[-1]["val_auroc_dual"] == auc  # the same weights and score: the engine's own number exactly
     assert 0 <= hist[-1]["val_auroc_generator"] <= 1 and hist[-1]["val_auroc_generator"] != auc
+
+
+def test_g_dual_flag_reaches_the_loss_the_recipe_builds():
+    """--g-dual sets the adae loss arg g_dual of every p003 row (default 'help', the recipe's reading)."""
+    import yaml
+
+    from cdtool.engine.recipe import load_recipe, resolve_paths, set_key
+    from cdtool.losses.base import create_loss
+
+    table = _load()
+    path = table.RECIPES / "dual_ae_mnist.yaml"
+    for flag, want in (([], "help"), (["--g-dual", "against"], "against")):
+        a = table.parse(["p003", "--width", "4", "--epochs", "1", *flag])
+        tree = resolve_paths(yaml.safe_load(path.read_text()), path.parent)
+        for k, v in table.p003_overrides(a, 5, table.ABLATION["+dual"][0], "dual").items():
+            set_key(tree, k, v)
+        spec = load_recipe(tree).losses["adae"]
+        assert spec.args["g_dual"] == want and create_loss(spec.name, **spec.args).g_dual == want

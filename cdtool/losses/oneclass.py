@@ -10,8 +10,11 @@ them directly on the model and its prepared input, not through the dense-loss co
   batch. The reconstruction terms therefore grow with the image (a 32×32 grey image sums 1,024 pixels)
   while L_adv does not, which is the balance the paper's weights were chosen for.
   D minimises its BCE; D′ minimises w_d·L_dual + w_z·L_zrec (its encoder maps G(x) back to Ge(x)); G minimises
-  w_i·L_irec + w_a·L_adv + w_z·L_zrec + w_c·L_c + w_d·‖G(x) − D′(G(x))‖₁, the other side of the min–max in
-  L_dual (only its second term depends on G, and G wants its outputs reconstructed, as in Vu et al. 2019).
+  w_i·L_irec + w_a·L_adv + w_z·L_zrec + w_c·L_c + G's side of L_dual (only its second term depends on G),
+  which the paper leaves open, so ``g_dual`` picks it:
+  ``help`` (default): +w_d·‖G(x) − D′(G(x))‖₁, the other side of the min–max (G wants its outputs
+  reconstructed, as the generator of Vu et al. 2019 and BEGAN); ``against``: −w_d·k·‖G(x) − D′(G(x))‖₁, eq. 1
+  read literally (one total L that G minimises too, so G pushes its outputs away from what D′ reconstructs).
   A weight of 0 switches a term off (the ablation of the paper's Table 1).
 - ``recon_mse``: mean squared error; ``recon_ssim``: −SSIM (kornia, 11×11); ``rotation_ce``: cross-entropy of
   the 4-way rotation head over the four quarter turns of each sample.
@@ -37,6 +40,16 @@ def l2_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm((a - b).flatten(1), ord=2, dim=1).mean()
 
 
+G_DUAL = ("help", "against")
+
+
+def check_g_dual(value) -> str:
+    """The adae loss arg g_dual, validated (the loss and the dual_ae task's recipe check both ask here)."""
+    if value not in G_DUAL:
+        raise ValueError(f"losses.adae.args.g_dual must be one of {', '.join(G_DUAL)}, got {value!r}")
+    return value
+
+
 def dual_term(x: torch.Tensor, gx: torch.Tensor, aux: nn.Module, k: float) -> torch.Tensor:
     """L_dual = E‖x − D′(x)‖₁ − k·E‖G(x) − D′(G(x))‖₁."""
     return l1_norm(x, aux(x)) - k * l1_norm(gx, aux(gx))
@@ -47,8 +60,9 @@ class ADAELoss(nn.Module):
     """Adversarial dual autoencoder objectives (paper 003): one loss each for D, D′ and G."""
 
     def __init__(self, w_irec: float = 1.0, w_adv: float = 5.0, w_zrec: float = 1.0, w_c: float = 0.05,
-                 w_dual: float = 1.0, k: float = 0.4):
+                 w_dual: float = 1.0, k: float = 0.4, g_dual: str = "help"):
         super().__init__()
+        self.g_dual = check_g_dual(g_dual)
         self.w = {"irec": float(w_irec), "adv": float(w_adv), "zrec": float(w_zrec), "c": float(w_c),
                   "dual": float(w_dual)}
         self.k = float(k)
@@ -83,7 +97,7 @@ class ADAELoss(nn.Module):
         return loss, parts
 
     def generator(self, model, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """G: w_i·L_irec + w_a·L_adv + w_z·L_zrec + w_c·L_c + w_d·‖G(x) − D′(G(x))‖₁ (D and D′ fixed)."""
+        """G: w_i·L_irec + w_a·L_adv + w_z·L_zrec + w_c·L_c ± G's side of L_dual (D and D′ fixed)."""
         z = model.generator.encode(x)
         gx = model.generator.decode(z)
         parts = {}
@@ -105,7 +119,8 @@ class ADAELoss(nn.Module):
             parts["c"] = float(c.detach())
         if self.w["dual"] > 0:
             g_dual = l1_norm(gx, model.auxiliary(gx))
-            loss = loss + self.w["dual"] * g_dual
+            sign = 1.0 if self.g_dual == "help" else -self.k
+            loss = loss + sign * self.w["dual"] * g_dual
             parts["g_direc"] = float(g_dual.detach())
         return loss, parts
 

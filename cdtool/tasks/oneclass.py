@@ -24,6 +24,7 @@ import torch
 
 from cdtool.engine.task import Step, Task, build_optimizer, param_groups, register_task
 from cdtool.errors import InputError
+from cdtool.losses.oneclass import check_g_dual
 from cdtool.metrics import BinaryMetrics
 
 
@@ -122,6 +123,7 @@ class DualAETask(OneClassTask):
     def check(cls, recipe) -> None:
         super().check(recipe)
         names = [p.name for p in recipe.phase_plan()]
+        check_g_dual(recipe.losses["adae"].args.get("g_dual", "help"))
         w_c = float(recipe.losses["adae"].args.get("w_c", 0.05))
         if "train" in names and w_c > 0 and "centre" not in names:
             raise ValueError("task 'dual_ae' with w_c > 0 needs the zero-epoch phase 'centre' before 'train'")
