@@ -1,4 +1,4 @@
-"""Speed and memory of `cdtool detect` beside the tools analysts would use instead (issue 20).
+"""Speed and memory of `cdtool detect` beside the tools analysts would use instead.
 
 Run by hand; each measurement runs in a fresh process, so its peak RSS (ru_maxrss) is its own, and the modes
 of one comparison run interleaved (A B C A B C ...) so a busy machine slows them alike. Medians with the

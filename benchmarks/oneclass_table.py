@@ -1,4 +1,4 @@
-"""One-class reproduction tables (issue 17): paper 004's protocol (each class normal, trained on its training
+"""One-class reproduction tables: paper 004's protocol (each class normal, trained on its training
 images, AUROC on the whole test set) for rotnet_ae, CAE and the RotNet score; paper 003's loss ablation for
 dual_ae; change as anomaly on PCD patch pairs; and per pair with no labels at all (`self`: a CAE trained on the
 unchanged-looking windows of one pair, data kind pair_windows, scored on that same pair beside CVA and
