@@ -282,10 +282,9 @@ def open_and_choose(before, after, opts: DetectOptions) -> tuple[RasterPair, Inp
 def check_band_counts(pair: RasterPair, choice: Choice) -> None:
     """A single-band date beside a multi-band one is compared only by a model that never compares the dates'
     values (`cross_sensor`); any other is refused in one line, as it was before such models existed."""
-    if pair.repeated_date is None or choice.detector.model.cross_sensor:
+    if pair.single_band_date is None or choice.detector.model.cross_sensor:
         return
-    single, other = ((pair.before_path, pair.after_path) if pair.repeated_date == "before"
-                     else (pair.after_path, pair.before_path))
+    single, other = pair.single_band_date
     raise InputError(f"{other}: has {len(pair.bands_after)} bands but {single} has 1; pick common bands with --bands, "
                      f"or, for images from two sensors, use --model {CROSS_SENSOR_DEFAULT}")
 

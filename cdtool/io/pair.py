@@ -219,7 +219,8 @@ class RasterPair:
                  repeat_single_band: bool = False):
         self.before_path, self.after_path = Path(before), Path(after)
         self.repeat_single_band = repeat_single_band
-        self.repeated_date: str | None = None  # "before"/"after": a single-band date read once per band of the other
+        # (the single-band date, the other date) when the first is read once per band of the other; else None
+        self.single_band_date: tuple[Path, Path] | None = None
         self.skip_bad_windows = skip_bad_windows
         self.requested_bands, self.align = bands, align  # as asked, so a worker process can open the same pair
         self.bad_blocks: set[tuple[str, int, int]] = set()  # (file, row, col) of blocks read as nodata
@@ -361,20 +362,19 @@ class RasterPair:
     def _repeat_single_band(self) -> None:
         """A single-band date beside an N-band one (SAR or panchromatic beside optical) is read as N copies of
         its band, so both dates are (C, h, w) arrays; only a cross-sensor model may then compare them."""
-        for date, mine, other in (("before", self.bands_before, self.bands_after),
-                                  ("after", self.bands_after, self.bands_before)):
+        for mine, other, paths in ((self.bands_before, self.bands_after, (self.before_path, self.after_path)),
+                                   (self.bands_after, self.bands_before, (self.after_path, self.before_path))):
             if len(mine) == 1 and len(other) > 1:
                 mine[:] = mine * len(other)
-                self.repeated_date = date
+                self.single_band_date = paths
                 return
 
     def sensor_difference(self) -> str | None:
         """Why the two dates look like images from two sensors, or None: a single-band date beside a multi-band
         one, or one date grey in every band (a SAR or panchromatic image stored as RGB) beside one in colour.
         Judged from a few small windows spread over the pair."""
-        if self.repeated_date is not None:
-            single, other = ((self.before_path, self.after_path) if self.repeated_date == "before"
-                             else (self.after_path, self.before_path))
+        if self.single_band_date is not None:
+            single, other = self.single_band_date
             return f"{single.name} has 1 band, {other.name} has {len(self.bands_before)}"
         if len(self.bands_before) < 2:
             return None

@@ -120,7 +120,8 @@ class PreviewCanvas:
         import matplotlib.pyplot as plt
 
         k, (h, w) = self.grid.k, self.grid.shape
-        panels = [("before", stretch_for_display(self.images[0]), None), ("after", stretch_for_display(self.images[1]), None),
+        panels = [("before", stretch_for_display(self.images[0]), None),
+                  ("after", stretch_for_display(self.images[1]), None),
                   (f"change score (mask at {threshold:.2f})", self.score, "magma"), ("change mask", self.mask, "Reds")]
         if truth is not None:
             panels.append(("ground truth", truth[k // 2::k, k // 2::k][:h, :w].astype(np.float32), "Reds"))

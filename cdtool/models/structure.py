@@ -17,9 +17,10 @@ streams tile by tile:
   structure to carry over).
 
 The score is the weighted mean of the two directions' ranks, each rescaled from "the k nearest there too" (0)
-to "the k farthest" (1): identical dates score exactly 0, ranks no better than chance about 0.5. The default threshold 0.5 therefore flags pixels whose structure
-carries over to the other date no better than chance; it is a property of the score, not tuned on any pair.
-Each date is compared only with itself, so the dates may differ in band count.
+to "the k farthest" (1): identical dates score exactly 0, ranks no better than chance about 0.5. The default
+threshold 0.5 flags pixels whose structure carries over to the other date no better than chance (chosen after
+seeing INLPG's pairs' scores: README "Dates from two sensors"). Each date is compared only with itself, so the
+dates may differ in band count.
 """
 
 from __future__ import annotations
